@@ -1,0 +1,1 @@
+"""The ttcdsl runtime (imported as `ttcdsl.runtime`): executes plans on a backend."""

@@ -1,0 +1,1 @@
+"""Model backends: `sim` (in-process simulator), `sglang` (HTTP), `local` (llama.cpp), `openai`."""

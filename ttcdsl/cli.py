@@ -1,0 +1,65 @@
+"""The `ttc` command line: one sub-command per module in `ttcdsl.commands`.
+
+Every user mistake (a bad program, argument, input file, or a dead server) ends as one clear
+message on stderr and exit status 1 (2 for bad usage); never a Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ttcdsl.errors import TTCError, UsageError
+
+__all__ = ["main"]
+
+# Modules in ttcdsl.commands, each with `register(subparsers)` that adds its parser and sets
+# `func` (a callable taking the parsed namespace and returning an exit status).
+COMMANDS = ("check", "plan", "fmt", "run", "sim", "serve", "bench", "trace")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's own message, but in our one-line form.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ttc",
+        description="ttcdsl: declarative test-time compute strategies with hard token budgets.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"ttcdsl.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"ttcdsl.commands.{name}":
+                continue  # a command not built yet in this checkout
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except UsageError as exc:
+        print(f"ttc: error: {exc}", file=sys.stderr)
+        return 2
+    except TTCError as exc:
+        print(exc.render() if hasattr(exc, "span") else f"ttc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ttc: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `ttc` sub-command; each exposes `register(subparsers)`."""

@@ -1,0 +1,132 @@
+"""Every error ttcdsl raises on purpose, in one tree.
+
+    TTCError                      base: anything the user can act on; never shown as a traceback
+    ├── SourceError               points at a place in a .ttc file (file, line, column, caret)
+    │   ├── TTCSyntaxError        the parser stopped at the first thing it could not read
+    │   └── CheckError            one semantic error; `CheckErrors` carries all of them
+    ├── CheckErrors               every semantic error of a program, reported together
+    ├── UsageError                a bad command-line argument, argument value or input file
+    ├── RunError                  the runtime could not finish a node
+    │   └── NodeFailed            a node failed permanently; names the .ttc line
+    └── BackendError              a model server or model misbehaved
+        ├── BackendUnavailable    start-up failed: says what was tried and how to fix it
+        ├── TransientBackendError worth retrying (connection reset, 429, 502, 503)
+        └── ProtocolViolation     the backend broke its contract (e.g. more tokens than allowed)
+
+Running out of budget is *not* an error: it is a normal, flagged outcome of a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ttcdsl.span import Span
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "CheckError",
+    "CheckErrors",
+    "NodeFailed",
+    "ProtocolViolation",
+    "RunError",
+    "SourceError",
+    "TTCError",
+    "TTCSyntaxError",
+    "TransientBackendError",
+    "UsageError",
+]
+
+
+class TTCError(Exception):
+    """Base class: a message meant for the user, rendered by `render()`."""
+
+    def render(self) -> str:
+        return f"error: {self}"
+
+
+class SourceError(TTCError):
+    """An error at a place in a source file."""
+
+    severity = "error"
+
+    def __init__(self, message: str, span: Span, source: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.source = source
+
+    def render(self) -> str:
+        """`FILE:LINE:COL: error: MESSAGE`, then the source line and a caret under the column."""
+        head = f"{self.span.file}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
+        if self.source is None:
+            return head
+        lines = self.source.splitlines()
+        if not 1 <= self.span.line <= len(lines):
+            return head
+        text = lines[self.span.line - 1].expandtabs(4)
+        width = 1
+        if self.span.end_line == self.span.line and self.span.end_col > self.span.col:
+            width = self.span.end_col - self.span.col
+        caret = " " * (self.span.col - 1) + "^" * max(1, min(width, len(text) - self.span.col + 1))
+        return f"{head}\n    {text}\n    {caret}"
+
+
+class TTCSyntaxError(SourceError):
+    """The program could not be parsed; syntax errors stop at the first one."""
+
+
+class CheckError(SourceError):
+    """One semantic error found by the checker."""
+
+
+class CheckWarning(SourceError):
+    """A finding that does not stop the program (e.g. a worst case above a budget)."""
+
+    severity = "warning"
+
+
+class CheckErrors(TTCError):
+    """All semantic errors of a program, in source order."""
+
+    def __init__(self, errors: Sequence[CheckError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0].message if self.errors else "no errors"
+        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        super().__init__(first + more)
+
+    def render(self) -> str:
+        return "\n".join(e.render() for e in self.errors)
+
+
+class UsageError(TTCError):
+    """A bad argument, value or input file given to the CLI or the API."""
+
+
+class RunError(TTCError):
+    """The runtime could not complete."""
+
+
+class NodeFailed(RunError):
+    """A plan node failed permanently. The message names the .ttc file and line."""
+
+    def __init__(self, message: str, span: Span | None = None) -> None:
+        where = f"{span.file}:{span.line}:{span.col}: " if span is not None else ""
+        super().__init__(where + message)
+        self.span = span
+
+
+class BackendError(TTCError):
+    """The model server or the embedded model misbehaved."""
+
+
+class BackendUnavailable(BackendError):
+    """A backend could not start: the message says what was tried and how to fix it."""
+
+
+class TransientBackendError(BackendError):
+    """A failure worth retrying with backoff."""
+
+
+class ProtocolViolation(BackendError):
+    """The backend broke its contract, e.g. returned more tokens than it was allowed."""
