@@ -27,6 +27,7 @@ __all__ = [
     "BackendUnavailable",
     "CheckError",
     "CheckErrors",
+    "CheckWarning",
     "NodeFailed",
     "ProtocolViolation",
     "RunError",

@@ -1,0 +1,72 @@
+"""Strategy arguments from the command line (`--arg NAME=VALUE`) and from dataset lines.
+
+Values are converted to the parameter's declared type; every mistake is one `UsageError` naming
+the parameter and what it expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ttcdsl import plan as P
+from ttcdsl.errors import UsageError
+
+__all__ = ["bind_args", "convert", "parse_assignments"]
+
+
+def parse_assignments(items: Iterable[str], flag: str = "--arg") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"{flag} {item!r}: expected NAME=VALUE")
+        out[name.strip()] = value
+    return out
+
+
+def convert(param: P.ParamSpec, value: Any, where: str = "--arg") -> Any:
+    """Convert a string (CLI) or a JSON value (dataset) to the parameter's type."""
+    t = param.type
+    try:
+        if t == "text":
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return value if isinstance(value, str) else str(value)
+        if t == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if t == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{where} {param.name}={value!r}: expected {'an' if t == 'int' else 'a'} {t}") from None
+
+
+def bind_args(strategy: P.StrategyPlan, given: Mapping[str, Any], where: str = "--arg",
+              ignore_unknown: bool = False) -> dict[str, Any]:
+    """Values for every parameter: given ones converted, defaults filled in, missing ones named."""
+    params = {p.name: p for p in strategy.params}
+    if not ignore_unknown:
+        unknown = [k for k in given if k not in params]
+        if unknown:
+            names = ", ".join(params) or "none"
+            raise UsageError(f"strategy '{strategy.name}' has no parameter {unknown[0]!r} (its parameters: {names})")
+    out: dict[str, Any] = {}
+    for p in strategy.params:
+        if p.name in given:
+            out[p.name] = convert(p, given[p.name], where)
+        elif not p.required:
+            out[p.name] = p.default
+        else:
+            raise UsageError(f"strategy '{strategy.name}' needs {p.name} ({p.type}): pass {where} {p.name}=VALUE")
+    return out

@@ -1,0 +1,545 @@
+"""Stage 2: semantic checks of a parsed `Program`.
+
+`check(program)` is pure: it returns a `Checked` (the type of every expression, each strategy's
+return type and a topological order of strategies, callees first) or raises `CheckErrors` with
+*all* problems found, in source order.  It checks names (parameters, bindings, interpolations,
+strategies, builtins), types (e.g. `vote` needs branches, `expand` cannot take an answer),
+sampling keys and values, literal counts and budgets, regex patterns, calls between strategies
+(arguments, recursion) and that every strategy returns a value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ttcdsl import ast
+from ttcdsl.errors import CheckError, CheckErrors
+from ttcdsl.parse import parse_template
+from ttcdsl.program import Program
+from ttcdsl.span import Span
+
+__all__ = ["BUILTINS", "SAMPLING_KEYS", "Checked", "check"]
+
+# name -> (argument types, result type)
+BUILTINS: dict[str, tuple[tuple[str, ...], str]] = {
+    "best": (("branches",), "branches"),
+    "active": (("branches",), "branches"),
+    "done": (("branches",), "branches"),
+    "size": (("branches",), "int"),
+    "finished": (("branches",), "bool"),
+    "agreement": (("answer",), "float"),
+    "best_score": (("branches",), "float"),
+    "budget_left": ((), "int"),
+}
+
+SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "step")
+_NUMERIC = ("int", "float")
+_ERR = "error"  # the type of an expression that already failed; suppresses follow-up errors
+
+
+@dataclass
+class Checked:
+    """What later stages need from the checker."""
+
+    program: Program
+    types: dict[int, str] = field(default_factory=dict)  # id(expr) -> type
+    returns: dict[str, str] = field(default_factory=dict)  # strategy -> return type
+    order: list[str] = field(default_factory=list)  # callees before callers
+
+    def type_of(self, expr: ast.Expr) -> str:
+        return self.types.get(id(expr), _ERR)
+
+
+def check(program: Program) -> Checked:
+    """Check every strategy of `program`; raise `CheckErrors` listing every problem."""
+    return _Checker(program).run()
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _article(type_: str) -> str:
+    return {"int": "an int", "answer": "an answer"}.get(type_, f"a {type_}")
+
+
+class _Checker:
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.errors: list[CheckError] = []
+        self.result = Checked(program)
+        self.strategies = program.strategies
+        self.file = program.main
+
+    # ---- reporting ----
+
+    def error(self, message: str, span: Span) -> None:
+        self.errors.append(CheckError(message, span, self.program.source_of(span.file)))
+
+    # ---- driver ----
+
+    def run(self) -> Checked:
+        self._duplicates()
+        order, cyclic = self._call_order()
+        self.result.order = order
+        for name in order:
+            strategy = self.strategies[name]
+            self.result.returns[name] = _ERR if name in cyclic else "pending"
+            self._strategy(strategy)
+        if not self.program.main_strategies:
+            self.error(
+                "this file defines no strategy; expected `strategy NAME(PARAMS) { ... }`",
+                Span(self.program.main, 1, 1, 1, 2),
+            )
+        if self.errors:
+            self.errors.sort(key=lambda e: (e.span.file != self.program.main, e.span.file, e.span.line, e.span.col))
+            raise CheckErrors(self.errors)
+        return self.result
+
+    def _duplicates(self) -> None:
+        seen: dict[str, ast.Strategy] = {}
+        for module in self.program.modules.values():
+            for s in module.strategies:
+                if s.name in seen and seen[s.name] is not s:
+                    first = seen[s.name].span
+                    self.error(
+                        f"strategy '{s.name}' is already defined at {first.file}:{first.line}",
+                        s.span,
+                    )
+                seen.setdefault(s.name, s)
+
+    def _call_order(self) -> tuple[list[str], set[str]]:
+        """Strategies in dependency order; report each cycle once, naming it."""
+        graph = {name: _called(s, self.strategies) for name, s in self.strategies.items()}
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+        cyclic: set[str] = set()
+        stack: list[str] = []
+
+        def visit(name: str) -> None:
+            state[name] = 1
+            stack.append(name)
+            for callee, span in graph[name]:
+                if state.get(callee) == 1:
+                    cycle = [*stack[stack.index(callee) :], callee]
+                    cyclic.update(cycle)
+                    if len(cycle) == 2:
+                        msg = f"strategy '{callee}' calls itself; recursion is not allowed"
+                    else:
+                        msg = "recursion between strategies is not allowed: " + " -> ".join(cycle)
+                    self.error(msg, span)
+                elif callee not in state:
+                    visit(callee)
+            stack.pop()
+            state[name] = 2
+            order.append(name)
+
+        for name in self.strategies:
+            if name not in state:
+                visit(name)
+        return order, cyclic
+
+    # ---- strategies and statements ----
+
+    def _strategy(self, s: ast.Strategy) -> None:
+        scope: dict[str, str] = {}
+        seen_default = False
+        for p in s.params:
+            if p.name in scope:
+                self.error(f"parameter '{p.name}' is declared twice", p.span)
+            scope[p.name] = p.type
+            if p.default is not None:
+                seen_default = True
+                t = self.expr(p.default, {})
+                if not isinstance(p.default, (ast.IntLit, ast.FloatLit, ast.StrLit, ast.BoolLit, ast.Neg)):
+                    self.error(f"the default of '{p.name}' must be a literal value", p.default.span)
+                elif t != _ERR and not _assignable(t, p.type):
+                    self.error(
+                        f"the default of '{p.name}' is {_article(t)}, but the parameter is {_article(p.type)}",
+                        p.default.span,
+                    )
+                elif isinstance(p.default, ast.StrLit) and parse_template_names(p.default.value):
+                    self.error(f"the default of '{p.name}' cannot interpolate names", p.default.span)
+            elif seen_default:
+                self.error(
+                    f"parameter '{p.name}' needs a default: it follows a parameter that has one",
+                    p.span,
+                )
+        ctx = _Ctx(s, scope)
+        budgets = [st for st in s.body if isinstance(st, ast.BudgetStmt)]
+        for extra in budgets[1:]:
+            self.error("a strategy has at most one `budget N tokens` statement", extra.span)
+        self.block(s.body, ctx, top=True)
+        if not _always_returns(s.body):
+            self.error(
+                f"strategy '{s.name}' can end without returning a value: end it with `return EXPR`",
+                s.span,
+            )
+        types = [t for t in ctx.returns if t != _ERR]
+        if len(set(types)) > 1:
+            self.error(
+                f"strategy '{s.name}' returns different types: {', '.join(sorted(set(types)))}",
+                s.span,
+            )
+        if self.result.returns.get(s.name) != _ERR:
+            self.result.returns[s.name] = types[0] if types else _ERR
+
+    def block(self, stmts: Sequence[ast.Stmt], ctx: _Ctx, top: bool = False) -> None:
+        returned = False
+        for st in stmts:
+            if returned:
+                self.error("unreachable statement after `return`", st.span)
+                returned = False  # report once per block
+            if isinstance(st, ast.BudgetStmt):
+                if not top:
+                    self.error(
+                        "`budget N tokens` belongs at the top of a strategy; "
+                        "give a step its own `budget N` instead",
+                        st.span,
+                    )
+                if st.tokens <= 0:
+                    self.error("a budget must be at least 1 token", st.span)
+            elif isinstance(st, ast.Assign):
+                t = self.expr(st.value, ctx.scope)
+                old = ctx.scope.get(st.name)
+                if old is not None and t != _ERR and old != _ERR and not _assignable(t, old):
+                    self.error(
+                        f"'{st.name}' holds {_article(old)}; it cannot be rebound to {_article(t)}",
+                        st.span,
+                    )
+                elif old is None:
+                    ctx.scope[st.name] = t
+            elif isinstance(st, ast.Repeat):
+                self.expect(st.times, ctx.scope, ("int",), "a repeat count")
+                self.positive_literal(st.times, "a repeat count")
+                self.block(st.body, ctx)
+                if st.until is not None:
+                    self.expect(st.until, ctx.scope, ("bool",), "an `until` condition")
+            elif isinstance(st, ast.If):
+                self.expect(st.cond, ctx.scope, ("bool",), "an `if` condition")
+                self.block(st.then, ctx)
+                self.block(st.orelse, ctx)
+            elif isinstance(st, ast.Return):
+                ctx.returns.append(self.expr(st.value, ctx.scope))
+                returned = True
+
+    # ---- expressions ----
+
+    def expect(self, e: ast.Expr, scope: dict[str, str], types: tuple[str, ...], what: str) -> str:
+        t = self.expr(e, scope)
+        if t != _ERR and t not in types and not ("float" in types and t == "int"):
+            wanted = " or ".join(_article(x) for x in types)
+            self.error(f"{what} must be {wanted}, got {_article(t)}", e.span)
+            return _ERR
+        return t
+
+    def positive_literal(self, e: ast.Expr, what: str) -> None:
+        value = _literal_int(e)
+        if value is not None and value < 1:
+            self.error(f"{what} must be at least 1, got {value}", e.span)
+
+    def expr(self, e: ast.Expr, scope: dict[str, str]) -> str:
+        t = self._expr(e, scope)
+        self.result.types[id(e)] = t
+        return t
+
+    def _expr(self, e: ast.Expr, scope: dict[str, str]) -> str:
+        match e:
+            case ast.IntLit():
+                return "int"
+            case ast.FloatLit():
+                return "float"
+            case ast.BoolLit():
+                return "bool"
+            case ast.StrLit():
+                self.template(e, scope, extra=())
+                return "text"
+            case ast.Name():
+                if e.id in scope:
+                    return scope[e.id]
+                hint = _suggest(e.id, scope)
+                self.error(f"unknown name '{e.id}'{hint or '; expected a parameter or a name assigned above'}", e.span)
+                return _ERR
+            case ast.ListLit():
+                for item in e.items:
+                    self.expect(item, scope, ("text",), "a list item")
+                return "list"
+            case ast.BinOp():
+                return self.binop(e, scope)
+            case ast.Compare():
+                lt, rt = self.expr(e.left, scope), self.expr(e.right, scope)
+                if _ERR in (lt, rt):
+                    return "bool"
+                ordered = e.op not in ("==", "!=")
+                ok = (lt in _NUMERIC and rt in _NUMERIC) or (not ordered and lt == rt and lt in ("text", "bool"))
+                if not ok:
+                    self.error(f"cannot compare {_article(lt)} with {_article(rt)} using '{e.op}'", e.span)
+                return "bool"
+            case ast.BoolOp():
+                self.expect(e.left, scope, ("bool",), f"each side of '{e.op}'")
+                self.expect(e.right, scope, ("bool",), f"each side of '{e.op}'")
+                return "bool"
+            case ast.Not():
+                self.expect(e.operand, scope, ("bool",), "the operand of 'not'")
+                return "bool"
+            case ast.Neg():
+                t = self.expect(e.operand, scope, ("int", "float"), "the operand of '-'")
+                return t
+            case ast.Call():
+                return self.call(e, scope)
+            case ast.Sample():
+                self.expect(e.count, scope, ("int",), "the sample count")
+                self.positive_literal(e.count, "the sample count")
+                self.expect(e.prompt, scope, ("text",), "the prompt of `sample`")
+                self.settings(e.settings, scope)
+                self.step_budget(e.budget, e.span)
+                return "branches"
+            case ast.Expand():
+                self.expect(e.branches, scope, ("branches",), "the input of `expand`")
+                self.expect(e.count, scope, ("int",), "the expand count")
+                self.positive_literal(e.count, "the expand count")
+                self.settings(e.settings, scope)
+                self.step_budget(e.budget, e.span)
+                return "branches"
+            case ast.Score():
+                self.expect(e.branches, scope, ("branches",), "the input of `score`")
+                self.scorer(e.scorer, scope)
+                self.step_budget(e.budget, e.span)
+                return "branches"
+            case ast.Prune():
+                self.expect(e.branches, scope, ("branches",), "the input of `prune`")
+                self.expect(e.keep, scope, ("int",), "the `keep` count")
+                self.positive_literal(e.keep, "the `keep` count")
+                return "branches"
+            case ast.Vote():
+                self.expect(e.branches, scope, ("branches",), "the input of `vote`")
+                if e.on == "regex" and e.pattern is not None:
+                    try:
+                        groups = re.compile(e.pattern).groups
+                    except re.error as exc:
+                        self.error(f"bad regex {e.pattern!r}: {exc}", e.span)
+                    else:
+                        if groups < 1:
+                            self.error(
+                                f"the regex {e.pattern!r} needs a group: the vote uses group 1 of the last match",
+                                e.span,
+                            )
+                return "answer"
+        raise AssertionError(f"unhandled expression {e!r}")
+
+    def binop(self, e: ast.BinOp, scope: dict[str, str]) -> str:
+        lt, rt = self.expr(e.left, scope), self.expr(e.right, scope)
+        if _ERR in (lt, rt):
+            return _ERR
+        if lt in _NUMERIC and rt in _NUMERIC:
+            return "int" if lt == rt == "int" else "float"
+        if e.op == "+" and lt == rt and lt in ("text", "branches"):
+            return lt
+        if e.op == "+":
+            self.error(
+                f"cannot add {_article(lt)} and {_article(rt)}: '+' adds numbers, joins texts "
+                "or unites branches",
+                e.span,
+            )
+        else:
+            self.error(f"'{e.op}' needs numbers, got {_article(lt)} and {_article(rt)}", e.span)
+        return _ERR
+
+    def call(self, e: ast.Call, scope: dict[str, str]) -> str:
+        if e.func in BUILTINS:
+            params, result = BUILTINS[e.func]
+            if e.kwargs:
+                self.error(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
+            if e.budget is not None:
+                self.error(f"{e.func}() is a builtin; only strategy calls take a budget", e.span)
+            if len(e.args) != len(params):
+                self.error(f"{e.func}() takes {len(params)} argument{'s' if len(params) != 1 else ''}, got {len(e.args)}", e.span)
+            for arg, want in zip(e.args, params):
+                self.expect(arg, scope, (want,), f"the argument of {e.func}()")
+            for arg in e.args[len(params) :]:
+                self.expr(arg, scope)
+            return result
+        target = self.strategies.get(e.func)
+        if target is None:
+            for arg in (*e.args, *(k.value for k in e.kwargs)):
+                self.expr(arg, scope)
+            hint = _suggest(e.func, [*BUILTINS, *self.strategies])
+            self.error(f"unknown function or strategy '{e.func}'{hint}", e.span)
+            return _ERR
+        self.step_budget(e.budget, e.span)
+        params = {p.name: p for p in target.params}
+        given: dict[str, ast.Expr] = {}
+        if len(e.args) > len(target.params):
+            self.error(f"'{e.func}' takes {len(target.params)} arguments, got {len(e.args)}", e.span)
+        for p, arg in zip(target.params, e.args):
+            given[p.name] = arg
+        for kw in e.kwargs:
+            if kw.name not in params:
+                self.error(f"'{e.func}' has no parameter '{kw.name}'{_suggest(kw.name, params)}", kw.span)
+            elif kw.name in given:
+                self.error(f"argument '{kw.name}' is given twice", kw.span)
+            given[kw.name] = kw.value
+        for arg in e.args[len(target.params) :]:
+            self.expr(arg, scope)
+        for name, arg in given.items():
+            if name in params:
+                self.expect(arg, scope, (params[name].type,), f"argument '{name}' of '{e.func}'")
+            else:
+                self.expr(arg, scope)
+        missing = [p.name for p in target.params if p.default is None and p.name not in given]
+        if missing:
+            self.error(f"'{e.func}' needs a value for {', '.join(repr(m) for m in missing)}", e.span)
+        ret = self.result.returns.get(e.func, _ERR)
+        return _ERR if ret == "pending" else ret
+
+    def settings(self, settings: Sequence[ast.Setting], scope: dict[str, str]) -> None:
+        seen: set[str] = set()
+        for s in settings:
+            if s.key in seen:
+                self.error(f"sampling key '{s.key}' is given twice", s.span)
+            seen.add(s.key)
+            if s.key not in SAMPLING_KEYS:
+                hint = _suggest(s.key, SAMPLING_KEYS) or f"; expected one of {', '.join(SAMPLING_KEYS)}"
+                self.error(f"unknown sampling key '{s.key}'{hint}", s.span)
+                self.expr(s.value, scope)
+                continue
+            if s.key == "stop":
+                self.expect(s.value, scope, ("text", "list"), "`stop`")
+            elif s.key == "step":
+                self.expect(s.value, scope, ("text",), "`step`")
+                if isinstance(s.value, ast.StrLit) and not s.value.value:
+                    self.error("`step` cannot be an empty string", s.value.span)
+            elif s.key in ("max_tokens", "top_k", "seed"):
+                self.expect(s.value, scope, ("int",), f"`{s.key}`")
+            else:
+                self.expect(s.value, scope, ("float",), f"`{s.key}`")
+            self._setting_range(s)
+
+    def _setting_range(self, s: ast.Setting) -> None:
+        v = _literal_number(s.value)
+        if v is None:
+            return
+        bad = {
+            "max_tokens": v < 1,
+            "temperature": v < 0,
+            "top_p": not 0 < v <= 1,
+            "min_p": not 0 <= v <= 1,
+            "top_k": v == 0 or v < -1,
+        }.get(s.key, False)
+        if bad:
+            rule = {
+                "max_tokens": "at least 1",
+                "temperature": "at least 0",
+                "top_p": "in (0, 1]",
+                "min_p": "in [0, 1]",
+                "top_k": "-1 (no limit) or at least 1",
+            }[s.key]
+            self.error(f"`{s.key}` must be {rule}, got {v:g}", s.value.span)
+
+    def step_budget(self, budget: int | None, span: Span) -> None:
+        if budget is not None and budget <= 0:
+            self.error("a budget must be at least 1 token", span)
+
+    def scorer(self, scorer: ast.Scorer, scope: dict[str, str]) -> None:
+        if scorer.kind == "judge" and scorer.arg is not None:
+            lit = ast.StrLit(scorer.arg, False, scorer.span)
+            self.template(lit, scope, extra=("branch",))
+            if "{branch}" not in scorer.arg.replace(" ", ""):
+                self.error("a judge template must show the graded branch: put {branch} in it", scorer.span)
+        elif scorer.kind == "verifier" and scorer.arg is not None:
+            if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", scorer.arg):
+                self.error(
+                    f"verifier target {scorer.arg!r} must look like \"package.module:function\"",
+                    scorer.span,
+                )
+
+    def template(self, lit: ast.StrLit, scope: dict[str, str], extra: tuple[str, ...]) -> None:
+        try:
+            parts = parse_template(lit.value)
+        except ValueError as exc:
+            self.error(str(exc.args[0]), lit.span)
+            return
+        for part in parts:
+            if isinstance(part, tuple):
+                name = part[0]
+                if name in extra:
+                    continue
+                if name not in scope:
+                    hint = _suggest(name, [*scope, *extra])
+                    self.error(f"unknown name '{name}' in {{{name}}}{hint or '; a prompt can use parameters and names assigned above'}", lit.span)
+                elif scope[name] == "list":
+                    self.error(f"'{name}' is a list and cannot be interpolated into text", lit.span)
+
+
+@dataclass
+class _Ctx:
+    strategy: ast.Strategy
+    scope: dict[str, str]
+    returns: list[str] = field(default_factory=list)
+
+
+def parse_template_names(value: str) -> list[str]:
+    try:
+        return [p[0] for p in parse_template(value) if isinstance(p, tuple)]
+    except ValueError:
+        return []
+
+
+def _assignable(value: str, target: str) -> bool:
+    return value == target or (value == "int" and target == "float")
+
+
+def _literal_int(e: ast.Expr) -> int | None:
+    if isinstance(e, ast.IntLit):
+        return e.value
+    if isinstance(e, ast.Neg) and isinstance(e.operand, ast.IntLit):
+        return -e.operand.value
+    return None
+
+
+def _literal_number(e: ast.Expr) -> float | None:
+    if isinstance(e, (ast.IntLit, ast.FloatLit)):
+        return e.value
+    if isinstance(e, ast.Neg):
+        inner = _literal_number(e.operand)
+        return None if inner is None else -inner
+    return None
+
+
+def _always_returns(stmts: Sequence[ast.Stmt]) -> bool:
+    for st in stmts:
+        if isinstance(st, ast.Return):
+            return True
+        if isinstance(st, ast.If) and st.orelse and _always_returns(st.then) and _always_returns(st.orelse):
+            return True
+    return False
+
+
+def walk_exprs(node: object) -> Iterable[ast.Expr]:
+    """Every expression under a statement, expression, setting or tuple, depth first."""
+    if isinstance(node, tuple):
+        for item in node:
+            yield from walk_exprs(item)
+        return
+    if isinstance(node, (ast.Setting, ast.KwArg)):
+        yield from walk_exprs(node.value)
+        return
+    if not hasattr(node, "__dataclass_fields__") or isinstance(node, (ast.Scorer, ast.Strategy, ast.Module)):
+        return
+    if not isinstance(node, (ast.BudgetStmt, ast.Assign, ast.Repeat, ast.If, ast.Return, ast.Param)):
+        yield node  # type: ignore[misc]
+    for name in node.__dataclass_fields__:
+        if name != "span":
+            yield from walk_exprs(getattr(node, name))
+
+
+def _called(s: ast.Strategy, strategies: dict[str, ast.Strategy]) -> list[tuple[str, Span]]:
+    return [
+        (e.func, e.span)
+        for e in walk_exprs(s.body)
+        if isinstance(e, ast.Call) and e.func in strategies and e.func not in BUILTINS
+    ]

@@ -1,0 +1,246 @@
+"""Stage 3: a checked program -> `Plan`.
+
+`lower(checked, entry=None, args=None)` is pure.  Node ids are assigned in a fixed order (the
+strategies in definition order, each strategy's expressions depth first, left to right), so the
+same source always gives the same plan.  Pipelines have already been desugared by the parser, a
+name that is a never-reassigned parameter becomes a `Param` node and every other name a `Var`,
+`+` on branches becomes a `Union`, prompts with `{name}` become `Prompt` nodes.  After lowering,
+`ttcdsl.bounds` fills in each step's static worst-case tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from ttcdsl import ast, plan
+from ttcdsl.bounds import annotate
+from ttcdsl.check import BUILTINS, Checked, walk_exprs
+from ttcdsl.errors import UsageError
+from ttcdsl.parse import parse_template
+
+__all__ = ["lower"]
+
+
+def lower(checked: Checked, entry: str | None = None, args: Mapping[str, Any] | None = None) -> plan.Plan:
+    """Lower every strategy; `entry` defaults to the last strategy of the main file.
+
+    `args` (values for the entry's parameters) only affect the static bounds."""
+    program = checked.program
+    mains = program.main_strategies
+    if entry is None:
+        entry = mains[-1].name
+    elif entry not in program.strategies:
+        names = ", ".join(s.name for s in mains)
+        raise UsageError(f"no strategy named '{entry}' in {program.main}; it defines: {names}")
+    next_id = 1
+    strategies: dict[str, plan.StrategyPlan] = {}
+    for name, s in program.strategies.items():
+        lowered = _StrategyLowering(checked, s, next_id).run()
+        next_id += len(lowered.nodes)
+        strategies[name] = lowered
+    result = plan.Plan(entry=entry, strategies=strategies)
+    return annotate(result, args or {})
+
+
+class _StrategyLowering:
+    def __init__(self, checked: Checked, strategy: ast.Strategy, first_id: int) -> None:
+        self.checked = checked
+        self.s = strategy
+        self.nodes: list[plan.Node] = []
+        self.next_id = first_id
+        assigned = {st.name for st in _all_stmts(strategy.body) if isinstance(st, ast.Assign)}
+        self.params = {p.name for p in strategy.params} - assigned
+        self.logprobs = any(
+            (isinstance(e, ast.Score) and e.scorer.kind == "logprob")
+            or (isinstance(e, ast.Prune) and e.by == "logprob")
+            for e in walk_exprs(strategy.body)
+        )
+
+    def run(self) -> plan.StrategyPlan:
+        budget = next((st.tokens for st in self.s.body if isinstance(st, ast.BudgetStmt)), None)
+        body = self.block(self.s.body)
+        params = [
+            plan.ParamSpec(
+                p.name,
+                p.type,
+                default=_literal(p.default) if p.default is not None else None,
+                required=p.default is None,
+            )
+            for p in self.s.params
+        ]
+        return plan.StrategyPlan(
+            name=self.s.name,
+            params=params,
+            nodes=self.nodes,
+            body=body,
+            span=self.s.span,
+            returns=self.checked.returns.get(self.s.name, "branches"),  # type: ignore[arg-type]
+            budget=budget,
+        )
+
+    def add(self, cls: type[Any], e: Any, **fields: Any) -> plan.Ref:
+        node_id = self.next_id
+        self.next_id += 1
+        self.nodes.append(cls(id=node_id, span=e.span, **fields))
+        return plan.Ref(node_id)
+
+    def block(self, stmts: Sequence[ast.Stmt]) -> list[plan.Stmt]:
+        out: list[plan.Stmt] = []
+        for st in stmts:
+            match st:
+                case ast.BudgetStmt():
+                    continue
+                case ast.Assign():
+                    out.append(plan.Bind(span=st.span, name=st.name, value=self.expr(st.value)))
+                case ast.Repeat():
+                    times = self.expr(st.times)
+                    body = self.block(st.body)
+                    until = self.expr(st.until) if st.until is not None else None
+                    out.append(plan.Repeat(span=st.span, times=times, until=until, body=body))
+                case ast.If():
+                    cond = self.expr(st.cond)
+                    out.append(
+                        plan.If(span=st.span, cond=cond, then=self.block(st.then), orelse=self.block(st.orelse))
+                    )
+                case ast.Return():
+                    out.append(plan.Return(span=st.span, value=self.expr(st.value)))
+        return out
+
+    def name(self, name: str, e: Any) -> plan.Ref:
+        if name in self.params:
+            return self.add(plan.Param, e, name=name)
+        return self.add(plan.Var, e, name=name)
+
+    def expr(self, e: ast.Expr) -> plan.Ref:
+        match e:
+            case ast.IntLit() | ast.FloatLit() | ast.BoolLit():
+                return self.add(plan.Const, e, value=e.value)
+            case ast.StrLit():
+                parts = parse_template(e.value)
+                if all(isinstance(p, str) for p in parts):
+                    return self.add(plan.Const, e, value="".join(p for p in parts if isinstance(p, str)))
+                refs: list[str | plan.Ref] = [
+                    p if isinstance(p, str) else self.name(p[0], e) for p in parts
+                ]
+                return self.add(plan.Prompt, e, parts=refs)
+            case ast.Name():
+                return self.name(e.id, e)
+            case ast.ListLit():
+                if all(isinstance(i, ast.StrLit) and not _has_interp(i.value) for i in e.items):
+                    return self.add(plan.Const, e, value=[_unbrace(i.value) for i in e.items])  # type: ignore[union-attr]
+                return self.add(plan.ListOf, e, items=[self.expr(i) for i in e.items])
+            case ast.BinOp():
+                left, right = self.expr(e.left), self.expr(e.right)
+                if self.checked.type_of(e) == "branches":
+                    return self.add(plan.Union, e, left=left, right=right)
+                return self.add(plan.Arith, e, operator=e.op, left=left, right=right)
+            case ast.Compare():
+                left, right = self.expr(e.left), self.expr(e.right)
+                return self.add(plan.Compare, e, operator=e.op, left=left, right=right)
+            case ast.BoolOp():
+                left, right = self.expr(e.left), self.expr(e.right)
+                return self.add(plan.Logic, e, operator=e.op, left=left, right=right)
+            case ast.Not():
+                return self.add(plan.Not, e, operand=self.expr(e.operand))
+            case ast.Neg():
+                if isinstance(e.operand, (ast.IntLit, ast.FloatLit)):
+                    return self.add(plan.Const, e, value=-e.operand.value)
+                return self.add(plan.Neg, e, operand=self.expr(e.operand))
+            case ast.Call():
+                return self.call(e)
+            case ast.Sample():
+                count, prompt = self.expr(e.count), self.expr(e.prompt)
+                return self.add(
+                    plan.Sample, e, count=count, prompt=prompt, settings=self.settings(e.settings),
+                    budget=e.budget, logprobs=self.logprobs,
+                )
+            case ast.Expand():
+                branches, count = self.expr(e.branches), self.expr(e.count)
+                return self.add(
+                    plan.Expand, e, branches=branches, count=count, settings=self.settings(e.settings),
+                    budget=e.budget, logprobs=self.logprobs,
+                )
+            case ast.Score():
+                branches = self.expr(e.branches)
+                return self.add(
+                    plan.Score, e, branches=branches, scorer=self.scorer(e.scorer, e),
+                    agg=e.agg or "last", budget=e.budget,
+                )
+            case ast.Prune():
+                branches, keep = self.expr(e.branches), self.expr(e.keep)
+                return self.add(plan.Prune, e, branches=branches, keep=keep, by=e.by or "score", per=e.per or "all")
+            case ast.Vote():
+                branches = self.expr(e.branches)
+                return self.add(
+                    plan.Vote, e, branches=branches, on=e.on or "number", pattern=e.pattern, weighted=e.weighted
+                )
+        raise AssertionError(f"unhandled expression {e!r}")
+
+    def call(self, e: ast.Call) -> plan.Ref:
+        if e.func in self.checked.program.strategies and e.func not in _BUILTIN_NAMES:
+            target = self.checked.program.strategies[e.func]
+            args: dict[str, plan.Ref] = {}
+            for p, arg in zip(target.params, e.args):
+                args[p.name] = self.expr(arg)
+            for kw in e.kwargs:
+                args[kw.name] = self.expr(kw.value)
+            return self.add(plan.Call, e, strategy=plan.StrategyRef(e.func), args=args, budget=e.budget)
+        return self.add(plan.Builtin, e, name=e.func, args=[self.expr(a) for a in e.args])
+
+    def settings(self, settings: Sequence[ast.Setting]) -> plan.Settings:
+        values = {s.key: self.expr(s.value) for s in settings}
+        return plan.Settings(**values)
+
+    def scorer(self, scorer: ast.Scorer, e: Any) -> plan.Scorer:
+        if scorer.kind == "judge" and scorer.arg is not None:
+            parts: list[str | plan.Ref | plan.BranchText] = []
+            for p in parse_template(scorer.arg):
+                if isinstance(p, str):
+                    parts.append(p)
+                elif p[0] == "branch":
+                    parts.append(plan.BranchText())
+                else:
+                    parts.append(self.name(p[0], scorer))
+            return plan.Scorer("judge", template=parts)
+        if scorer.kind == "verifier":
+            return plan.Scorer("verifier", target=scorer.arg)
+        return plan.Scorer(scorer.kind)
+
+
+_BUILTIN_NAMES = frozenset(BUILTINS)
+
+
+def _all_stmts(stmts: Sequence[ast.Stmt]) -> list[ast.Stmt]:
+    out: list[ast.Stmt] = []
+    for st in stmts:
+        out.append(st)
+        if isinstance(st, ast.Repeat):
+            out += _all_stmts(st.body)
+        elif isinstance(st, ast.If):
+            out += _all_stmts(st.then) + _all_stmts(st.orelse)
+    return out
+
+
+def _literal(e: ast.Expr) -> Any:
+    if isinstance(e, (ast.IntLit, ast.FloatLit, ast.BoolLit)):
+        return e.value
+    if isinstance(e, ast.StrLit):
+        return _unbrace(e.value)
+    if isinstance(e, ast.Neg):
+        return -_literal(e.operand)
+    raise AssertionError(e)
+
+
+def _has_interp(value: str) -> bool:
+    return any(isinstance(p, tuple) for p in parse_template(value))
+
+
+def _unbrace(value: str) -> str:
+    return "".join(p for p in parse_template(value) if isinstance(p, str))
+
+
+def to_json(p: plan.Plan) -> bytes:
+    return msgspec.json.format(plan.encode(p), indent=2)

@@ -1,0 +1,457 @@
+"""Stage 1: source text -> `ast.Module`.
+
+`parse(source, file)` is a pure function.  It either returns a frozen AST whose every node carries
+its `Span`, or raises `TTCSyntaxError` for the *first* thing it cannot read, saying what was
+expected there and which bracket is still open.  Lark's trees and tokens never leave this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import textwrap
+from importlib import resources
+from typing import Any
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
+
+from ttcdsl import ast
+from ttcdsl.errors import TTCSyntaxError
+from ttcdsl.span import Span
+
+__all__ = ["grammar_text", "parse", "parse_template", "unescape"]
+
+
+def grammar_text() -> str:
+    """The grammar as shipped in the package (grammar/ttc.lark)."""
+    return resources.files("ttcdsl").joinpath("grammar", "ttc.lark").read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(source: str, file: str = "<string>") -> ast.Module:
+    """Parse one `.ttc` file.  Raises `TTCSyntaxError` (only) on bad input."""
+    try:
+        tree = _parser().parse(source)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, source, file) from None
+    try:
+        module: ast.Module = _Builder(file).transform(tree)
+    except VisitError as exc:  # errors raised while building nodes, e.g. a bad escape
+        if isinstance(exc.orig_exc, TTCSyntaxError):
+            err = exc.orig_exc
+            err.source = source
+            raise err from None
+        raise
+    return ast.Module(module.imports, module.strategies, file)
+
+
+# ---- strings ----
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "0": "\0"}
+
+
+def unescape(body: str, span: Span) -> str:
+    """Process backslash escapes (`\\n \\t \\r \\" \\\\ \\0`); anything else is an error."""
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt not in _ESCAPES:
+                raise TTCSyntaxError(
+                    f"unknown escape '\\{nxt}' in a string; "
+                    'use \\n, \\t, \\r, \\", \\\\ or \\0 (braces are written {{ and }})',
+                    span,
+                )
+            out.append(_ESCAPES[nxt])
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def dedent_triple(body: str) -> str:
+    """The value of a triple-quoted string: the blank line after the opening quotes and the
+    whitespace-only line before the closing quotes are dropped, then common indentation."""
+    lines = body.split("\n")
+    if len(lines) > 1 and not lines[0].strip():
+        lines = lines[1:]
+    if len(lines) > 1 and not lines[-1].strip():
+        lines = lines[:-1]
+    return textwrap.dedent("\n".join(lines))
+
+
+_INTERP = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+
+
+def parse_template(value: str) -> list[str | tuple[str, int]]:
+    """Split a prompt into literal text and `(name, offset)` interpolations.
+
+    Raises ValueError with a message (and the offset in ``args[1]``) for a stray or empty brace.
+    """
+    parts: list[str | tuple[str, int]] = []
+    literal: list[str] = []
+    pos = 0
+    for m in _INTERP.finditer(value):
+        literal.append(value[pos : m.start()])
+        pos = m.end()
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            literal.append(token[0])
+        elif m.group(1) is not None:
+            name = m.group(1).strip()
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(
+                    f"'{{{m.group(1)}}}' is not an interpolation: write {{name}} with a "
+                    "defined name, or {{ and }} for literal braces",
+                    m.start(),
+                )
+            if "".join(literal):
+                parts.append("".join(literal))
+            literal = []
+            parts.append((name, m.start()))
+        else:
+            raise ValueError(
+                f"a lone '{token}' in a string: write {token}{token} for a literal brace",
+                m.start(),
+            )
+    literal.append(value[pos:])
+    if "".join(literal):
+        parts.append("".join(literal))
+    return parts
+
+
+# ---- tree -> AST ----
+
+
+def _span(file: str, meta: Any) -> Span:
+    if getattr(meta, "empty", True):
+        return Span(file, 0, 0, 0, 0)
+    return Span(file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _tok_span(file: str, tok: Token) -> Span:
+    return Span(
+        file,
+        tok.line or 0,
+        tok.column or 0,
+        tok.end_line or tok.line or 0,
+        tok.end_column or tok.column or 0,
+    )
+
+
+def _settings(clause: Any) -> tuple[ast.Setting, ...]:
+    return tuple(clause) if clause is not None else ()
+
+
+@v_args(meta=True, inline=True)
+class _Builder(Transformer[Token, Any]):
+    """Turns lark's tree into `ast` nodes; one method per grammar rule or alias."""
+
+    def __init__(self, file: str) -> None:
+        super().__init__()
+        self.file = file
+
+    def _s(self, meta: Any) -> Span:
+        return _span(self.file, meta)
+
+    @v_args(meta=True, inline=False)
+    def start(self, meta: Any, items: list[Any]) -> ast.Module:
+        imports = tuple(i for i in items if isinstance(i, ast.Import))
+        strategies = tuple(i for i in items if isinstance(i, ast.Strategy))
+        return ast.Module(imports, strategies, self.file)
+
+    def import_decl(self, meta: Any, path: Token) -> ast.Import:
+        return ast.Import(self._string(path).value, self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def strategy(self, meta: Any, items: list[Any]) -> ast.Strategy:
+        name, *params, body = items
+        return ast.Strategy(
+            str(name), tuple(p for p in params if p is not None), body, self._s(meta)
+        )
+
+    def param(self, meta: Any, name: Token, type_: Token, default: Any) -> ast.Param:
+        return ast.Param(str(name), str(type_), default, self._s(meta))  # type: ignore[arg-type]
+
+    @v_args(meta=True, inline=False)
+    def block(self, meta: Any, stmts: list[Any]) -> tuple[ast.Stmt, ...]:
+        return tuple(stmts)
+
+    def budget_stmt(self, meta: Any, _kw: Token, tokens: Token) -> ast.BudgetStmt:
+        return ast.BudgetStmt(int(tokens), self._s(meta))
+
+    def assign(self, meta: Any, name: Token, value: ast.Expr) -> ast.Assign:
+        return ast.Assign(str(name), value, self._s(meta))
+
+    def repeat(self, meta: Any, times: ast.Expr, until: Any, body: Any) -> ast.Repeat:
+        return ast.Repeat(times, until, body, self._s(meta))
+
+    def if_stmt(self, meta: Any, cond: ast.Expr, then: Any, orelse: Any) -> ast.If:
+        if isinstance(orelse, ast.If):
+            orelse = (orelse,)
+        return ast.If(cond, then, orelse or (), self._s(meta))
+
+    def return_stmt(self, meta: Any, value: ast.Expr) -> ast.Return:
+        return ast.Return(value, self._s(meta))
+
+    # ---- expressions ----
+
+    def pipe(self, meta: Any, left: ast.Expr, step: Any) -> ast.Expr:
+        kind, fields = step
+        return kind(left, **fields, piped=True, span=self._s(meta))  # type: ignore[no-any-return]
+
+    def or_op(self, meta: Any, left: ast.Expr, right: ast.Expr) -> ast.BoolOp:
+        return ast.BoolOp("or", left, right, self._s(meta))
+
+    def and_op(self, meta: Any, left: ast.Expr, right: ast.Expr) -> ast.BoolOp:
+        return ast.BoolOp("and", left, right, self._s(meta))
+
+    def not_op(self, meta: Any, operand: ast.Expr) -> ast.Not:
+        return ast.Not(operand, self._s(meta))
+
+    def compare(self, meta: Any, left: ast.Expr, op: Token, right: ast.Expr) -> ast.Compare:
+        return ast.Compare(str(op), left, right, self._s(meta))
+
+    def binop(self, meta: Any, left: ast.Expr, op: Token, right: ast.Expr) -> ast.BinOp:
+        return ast.BinOp(str(op), left, right, self._s(meta))
+
+    def neg(self, meta: Any, operand: ast.Expr) -> ast.Expr:
+        return ast.Neg(operand, self._s(meta))
+
+    def int_lit(self, meta: Any, tok: Token) -> ast.IntLit:
+        return ast.IntLit(int(tok), self._s(meta))
+
+    def float_lit(self, meta: Any, tok: Token) -> ast.FloatLit:
+        return ast.FloatLit(float(tok), self._s(meta))
+
+    def string_lit(self, meta: Any, tok: Token) -> ast.StrLit:
+        return self._string(tok)
+
+    def _string(self, tok: Token) -> ast.StrLit:
+        span = _tok_span(self.file, tok)
+        text = str(tok)
+        if text.startswith('"""'):
+            return ast.StrLit(unescape(dedent_triple(text[3:-3]), span), True, span)
+        return ast.StrLit(unescape(text[1:-1], span), False, span)
+
+    def true_lit(self, meta: Any) -> ast.BoolLit:
+        return ast.BoolLit(True, self._s(meta))
+
+    def false_lit(self, meta: Any) -> ast.BoolLit:
+        return ast.BoolLit(False, self._s(meta))
+
+    def name(self, meta: Any, tok: Token) -> ast.Name:
+        return ast.Name(str(tok), self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def list_lit(self, meta: Any, items: list[Any]) -> ast.ListLit:
+        return ast.ListLit(tuple(i for i in items if i is not None), self._s(meta))
+
+    @v_args(meta=True, inline=False)
+    def call(self, meta: Any, items: list[Any]) -> ast.Call:
+        name, *args, budget = items
+        positional = tuple(a for a in args if a is not None and not isinstance(a, ast.KwArg))
+        kwargs = tuple(a for a in args if isinstance(a, ast.KwArg))
+        return ast.Call(str(name), positional, kwargs, budget, self._s(meta))
+
+    def kwarg(self, meta: Any, name: Token, value: ast.Expr) -> ast.KwArg:
+        return ast.KwArg(str(name), value, self._s(meta))
+
+    # ---- steps ----
+
+    def sample(self, meta: Any, count: Any, prompt: Any, settings: Any, budget: Any) -> ast.Sample:
+        return ast.Sample(count, prompt, _settings(settings), budget, self._s(meta))
+
+    def expand(self, meta: Any, branches: Any, count: Any, settings: Any, budget: Any) -> ast.Expand:
+        return ast.Expand(branches, count, _settings(settings), budget, span=self._s(meta))
+
+    def score(self, meta: Any, branches: Any, scorer: Any, agg: Any, budget: Any) -> ast.Score:
+        return ast.Score(branches, scorer, agg, budget, span=self._s(meta))
+
+    def prune(self, meta: Any, branches: Any, keep: Any, by: Any, per: Any) -> ast.Prune:
+        return ast.Prune(branches, keep, by, per, span=self._s(meta))
+
+    def vote(self, meta: Any, branches: Any, on: Any, weighted: Any) -> ast.Vote:
+        kind, pattern = on if on is not None else (None, None)
+        return ast.Vote(branches, kind, pattern, weighted is not None, span=self._s(meta))
+
+    def pexpand(self, meta: Any, count: Any, settings: Any, budget: Any) -> tuple[Any, dict[str, Any]]:
+        return ast.Expand, {"count": count, "settings": _settings(settings), "budget": budget}
+
+    def pscore(self, meta: Any, scorer: Any, agg: Any, budget: Any) -> tuple[Any, dict[str, Any]]:
+        return ast.Score, {"scorer": scorer, "agg": agg, "budget": budget}
+
+    def pprune(self, meta: Any, keep: Any, by: Any, per: Any) -> tuple[Any, dict[str, Any]]:
+        return ast.Prune, {"keep": keep, "by": by, "per": per}
+
+    def pvote(self, meta: Any, on: Any, weighted: Any) -> tuple[Any, dict[str, Any]]:
+        kind, pattern = on if on is not None else (None, None)
+        return ast.Vote, {"on": kind, "pattern": pattern, "weighted": weighted is not None}
+
+    @v_args(meta=True, inline=False)
+    def with_clause(self, meta: Any, settings: list[ast.Setting]) -> tuple[ast.Setting, ...]:
+        return tuple(settings)
+
+    def setting(self, meta: Any, key: Token, value: ast.Expr) -> ast.Setting:
+        return ast.Setting(str(key), value, self._s(meta))
+
+    def step_budget(self, meta: Any, tokens: Token) -> int:
+        return int(tokens)
+
+    def prm_scorer(self, meta: Any) -> ast.Scorer:
+        return ast.Scorer("prm", None, self._s(meta))
+
+    def logprob_scorer(self, meta: Any) -> ast.Scorer:
+        return ast.Scorer("logprob", None, self._s(meta))
+
+    def judge_scorer(self, meta: Any, template: Token) -> ast.Scorer:
+        return ast.Scorer("judge", self._string(template).value, self._s(meta))
+
+    def verifier_scorer(self, meta: Any, target: Token) -> ast.Scorer:
+        return ast.Scorer("verifier", self._string(target).value, self._s(meta))
+
+    def agg(self, meta: Any, kind: Token) -> str:
+        return str(kind)
+
+    def prune_by(self, meta: Any, key: Token) -> str:
+        return str(key)
+
+    def prune_per(self, meta: Any, kind: Token) -> str:
+        return str(kind)
+
+    def vote_on(self, meta: Any, kind: Token, pattern: Token | None) -> tuple[str, str | None]:
+        if str(kind) == "regex":
+            if pattern is None:
+                raise TTCSyntaxError(
+                    'vote ... on regex needs a pattern: on regex "answer: (\\d+)"',
+                    _tok_span(self.file, kind),
+                )
+            return "regex", self._string(pattern).value
+        if pattern is not None:
+            raise TTCSyntaxError(
+                f"vote ... on {kind} takes no pattern (only `on regex \"...\"` does)",
+                _tok_span(self.file, pattern),
+            )
+        return str(kind), None
+
+
+# ---- syntax errors ----
+
+_TOKEN_NAMES = {
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "STRING": "a string",
+    "LONG_STRING": "a string",
+    "TYPE": "a type (text, int, float or bool)",
+    "COMP_OP": "a comparison",
+    "ADD_OP": "'+' or '-'",
+    "MUL_OP": "'*', '/' or '%'",
+    "AGG_KIND": "last, min, mean or prod",
+    "PRUNE_KEY": "score, logprob or length",
+    "PER_KIND": "root or parent",
+    "EXTRACTOR": "number, boxed, line or regex",
+    "BUDGET_STMT": "budget",
+    "$END": "the end of the file",
+}
+
+
+def _describe(term: str) -> str:
+    if term in _TOKEN_NAMES:
+        return _TOKEN_NAMES[term]
+    for t in _parser().terminals:
+        if t.name == term and t.pattern.type == "str":
+            return f"'{t.pattern.value}'"
+    return term.lower()
+
+
+def _expected_list(expected: set[str]) -> str:
+    names = sorted({_describe(t) for t in expected if not t.startswith("_") or t == "$END"})
+    # Keep the message short: name the structural tokens first.
+    if len(names) > 8:
+        names = names[:8] + ["..."]
+    if not names:
+        return "something else"
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _open_bracket(source: str, upto: int) -> tuple[str, int, int] | None:
+    """The innermost bracket still open before offset `upto`: (char, line, col)."""
+    stack: list[tuple[str, int, int]] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    i, line, col = 0, 1, 1
+    n = min(upto, len(source))
+    while i < n:
+        ch = source[i]
+        if ch == "#":
+            while i < n and source[i] != "\n":
+                i += 1
+            continue
+        if ch == '"':
+            quote = '"""' if source.startswith('"""', i) else '"'
+            j = source.find(quote, i + len(quote))
+            while j != -1 and source[j - 1] == "\\":
+                j = source.find(quote, j + 1)
+            end = n if j == -1 else min(j + len(quote), n)
+            chunk = source[i:end]
+            line += chunk.count("\n")
+            col = len(chunk) - chunk.rfind("\n") if "\n" in chunk else col + len(chunk)
+            i = end
+            continue
+        if ch in "([{":
+            stack.append((ch, line, col))
+        elif ch in ")]}" and stack and stack[-1][0] == pairs[ch]:
+            stack.pop()
+        if ch == "\n":
+            line, col = line + 1, 1
+        else:
+            col += 1
+        i += 1
+    return stack[-1] if stack else None
+
+
+def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxError:
+    line = exc.line if exc.line and exc.line > 0 else max(1, source.count("\n") + 1)
+    col = exc.column if exc.column and exc.column > 0 else 1
+    pos = exc.pos_in_stream if exc.pos_in_stream is not None else len(source)
+    if isinstance(exc, UnexpectedCharacters):
+        ch = source[pos] if pos < len(source) else ""
+        if ch == '"':
+            msg = "unterminated string: close it with a matching '\"'"
+        else:
+            msg = f"unexpected character {ch!r}"
+        span = Span(file, line, col, line, col + 1)
+        return TTCSyntaxError(msg, span, source)
+    expected = _expected_list(set(getattr(exc, "expected", ()) or ()))
+    if isinstance(exc, UnexpectedEOF) or getattr(exc, "token", None) is not None and exc.token.type == "$END":  # type: ignore[attr-defined]
+        lines = source.splitlines() or [""]
+        line = len(lines)
+        col = len(lines[-1]) + 1
+        opened = _open_bracket(source, len(source))
+        msg = f"unexpected end of file; expected {expected}"
+        if opened:
+            closer = {"(": ")", "[": "]", "{": "}"}[opened[0]]
+            msg += f" (the '{opened[0]}' opened at line {opened[1]} is still open: close it with '{closer}')"
+        return TTCSyntaxError(msg, Span(file, line, col, line, col + 1), source)
+    token = exc.token  # type: ignore[attr-defined]
+    shown = str(token).split("\n")[0]
+    width = len(shown) or 1
+    msg = f"unexpected {shown!r}; expected {expected}"
+    if token.type == "TOKENS":
+        msg = (
+            "unexpected 'tokens': `budget N tokens` is a statement of its own; "
+            "a step takes `budget N` without 'tokens'"
+        )
+    opened = _open_bracket(source, pos)
+    if opened and token.type in ("RBRACE", "$END") and opened[0] != "{":
+        closer = {"(": ")", "[": "]"}[opened[0]]
+        msg += f" (the '{opened[0]}' opened at line {opened[1]} is still open: close it with '{closer}')"
+    return TTCSyntaxError(msg, Span(file, line, col, line, col + width), source)

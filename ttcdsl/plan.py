@@ -1,0 +1,349 @@
+"""The plan: what the runtime executes.  Plain, typed, versioned, JSON-serialisable data.
+
+A `Plan` holds one `StrategyPlan` per strategy.  A strategy is a flat table of expression nodes
+(`Node`, a msgspec tagged union on the field ``op``) plus a structured body of statements
+(`Stmt`, tagged on ``stmt``) that bind, loop, branch and return.  Nodes refer to each other with
+typed `Ref`s (never bare strings), ids are assigned deterministically by the lowering pass and are
+unique across the whole plan, and every node and statement keeps the `Span` of the source it came
+from so a runtime failure can name the `.ttc` line.
+
+The plan knows nothing about execution.  Step nodes carry a static `Bound` on their completion
+tokens (computed from the parameters' defaults or the values given to `lower`).
+
+Schema evolution follows msgspec's rules: new fields get defaults, nothing is renamed, and
+``PLAN_VERSION`` increases when a reader must know.  `encode`/`decode` are the only entry points;
+the decoder is built once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from ttcdsl.span import Span
+
+__all__ = [
+    "PLAN_VERSION",
+    "Arith",
+    "BranchText",
+    "Bind",
+    "Bound",
+    "Builtin",
+    "Call",
+    "Compare",
+    "Const",
+    "Expand",
+    "If",
+    "ListOf",
+    "Logic",
+    "Neg",
+    "Node",
+    "Not",
+    "Param",
+    "ParamSpec",
+    "Plan",
+    "Prompt",
+    "Prune",
+    "Ref",
+    "Repeat",
+    "Return",
+    "Sample",
+    "Score",
+    "Scorer",
+    "Settings",
+    "Stmt",
+    "StrategyPlan",
+    "StrategyRef",
+    "Union",
+    "Var",
+    "Vote",
+    "decode",
+    "encode",
+]
+
+PLAN_VERSION = 1
+
+ValueType = Literal["text", "int", "float", "bool", "branches", "answer", "list"]
+
+
+class Ref(msgspec.Struct, frozen=True, tag="ref"):
+    """A reference to another node of the same strategy."""
+
+    node: int
+
+
+class StrategyRef(msgspec.Struct, frozen=True):
+    """A reference to a strategy of the same plan."""
+
+    name: str
+
+
+class BranchText(msgspec.Struct, frozen=True, tag="branch"):
+    """In a judge template: the text of the branch being graded (`{branch}`)."""
+
+
+class Bound(msgspec.Struct, frozen=True):
+    """Static worst-case completion tokens of a step node: ``per_call`` for one invocation,
+    ``calls`` invocations in the worst case (loops multiplied out), ``total`` = their product.
+    ``None`` means unbounded or unknown until run time."""
+
+    per_call: int | None
+    calls: int | None
+    total: int | None
+
+
+class Settings(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The `with` clause of `sample`/`expand`; each value is a node evaluated at run time."""
+
+    max_tokens: Ref | None = None
+    temperature: Ref | None = None
+    top_p: Ref | None = None
+    top_k: Ref | None = None
+    min_p: Ref | None = None
+    seed: Ref | None = None
+    stop: Ref | None = None
+    step: Ref | None = None
+
+
+class Scorer(msgspec.Struct, frozen=True, omit_defaults=True):
+    kind: Literal["prm", "logprob", "judge", "verifier"]
+    # judge: the template; names resolve to nodes, `{branch}` to the graded branch.
+    template: list[str | Ref | BranchText] | None = None
+    # verifier: "module:function".
+    target: str | None = None
+
+
+class NodeBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", omit_defaults=True):
+    id: int
+    span: Span
+
+
+class Const(NodeBase, tag="const"):
+    value: int | float | str | bool | list[str] | None
+
+
+class Param(NodeBase, tag="param"):
+    """The value of a strategy parameter."""
+
+    name: str
+
+
+class Var(NodeBase, tag="var"):
+    """The current value of a name bound by an earlier statement."""
+
+    name: str
+
+
+class Prompt(NodeBase, tag="prompt"):
+    """Text with interpolations: branches interpolate as their best branch's text, answers as
+    their value, numbers in decimal."""
+
+    parts: list[str | Ref]
+
+
+class ListOf(NodeBase, tag="list"):
+    items: list[Ref]
+
+
+class Arith(NodeBase, tag="arith"):
+    """`+ - * / %` on numbers (`/` on two ints is floor division); `+` on two texts concatenates."""
+
+    operator: Literal["+", "-", "*", "/", "%"]
+    left: Ref
+    right: Ref
+
+
+class Union(NodeBase, tag="union"):
+    """`a + b` on branches: all branches of both, in that order."""
+
+    left: Ref
+    right: Ref
+
+
+class Compare(NodeBase, tag="compare"):
+    operator: Literal["==", "!=", "<", "<=", ">", ">="]
+    left: Ref
+    right: Ref
+
+
+class Logic(NodeBase, tag="logic"):
+    operator: Literal["and", "or"]
+    left: Ref
+    right: Ref
+
+
+class Not(NodeBase, tag="not"):
+    operand: Ref
+
+
+class Neg(NodeBase, tag="neg"):
+    operand: Ref
+
+
+class Builtin(NodeBase, tag="builtin"):
+    name: Literal[
+        "best", "active", "done", "size", "finished", "agreement", "best_score", "budget_left"
+    ]
+    args: list[Ref] = []
+
+
+class Call(NodeBase, tag="call"):
+    """Run another strategy inside the caller's remaining budget (or `budget`, if given)."""
+
+    strategy: StrategyRef
+    args: dict[str, Ref]
+    budget: int | None = None
+    bound: Bound | None = None
+
+
+class Sample(NodeBase, tag="sample"):
+    """`count` fresh forks of `prompt`."""
+
+    count: Ref
+    prompt: Ref
+    settings: Settings = Settings()
+    budget: int | None = None
+    # Ask the backend for token logprobs (some scorer or prune of this strategy needs them).
+    logprobs: bool = False
+    bound: Bound | None = None
+
+
+class Expand(NodeBase, tag="expand"):
+    """Every unfinished branch forked `count` times from its own tokens; finished ones pass."""
+
+    branches: Ref
+    count: Ref
+    settings: Settings = Settings()
+    budget: int | None = None
+    logprobs: bool = False
+    bound: Bound | None = None
+
+
+class Score(NodeBase, tag="score"):
+    branches: Ref
+    scorer: Scorer
+    agg: Literal["last", "min", "mean", "prod"] = "last"
+    budget: int | None = None
+    bound: Bound | None = None
+
+
+class Prune(NodeBase, tag="prune"):
+    branches: Ref
+    keep: Ref
+    by: Literal["score", "logprob", "length"] = "score"
+    per: Literal["all", "root", "parent"] = "all"
+
+
+class Vote(NodeBase, tag="vote"):
+    branches: Ref
+    on: Literal["number", "boxed", "line", "regex"] = "number"
+    pattern: str | None = None
+    weighted: bool = False
+
+
+Node: TypeAlias = (
+    Const
+    | Param
+    | Var
+    | Prompt
+    | ListOf
+    | Arith
+    | Union
+    | Compare
+    | Logic
+    | Not
+    | Neg
+    | Builtin
+    | Call
+    | Sample
+    | Expand
+    | Score
+    | Prune
+    | Vote
+)
+STEP_NODES = (Sample, Expand, Score, Prune, Vote, Call)
+
+
+class StmtBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="stmt"):
+    span: Span
+
+
+class Bind(StmtBase, tag="bind"):
+    name: str
+    value: Ref
+
+
+class Repeat(StmtBase, tag="repeat"):
+    """Run `body` up to `times` times; stop early once `until` (checked after each pass) holds."""
+
+    times: Ref
+    until: Ref | None
+    body: list[Stmt]
+
+
+class If(StmtBase, tag="if"):
+    cond: Ref
+    then: list[Stmt]
+    orelse: list[Stmt] = []
+
+
+class Return(StmtBase, tag="return"):
+    value: Ref
+
+
+Stmt: TypeAlias = Bind | Repeat | If | Return
+
+
+class ParamSpec(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    type: Literal["text", "int", "float", "bool"]
+    # The default value (a literal), if any.
+    default: int | float | str | bool | None = None
+    required: bool = True
+
+
+class StrategyPlan(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str
+    params: list[ParamSpec]
+    nodes: list[Node]
+    body: list[Stmt]
+    span: Span
+    returns: ValueType
+    # The strategy's own `budget N tokens`, if any.
+    budget: int | None = None
+    # Static worst case of one call (loops multiplied out); None = unbounded.
+    worst: int | None = None
+
+
+class Plan(msgspec.Struct, frozen=True):
+    """A whole program: `entry` is the strategy a run starts with."""
+
+    entry: str
+    strategies: dict[str, StrategyPlan]
+    version: int = PLAN_VERSION
+
+    def strategy(self, name: str | None = None) -> StrategyPlan:
+        return self.strategies[name or self.entry]
+
+    def node(self, strategy: str, ref: Ref) -> Node:
+        return self.strategies[strategy].nodes[ref.node - self.strategies[strategy].nodes[0].id]
+
+
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(Plan)
+
+
+def encode(plan: Plan) -> bytes:
+    return _ENCODER.encode(plan)
+
+
+def decode(data: bytes | str) -> Plan:
+    """Decode a plan; a newer `version` than this reader knows is rejected with a clear error."""
+    plan = _DECODER.decode(data)
+    if plan.version > PLAN_VERSION:
+        raise ValueError(
+            f"plan version {plan.version} is newer than this ttcdsl understands "
+            f"({PLAN_VERSION}); upgrade ttcdsl"
+        )
+    return plan
