@@ -41,16 +41,12 @@ __all__ = [
     "Scorer",
     "Setting",
     "Stmt",
-    "Strategy",
     "StrLit",
+    "Strategy",
     "Vote",
 ]
 
 TypeName = Literal["text", "int", "float", "bool"]
-
-
-def _span() -> Span:
-    return field(default=NO_SPAN, compare=False, repr=False)  # type: ignore[return-value]
 
 
 # ---- expressions ----
@@ -59,13 +55,13 @@ def _span() -> Span:
 @dataclass(frozen=True)
 class IntLit:
     value: int
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class FloatLit:
     value: float
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -75,25 +71,25 @@ class StrLit:
 
     value: str
     triple: bool = False
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class BoolLit:
     value: bool
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Name:
     id: str
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class ListLit:
     items: tuple[Expr, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -103,7 +99,7 @@ class BinOp:
     op: str
     left: Expr
     right: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,7 @@ class Compare:
     op: str
     left: Expr
     right: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -119,26 +115,26 @@ class BoolOp:
     op: Literal["and", "or"]
     left: Expr
     right: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Not:
     operand: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Neg:
     operand: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class KwArg:
     name: str
     value: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -149,7 +145,7 @@ class Call:
     args: tuple[Expr, ...] = ()
     kwargs: tuple[KwArg, ...] = ()
     budget: int | None = None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -158,14 +154,14 @@ class Setting:
 
     key: str
     value: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Scorer:
     kind: Literal["prm", "logprob", "judge", "verifier"]
     arg: str | None = None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -174,7 +170,7 @@ class Sample:
     prompt: Expr
     settings: tuple[Setting, ...] = ()
     budget: int | None = None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -184,7 +180,7 @@ class Expand:
     settings: tuple[Setting, ...] = ()
     budget: int | None = None
     piped: bool = False
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -194,7 +190,7 @@ class Score:
     agg: Literal["last", "min", "mean", "prod"] | None = None
     budget: int | None = None
     piped: bool = False
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -204,7 +200,7 @@ class Prune:
     by: Literal["score", "logprob", "length"] | None = None
     per: Literal["root", "parent"] | None = None
     piped: bool = False
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -214,7 +210,7 @@ class Vote:
     pattern: str | None = None
     weighted: bool = False
     piped: bool = False
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 Expr: TypeAlias = (
@@ -244,14 +240,14 @@ STEPS = (Sample, Expand, Score, Prune, Vote)
 @dataclass(frozen=True)
 class BudgetStmt:
     tokens: int
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Assign:
     name: str
     value: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -259,7 +255,7 @@ class Repeat:
     times: Expr
     until: Expr | None
     body: tuple[Stmt, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -267,13 +263,13 @@ class If:
     cond: Expr
     then: tuple[Stmt, ...]
     orelse: tuple[Stmt, ...] = ()
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Return:
     value: Expr
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 Stmt: TypeAlias = BudgetStmt | Assign | Repeat | If | Return
@@ -286,7 +282,7 @@ class Param:
     name: str
     type: TypeName
     default: Expr | None = None
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -294,13 +290,13 @@ class Strategy:
     name: str
     params: tuple[Param, ...]
     body: tuple[Stmt, ...]
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Import:
     path: str
-    span: Span = _span()
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -431,7 +431,7 @@ def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxErro
         span = Span(file, line, col, line, col + 1)
         return TTCSyntaxError(msg, span, source)
     expected = _expected_list(set(getattr(exc, "expected", ()) or ()))
-    if isinstance(exc, UnexpectedEOF) or getattr(exc, "token", None) is not None and exc.token.type == "$END":  # type: ignore[attr-defined]
+    if isinstance(exc, UnexpectedEOF) or (getattr(exc, "token", None) is not None and exc.token.type == "$END"):  # type: ignore[attr-defined]
         lines = source.splitlines() or [""]
         line = len(lines)
         col = len(lines[-1]) + 1

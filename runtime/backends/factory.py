@@ -1,0 +1,64 @@
+"""Build a backend from command-line style options, importing only the one asked for.
+
+Defaults: `--backend local` when no `--url` is given, `sglang` when one is, `sim` when only
+`--sim-task` is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ttcdsl.errors import UsageError
+from ttcdsl.runtime.backend import Backend
+
+__all__ = ["BACKENDS", "BackendOptions", "make_backend"]
+
+BACKENDS = ("local", "sglang", "sim", "openai")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    backend: str | None = None
+    url: str | None = None
+    reward_url: str | None = None
+    sim_task: str | None = None
+    model: str | None = None
+    router: bool | None = None
+    timeout_s: float = 300.0
+
+    def resolved(self) -> str:
+        if self.backend is not None:
+            return self.backend
+        if self.url is not None:
+            return "sglang"
+        if self.sim_task is not None:
+            return "sim"
+        return "local"
+
+
+def make_backend(opts: BackendOptions) -> Backend:
+    kind = opts.resolved()
+    if kind not in BACKENDS:
+        raise UsageError(f"unknown backend {kind!r}; expected one of {', '.join(BACKENDS)}")
+    if kind == "sim":
+        if opts.sim_task is None:
+            raise UsageError("--backend sim needs --sim-task FILE (a task file: see data/tasks/)")
+        from ttcdsl.runtime.sim import SimBackend, load_task
+
+        return SimBackend(load_task(opts.sim_task))
+    if kind == "sglang":
+        if opts.url is None:
+            raise UsageError(
+                "--backend sglang needs --url URL of a running server "
+                "(start one with `ttc serve --model PATH` or `ttc sim serve --task FILE`)"
+            )
+        from ttcdsl.runtime.backends.sglang import SGLangBackend
+
+        return SGLangBackend(opts.url, reward_url=opts.reward_url, router=opts.router, timeout=opts.timeout_s)
+    if kind == "openai":
+        raise UsageError("the openai backend is not available yet; use --backend sglang with SGLang's native API")
+    if opts.url is not None:
+        raise UsageError("--url is for --backend sglang; the local backend runs the model in-process")
+    from ttcdsl.runtime.backends.local import LocalBackend
+
+    return LocalBackend(opts.model)

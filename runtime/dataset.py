@@ -1,0 +1,201 @@
+"""Dataset mode: run a strategy on every line of a JSONL file, concurrently, resumably.
+
+Promises:
+
+* Every input line is validated before any work starts; a malformed line is reported with its
+  line number (`UsageError`), never dropped.  An item's id is its ``"id"`` field (else its line
+  number); ids must be unique.
+* The item's fields fill the strategy's parameters by name; ``--arg`` values supply the rest.
+* Each finished item is appended to the output as one JSON line (the `ttc run --json` object plus
+  ``"id"``, and ``"answer"``/``"correct"`` when the input has an answer) and flushed at once, so a
+  killed run loses no finished item.  ``resume=True`` skips ids already in the output (a torn last
+  line from a killed run is cut off first) and never writes an id twice.
+* Items run concurrently (``items_in_flight``) and share one request limiter; each item's seed is
+  derived from (run seed, item id).  An item that fails is reported (one line) and not written,
+  so a later ``--resume`` retries it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ttcdsl import plan as P
+from ttcdsl.args import bind_args
+from ttcdsl.errors import TTCError, UsageError
+from ttcdsl.runtime.aggregate import extract, normalize_number
+from ttcdsl.runtime.backend import Backend
+from ttcdsl.runtime.executor import RunOptions, run_plan
+from ttcdsl.runtime.values import Answer, Branches, RunResult, result_to_json
+
+__all__ = ["DatasetSummary", "Item", "is_correct", "read_items", "run_dataset"]
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    line: int
+    fields: dict[str, Any]
+
+
+@dataclass
+class DatasetSummary:
+    total: int
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+    graded: int = 0
+    correct: int = 0
+    completion_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.graded if self.graded else None
+
+
+def read_items(path: str | Path) -> list[Item]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--input {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--input {path}: cannot read it ({exc})") from None
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise UsageError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        item_id = str(obj.get("id", lineno))
+        if item_id in seen:
+            raise UsageError(f"{path}:{lineno}: id {item_id!r} already used on line {seen[item_id]}")
+        seen[item_id] = lineno
+        items.append(Item(item_id, lineno, obj))
+    return items
+
+
+def _done_ids(path: Path) -> set[str]:
+    """Ids already in an output file; cuts off a torn last line left by a killed run."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    good_end = data.rfind(b"\n") + 1
+    if good_end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(good_end)
+        data = data[:good_end]
+    ids: set[str] = set()
+    for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ids.add(str(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UsageError(f"--output {path}:{lineno}: not a ttc result line; cannot resume into it") from None
+    return ids
+
+
+def is_correct(value: Any, expected: Any) -> bool:
+    """Compare a result with a dataset answer: numbers numerically-normalised, else trimmed text."""
+    if isinstance(value, Answer):
+        got = value.value
+    elif isinstance(value, Branches):
+        got = extract(value.items[0].text, "number") if value.items else None
+    else:
+        got = None if value is None else str(value)
+    if got is None:
+        return False
+    want = str(expected).strip()
+    a, b = normalize_number(got), normalize_number(want)
+    if a is not None and b is not None:
+        return a == b
+    return got.strip() == want
+
+
+def item_seed(run_seed: int, item_id: str) -> int:
+    digest = hashlib.blake2b(f"{run_seed}|item|{item_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+async def run_dataset(
+    plan: P.Plan,
+    backend: Backend,
+    items: list[Item],
+    output: str | Path,
+    *,
+    given: Mapping[str, Any],
+    options: RunOptions,
+    resume: bool = False,
+    items_in_flight: int = 8,
+    on_item: Callable[[DatasetSummary, Item, RunResult | None], None] | None = None,
+) -> DatasetSummary:
+    out_path = Path(output)
+    done = _done_ids(out_path) if resume else set()
+    if not resume and out_path.exists() and out_path.stat().st_size > 0:
+        raise UsageError(f"--output {out_path} already has results: pass --resume to continue it, or remove it")
+    strategy = plan.strategy()
+    names = {p.name for p in strategy.params}
+    todo: list[tuple[Item, dict[str, Any]]] = []
+    for item in items:
+        if item.id in done:
+            continue
+        fields = {k: v for k, v in item.fields.items() if k in names}
+        try:
+            args = bind_args(strategy, {**given, **fields}, where=f"line {item.line}:")
+        except UsageError as exc:
+            raise UsageError(f"--input line {item.line} (id {item.id}): {exc}") from None
+        todo.append((item, args))
+    summary = DatasetSummary(total=len(items), skipped=len(items) - len(todo))
+    run_seed = options.seed if options.seed is not None else 0
+    limiter = options.limiter or anyio.CapacityLimiter(options.concurrency)
+    item_limiter = anyio.CapacityLimiter(max(1, items_in_flight))
+    t0 = time.monotonic()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("a", encoding="utf-8") as out:
+
+        async def one(item: Item, args: dict[str, Any]) -> None:
+            async with item_limiter:
+                opts = replace(options, seed=item_seed(run_seed, item.id), limiter=limiter, trace=None)
+                try:
+                    result = await run_plan(plan, backend, args, opts)
+                except TTCError as exc:
+                    summary.failed += 1
+                    summary.errors.append(f"item {item.id} (line {item.line}): {exc}")
+                    if on_item is not None:
+                        on_item(summary, item, None)
+                    return
+            record: dict[str, Any] = {"id": item.fields.get("id", item.id), **result_to_json(result)}
+            if "answer" in item.fields:
+                ok = is_correct(result.value, item.fields["answer"])
+                record["answer"] = item.fields["answer"]
+                record["correct"] = ok
+                summary.graded += 1
+                summary.correct += int(ok)
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            summary.done += 1
+            summary.completion_tokens += result.usage.completion_tokens
+            if on_item is not None:
+                on_item(summary, item, result)
+
+        async with anyio.create_task_group() as tg:
+            for item, args in todo:
+                tg.start_soon(one, item, args)
+    summary.wall_s = time.monotonic() - t0
+    return summary

@@ -1,0 +1,231 @@
+"""`ttc run FILE ...`: run a strategy once (or on every line of a dataset) and report.
+
+Default output (rich, on the terminal): the answer, a per-node table of tokens, cached tokens,
+requests and time, and the budget used.  `--json` prints the one JSON object of DESIGN §7
+instead.  `--trace FILE` appends every backend request and response as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import msgspec
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ttcdsl.args import bind_args, parse_assignments
+from ttcdsl.compiler import compile_file
+from ttcdsl.errors import UsageError
+from ttcdsl.runtime.backends.factory import BACKENDS, BackendOptions, make_backend
+from ttcdsl.runtime.dataset import DatasetSummary, Item, read_items, run_dataset
+from ttcdsl.runtime.executor import RunOptions, run_plan
+from ttcdsl.runtime.values import Answer, Branches, RunResult, TraceRecord, result_to_json
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """Backend flags shared by `run` and `bench`."""
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", choices=BACKENDS, help="default: local, or sglang when --url is given")
+    g.add_argument("--url", help="SGLang server or sglang-router URL (e.g. http://127.0.0.1:30000)")
+    g.add_argument("--reward-url", help="server with the reward model for `score ... with prm` (default: --url)")
+    g.add_argument("--sim-task", metavar="FILE", help="task file for --backend sim")
+    g.add_argument("--model", metavar="PATH.gguf", help="GGUF model for --backend local (default: SmolLM2-135M)")
+    g.add_argument("--router", action=argparse.BooleanOptionalAction, default=None,
+                   help="treat --url as an sglang-router (default: detect)")
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Execution flags shared by `run` and `bench`."""
+    p.add_argument("--strategy", metavar="NAME", help="the strategy to run (default: the last one in FILE)")
+    p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="a strategy argument (repeatable)")
+    p.add_argument("--seed", type=int, help="run seed: every request's seed derives from it")
+    p.add_argument("--concurrency", type=_positive, default=16, help="requests in flight at once (default 16)")
+    p.add_argument("--budget", type=_positive, help="an extra cap on the whole run's completion tokens")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="fail the run after this long")
+    p.add_argument("--allow-verifier", action="store_true", help="allow verifier(\"module:function\") scorers to run Python")
+    add_backend_arguments(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("run", help="run a strategy (once, or on every line of a JSONL dataset)")
+    p.add_argument("file", metavar="FILE")
+    add_run_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--trace", metavar="FILE", help="append every request/response to FILE as JSON lines")
+    p.add_argument("--sequential", action="store_true", help="use the sequential reference executor")
+    d = p.add_argument_group("dataset mode")
+    d.add_argument("--input", metavar="IN.jsonl", help="run once per line; fields fill parameters by name")
+    d.add_argument("--output", metavar="OUT.jsonl", help="one result line per input line")
+    d.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    d.add_argument("--items", type=_positive, default=8, help="dataset items in flight at once (default 8)")
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def backend_options(args: argparse.Namespace) -> BackendOptions:
+    return BackendOptions(
+        backend=args.backend, url=args.url, reward_url=args.reward_url, sim_task=args.sim_task,
+        model=args.model, router=args.router,
+    )
+
+
+def run_options(args: argparse.Namespace, trace: Any = None) -> RunOptions:
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout}")
+    return RunOptions(
+        seed=args.seed, concurrency=args.concurrency, budget=args.budget, timeout_s=args.timeout,
+        allow_verifier=args.allow_verifier, sequential=getattr(args, "sequential", False), trace=trace,
+    )
+
+
+class _TraceFile:
+    def __init__(self, path: str) -> None:
+        try:
+            self.f: TextIO = Path(path).open("a", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--trace {path}: cannot write it ({exc})") from None
+        self.enc = msgspec.json.Encoder()
+
+    def __call__(self, record: TraceRecord) -> None:
+        self.f.write(self.enc.encode(record).decode() + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.input is None) != (args.output is None):
+        raise UsageError("dataset mode needs both --input IN.jsonl and --output OUT.jsonl")
+    if args.resume and args.input is None:
+        raise UsageError("--resume only applies to dataset mode (--input/--output)")
+    compiled = compile_file(args.file, args.strategy)
+    plan = compiled.plan
+    given = parse_assignments(args.arg)
+    err = Console(stderr=True)
+    trace = _TraceFile(args.trace) if args.trace else None
+    try:
+        if args.input is not None:
+            items = read_items(args.input)
+            return _dataset(args, plan, items, given, err, trace)
+        values = bind_args(plan.strategy(), given)
+        backend = make_backend(backend_options(args))
+        opts = run_options(args, trace)
+
+        async def main() -> RunResult:
+            with err.status(f"starting the {backend_options(args).resolved()} backend...", spinner="dots") as status:
+                async with backend:
+                    status.update(f"running {plan.entry} on {backend.info.model}...")
+                    return await run_plan(plan, backend, values, opts)
+
+        result = anyio.run(main)
+    finally:
+        if trace is not None:
+            trace.close()
+    if args.json:
+        print(json.dumps(result_to_json(result), ensure_ascii=False))
+    else:
+        show(Console(), result)
+    return 0
+
+
+def show(console: Console, result: RunResult) -> None:
+    value = result.value
+    if isinstance(value, Answer):
+        total = sum(value.votes.values())
+        if value.value is None:
+            console.print("[bold]answer:[/] [red]none[/] (every branch abstained)")
+        else:
+            console.print(
+                f"[bold]answer:[/] [green]{escape(value.value)}[/]  agreement {value.agreement:.2f} "
+                f"({value.support:g} of {total:g} votes)"
+            )
+            others = [f"{escape(k)}: {v:g}" for k, v in value.votes.items() if k != value.value]
+            if others:
+                console.print("  other answers: " + ", ".join(others[:8]))
+    elif isinstance(value, Branches):
+        console.print(f"[bold]{len(value.items)} branch{'es' if len(value.items) != 1 else ''}[/]")
+        for b in value.items[:3]:
+            score = f"score {b.score:.3f}, " if b.score is not None else ""
+            console.print(f"[dim]--- {b.id} ({score}{b.finish_reason or 'open'}, {len(b.ids)} tokens)[/]")
+            console.print(escape(b.text.strip()))
+    else:
+        console.print(f"[bold]result:[/] {escape(str(value))}")
+    table = Table(title=None, show_edge=False, header_style="bold")
+    for col in ("node", "op", "line", "completion", "prompt", "cached", "requests", "calls", "time s", "budget"):
+        table.add_column(col, justify="right" if col not in ("node", "op") else "left")
+    for n in result.nodes:
+        table.add_row(
+            f"n{n.id}", n.op, f"{Path(n.file).name}:{n.line}", str(n.completion_tokens), str(n.prompt_tokens),
+            str(n.cached_tokens), str(n.requests), str(n.calls), f"{n.wall_s:.2f}",
+            str(n.budget) if n.budget is not None else "-",
+        )
+    console.print(table)
+    u = result.usage
+    used = f"{u.completion_tokens}" + (f" / {result.budget} tokens ({100 * u.completion_tokens / result.budget:.0f}%)" if result.budget else " tokens")
+    flag = "  [yellow](budget exhausted: partial result)[/]" if result.budget_exhausted else ""
+    console.print(
+        f"budget used: {used}{flag}; prompt {u.prompt_tokens} ({u.cached_tokens} cached), "
+        f"{u.requests} requests, {result.wall_s:.2f} s, seed {result.seed}"
+    )
+
+
+def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str], err: Console,
+             trace: Any) -> int:
+    backend = make_backend(backend_options(args))
+    opts = run_options(args)
+    if opts.seed is None:
+        opts = dataclasses.replace(opts, seed=0)
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
+        task = progress.add_task(plan.entry, total=len(items), acc="")
+
+        def on_item(summary: DatasetSummary, item: Item, result: RunResult | None) -> None:
+            if result is None:
+                err.print(f"[red]error:[/] {escape(summary.errors[-1])}")
+            acc = f"acc {summary.accuracy:.3f}" if summary.accuracy is not None else ""
+            progress.update(task, completed=summary.skipped + summary.done + summary.failed, acc=acc)
+
+        async def main() -> DatasetSummary:
+            async with backend:
+                return await run_dataset(
+                    plan, backend, items, args.output, given=given, options=opts, resume=args.resume,
+                    items_in_flight=args.items, on_item=on_item,
+                )
+
+        summary = anyio.run(main)
+    parts = [f"{summary.done} done", f"{summary.skipped} skipped (already in {args.output})" if summary.skipped else "",
+             f"{summary.failed} failed" if summary.failed else ""]
+    err.print(", ".join(p for p in parts if p) + f" in {summary.wall_s:.1f} s; {summary.completion_tokens} completion tokens")
+    if summary.accuracy is not None:
+        print(f"accuracy: {summary.correct}/{summary.graded} = {summary.accuracy:.3f}")
+    if summary.failed:
+        err.print(f"[yellow]{summary.failed} item(s) failed and were not written; rerun with --resume to retry them[/]")
+        return 1
+    return 0
