@@ -17,6 +17,7 @@ becomes ready) end as one line saying what to fix.  This module does not install
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -238,10 +239,8 @@ class SGLangProcess:
         try:
             if proc.poll() is None:
                 _signal_group(proc.pid, signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    pass
             # Children (scheduler, detokenizer) can outlive the leader: clear the group.
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -259,16 +258,14 @@ class SGLangProcess:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # --- the sub-command --------------------------------------------------------------------------
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="launch a real SGLang server for a model",
