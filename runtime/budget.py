@@ -72,6 +72,27 @@ class Budget:
             b.reserved += tokens
         return Reservation(self, tokens)
 
+    def walk(self) -> list[Budget]:
+        """This level and every level below it."""
+        out = [self]
+        for c in self.children:
+            out += c.walk()
+        return out
+
+    def violations(self) -> list[str]:
+        """Broken invariants anywhere in this subtree (empty when all is well): spending over a
+        limit, reservations left open, or a level that spent less than its children."""
+        problems = []
+        for b in self.walk():
+            if b.limit is not None and b.spent + b.reserved > b.limit:
+                problems.append(f"{b.name}: spent {b.spent} + reserved {b.reserved} > limit {b.limit}")
+            if b.reserved != 0:
+                problems.append(f"{b.name}: {b.reserved} tokens still reserved")
+            below = sum(c.spent for c in b.children)
+            if below > b.spent:
+                problems.append(f"{b.name}: children spent {below} > own {b.spent}")
+        return problems
+
     @property
     def exhausted(self) -> bool:
         avail = self.available()

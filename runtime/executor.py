@@ -176,7 +176,6 @@ class _Run:
         self.exhausted = False
         self._tokens: dict[str, list[int]] = {}
         self._tokenizing: dict[str, anyio.Event] = {}
-        self._warmed: set[tuple[int, ...]] = set()
         self._t0 = time.monotonic()
         self._rid = 0
         for s in plan.strategies.values():
@@ -617,9 +616,11 @@ class _Run:
         return result
 
     async def warm(self, ctx: _Ctx, n: P.Node, ids: tuple[int, ...]) -> None:
-        if ids in self._warmed or not ids:
+        """Prefill a prompt before its forks are sent.  Done once per `sample` invocation (not
+        once per run), so which node is charged for it never depends on scheduling; a repeated
+        warm-up of a cached prefix costs the server one cached prefill."""
+        if not ids:
             return
-        self._warmed.add(ids)
         result = await self._retrying(
             n, "warm", "", lambda: self.backend.warm(ids),
             lambda r: {"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens},
@@ -761,12 +762,15 @@ def _p_yes(r: GenResult) -> float:
 
 
 async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
-                   options: RunOptions | None = None) -> RunResult:
-    """Run `plan.entry` with `args` (already bound and converted) on an entered backend."""
+                   options: RunOptions | None = None, root: Budget | None = None) -> RunResult:
+    """Run `plan.entry` with `args` (already bound and converted) on an entered backend.
+
+    `root` lets a caller own the top of the budget tree (tests inspect it afterwards); by default
+    it is a fresh level capped by ``options.budget``."""
     opts = options or RunOptions()
     seed = opts.seed if opts.seed is not None else random.SystemRandom().randrange(2**31)
     run = _Run(plan, backend, opts, seed)
-    root = Budget(opts.budget, None, "run")
+    root = root if root is not None else Budget(opts.budget, None, "run")
     t0 = time.monotonic()
     try:
         if opts.timeout_s is not None:

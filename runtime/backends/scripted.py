@@ -61,6 +61,10 @@ def _default_text(request: GenRequest, seed: int) -> str:
 class ScriptedBackend:
     script: Script = field(default_factory=Script)
     requests: list[GenRequest] = field(default_factory=list)
+    # ("warm" | "generate", input ids) in the order they arrived.
+    events: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    # Completion tokens this backend reported in total (the ground truth for budget checks).
+    reported: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     _count: int = 0
@@ -82,6 +86,7 @@ class ScriptedBackend:
         return "".join(chr(i) for i in ids if i != EOS_ID)
 
     async def warm(self, input_ids: Sequence[int]) -> WarmResult:
+        self.events.append(("warm", tuple(input_ids)))
         return WarmResult(prompt_tokens=len(input_ids), cached_tokens=max(0, len(input_ids) - 1))
 
     async def reward(self, texts: Sequence[str]) -> list[float]:
@@ -94,10 +99,13 @@ class ScriptedBackend:
     async def generate(self, request: GenRequest) -> GenResult:
         self._count += 1
         self.requests.append(request)
+        self.events.append(("generate", request.input_ids))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            return await self._generate(request, self._count)
+            result = await self._generate(request, self._count)
+            self.reported += result.completion_tokens
+            return result
         finally:
             self.in_flight -= 1
 

@@ -1,0 +1,125 @@
+"""Extraction, voting, pruning, aggregation: the documented orders and invariants."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ttcdsl.runtime.aggregate import aggregate, best, extract, normalize_number, prune, vote
+from ttcdsl.runtime.values import Branch
+
+
+def br(text: str = "", score: float | None = None, root: str = "r", parent: str | None = None,
+       ids: int = 0, logprob: float | None = None, bid: str = "b") -> Branch:
+    b = Branch(id=bid, root=root, parent=parent, prompt="", prompt_ids=(), steps=[text], score=score,
+               ids=list(range(ids)), logprob=logprob, n_tokens=ids)
+    return b
+
+
+def test_number_takes_the_last_number_normalised() -> None:
+    assert extract("first 3, then 1,234.0 apples", "number") == "1234"
+    assert extract("The answer is 42.", "number") == "42"
+    assert extract("x = -0.50", "number") == "-0.5"
+    assert extract("no digits here", "number") is None
+
+
+def test_normalize_number_drops_separators_and_trailing_zero() -> None:
+    assert normalize_number("1,000") == "1000"
+    assert normalize_number("7.0") == "7"
+    assert normalize_number("-0") == "0"
+    assert normalize_number("abc") is None
+
+
+def test_boxed_takes_the_last_balanced_box() -> None:
+    assert extract(r"\boxed{1} and then \boxed{\frac{1}{2}}", "boxed") == r"\frac{1}{2}"
+    assert extract(r"\boxed{unclosed", "boxed") is None
+
+
+def test_line_takes_last_nonempty_line_trimmed() -> None:
+    assert extract("a\n  final answer  \n\n", "line") == "final answer"
+    assert extract("\n \n", "line") is None
+
+
+def test_regex_takes_group_one_of_last_match() -> None:
+    assert extract("ans: 3 ... ans: 5", "regex", r"ans: (\d+)") == "5"
+    assert extract("nothing", "regex", r"ans: (\d+)") is None
+
+
+def test_vote_counts_and_reports_agreement_and_supporters() -> None:
+    bs = [br("is 4"), br("is 5"), br("is 4"), br("none")]
+    a = vote(bs, "number")
+    assert a.value == "4" and a.support == 2 and abs(a.agreement - 2 / 3) < 1e-9
+    assert a.votes == {"4": 2.0, "5": 1.0}
+    assert a.branches == [bs[0], bs[2]]
+
+
+def test_vote_tie_goes_to_the_earliest_supporter() -> None:
+    assert vote([br("5"), br("4"), br("4"), br("5")], "number").value == "5"
+
+
+def test_vote_weighted_sums_scores() -> None:
+    a = vote([br("1", 0.9), br("2", 0.3), br("2", 0.3)], "number", weighted=True)
+    assert a.value == "1" and abs(a.agreement - 0.9 / 1.5) < 1e-9
+
+
+def test_vote_with_everyone_abstaining() -> None:
+    a = vote([br("x"), br("y")], "number")
+    assert a.value is None and a.agreement == 0.0 and a.branches == []
+
+
+@given(st.lists(st.sampled_from(["1", "2", "3", "none"]), max_size=20))
+def test_vote_value_was_produced_and_agreement_is_its_share(answers: list[str]) -> None:
+    bs = [br(f"answer {x}" if x != "none" else "no answer") for x in answers]
+    a = vote(bs, "number")
+    voting = [x for x in answers if x != "none"]
+    if not voting:
+        assert a.value is None
+        return
+    assert a.value in voting
+    assert abs(a.agreement - voting.count(a.value) / len(voting)) < 1e-9
+    assert voting.count(a.value) == max(voting.count(x) for x in voting)
+
+
+def test_prune_by_score_orders_best_first_with_unscored_last() -> None:
+    bs = [br("a", 0.2, bid="a"), br("b", None, bid="b"), br("c", 0.9, bid="c"), br("d", 0.2, bid="d")]
+    assert [b.id for b in prune(bs, 3)] == ["c", "a", "d"]
+
+
+def test_prune_by_length_prefers_fewer_tokens() -> None:
+    bs = [br(ids=5, bid="x"), br(ids=2, bid="y"), br(ids=9, bid="z")]
+    assert [b.id for b in prune(bs, 2, by="length")] == ["y", "x"]
+
+
+def test_prune_by_logprob_uses_mean_token_logprob() -> None:
+    bs = [br(ids=2, logprob=-4.0, bid="x"), br(ids=4, logprob=-4.0, bid="y"), br(bid="z")]
+    assert [b.id for b in prune(bs, 3, by="logprob")] == ["y", "x", "z"]
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 1) | st.none()), max_size=15), st.integers(0, 6))
+def test_prune_keeps_min_k_size_and_per_root_keeps_k_per_root(spec: list[tuple[str, float | None]], k: int) -> None:
+    bs = [br(score=s, root=r, bid=f"{i}") for i, (r, s) in enumerate(spec)]
+    kept = prune(bs, k)
+    assert len(kept) == min(k, len(bs))
+    assert all(any(b is x for x in bs) for b in kept)
+    per = prune(bs, k, per="root")
+    for root in set(r for r, _ in spec):
+        in_root = [b for b in bs if b.root == root]
+        assert sum(1 for b in per if b.root == root) == min(k, len(in_root))
+    scores = [(-(b.score) if b.score is not None else float("inf")) for b in per]
+    assert scores == sorted(scores)
+
+
+def test_aggregate_kinds() -> None:
+    s = [0.5, 0.2, 0.8]
+    assert aggregate(s, "last") == 0.8
+    assert aggregate(s, "min") == 0.2
+    assert abs(aggregate(s, "mean") - 0.5) < 1e-9  # type: ignore[operator]
+    assert abs(aggregate(s, "prod") - 0.08) < 1e-9  # type: ignore[operator]
+    assert aggregate([], "mean") is None
+
+
+def test_best_is_highest_score_else_first() -> None:
+    a, b = br(score=0.1, bid="a"), br(score=0.7, bid="b")
+    assert best([a, b]) is b
+    assert best([br(bid="x"), br(bid="y")]).id == "x"  # type: ignore[union-attr]
+    assert best([]) is None
