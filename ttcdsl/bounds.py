@@ -43,6 +43,7 @@ UNKNOWN: Any = _Unknown()
 @dataclass(frozen=True)
 class _Branches:
     size: int | None
+    roots: int | None = None  # how many distinct roots (for `prune ... per root`)
 
 
 class _Stop(Exception):
@@ -184,7 +185,7 @@ class _Interp:
                 return _arith(n.operator, self.ev(n.left), self.ev(n.right))
             case plan.Union():
                 a, b = self.ev(n.left), self.ev(n.right)
-                return _Branches(_add(_size(a), _size(b)))
+                return _Branches(_add(_size(a), _size(b)), _add(_roots(a), _roots(b)))
             case plan.Compare() | plan.Logic():
                 self.ev(n.left)
                 self.ev(n.right)
@@ -200,7 +201,7 @@ class _Interp:
                     size = _size(vals[0])
                     return _Branches(1 if size is None else min(1, size))
                 if n.name in ("active", "done"):
-                    return _Branches(_size(vals[0]))
+                    return _Branches(_size(vals[0]), _roots(vals[0]))
                 return UNKNOWN
             case plan.Call():
                 args = {k: self.ev(v) for k, v in n.args.items()}
@@ -213,12 +214,13 @@ class _Interp:
                 prompt_ = self.ev(n.prompt)
                 del prompt_
                 self.note(n, _mul(count, self.max_tokens(n.settings)), n.budget)
-                return _Branches(count)
+                return _Branches(count, count)
             case plan.Expand():
-                size = _size(self.ev(n.branches))
+                branches = self.ev(n.branches)
+                size = _size(branches)
                 count = _int(self.ev(n.count))
                 self.note(n, _mul(size, count, self.max_tokens(n.settings)), n.budget)
-                return _Branches(_mul(size, count))
+                return _Branches(_mul(size, count), _roots(branches))
             case plan.Score():
                 branches = self.ev(n.branches)
                 for part in n.scorer.template or ():
@@ -228,11 +230,13 @@ class _Interp:
                 self.note(n, cost, n.budget)
                 return branches
             case plan.Prune():
-                size = _size(self.ev(n.branches))
+                branches = self.ev(n.branches)
+                size, roots = _size(branches), _roots(branches)
                 keep = _int(self.ev(n.keep))
-                if n.per == "all" and keep is not None:
-                    return _Branches(keep if size is None else min(keep, size))
-                return _Branches(size)
+                cap = keep if n.per == "all" else _mul(keep, roots) if n.per == "root" else None
+                if cap is not None:
+                    size = cap if size is None else min(cap, size)
+                return _Branches(size, roots)
             case plan.Vote():
                 self.ev(n.branches)
                 return UNKNOWN
@@ -250,6 +254,10 @@ def _int(v: Any) -> int | None:
 
 def _size(v: Any) -> int | None:
     return v.size if isinstance(v, _Branches) else None
+
+
+def _roots(v: Any) -> int | None:
+    return v.roots if isinstance(v, _Branches) else None
 
 
 def _arith(op: str, a: Any, b: Any) -> Any:
@@ -275,7 +283,9 @@ def _arith(op: str, a: Any, b: Any) -> Any:
 
 def _merge(a: Any, b: Any) -> Any:
     if isinstance(a, _Branches) and isinstance(b, _Branches):
-        return _Branches(None if a.size is None or b.size is None else max(a.size, b.size))
+        size = None if a.size is None or b.size is None else max(a.size, b.size)
+        roots = None if a.roots is None or b.roots is None else max(a.roots, b.roots)
+        return _Branches(size, roots)
     if isinstance(a, _Unknown) or isinstance(b, _Unknown):
         return UNKNOWN
     return a if a == b and type(a) is type(b) else UNKNOWN

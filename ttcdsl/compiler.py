@@ -60,10 +60,14 @@ def warnings(plan: P.Plan, program: Program) -> list[CheckWarning]:
                     f"{n.__class__.__name__.lower()} has budget {budget} but its worst case is "
                     "only known at run time", n.span, src))
             elif bound.per_call > budget:
+                op = n.__class__.__name__.lower()
+                effect = (
+                    "the callee may end early with a partial result" if op == "call"
+                    else "its requests will share the budget fairly and may be cut short"
+                )
                 out.append(CheckWarning(
-                    f"worst case of this {n.__class__.__name__.lower()} is {bound.per_call} tokens per "
-                    f"call, above its budget of {budget}: forks will share the budget fairly",
-                    n.span, src))
+                    f"worst case of this {op} is {bound.per_call} tokens per call, above its "
+                    f"budget of {budget}: {effect}", n.span, src))
         if s.budget is not None and (s.worst is None or s.worst > s.budget):
             worst = "unbounded" if s.worst is None else f"{s.worst} tokens"
             out.append(CheckWarning(
