@@ -1,0 +1,468 @@
+"""The simulator's engine: one object shared by the in-process backend and the HTTP server.
+
+`SimEngine` owns the task, the tokenizer, the radix cache, the counters and the in-flight
+requests, and runs one generation request at a time per call of `SimEngine.execute` (any number
+concurrently).  Requests go through the same life cycle as in SGLang's scheduler:
+
+1. admission: a slot under the batch-size limit (FIFO queue when the limit is reached);
+2. prefix match: ``cached_tokens = min(matched, len(input) - 1)`` (and at most
+   ``logprob_start_len`` when prompt logprobs are asked for from there);
+3. prefill: ``prefill_s`` per uncached token, then the prompt is inserted into the tree;
+4. decode: ``decode_s`` per token; after each token the stop strings (list order), then the
+   end-of-sequence / stop token ids (unless ``ignore_eos``), then ``max_new_tokens`` are checked,
+   in SGLang's order; before ``min_new_tokens`` the end-of-sequence and stop tokens are masked
+   (the sim writes on instead);
+5. finish: prompt + output are inserted into the tree (also after an abort).
+
+`SimEngine.abort` aborts in-flight requests whose rid starts with a prefix (or all); they
+finish with SGLang's abort reason and their partial output.  The latency model and the faults
+(`SimConfig`) are off by default: then a request completes without ever sleeping.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any, Literal
+
+import anyio
+import anyio.lowlevel
+import msgspec
+import msgspec.structs
+
+from ttcdsl.errors import UsageError
+from ttcdsl.runtime.sim import model
+from ttcdsl.runtime.sim.radix import RadixCache
+from ttcdsl.runtime.sim.task import SimTask
+from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
+
+__all__ = [
+    "EngineOutput",
+    "EngineRequest",
+    "Faults",
+    "Latency",
+    "SimConfig",
+    "SimEngine",
+    "SimRequestError",
+    "SimStats",
+]
+
+Fault = Literal["error", "reset", "stall"]
+
+
+class Latency(msgspec.Struct, frozen=True, kw_only=True):
+    """Simulated timing; all zero (the default) means instant.
+
+    ``prefill_s``: seconds per uncached prompt token; ``decode_s``: seconds per generated token;
+    ``max_batch``: requests running at once (0 = unlimited), the rest wait in FIFO order."""
+
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    max_batch: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_s", "decode_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise UsageError(f"latency {name} must be a finite number >= 0, got {value}")
+        if self.max_batch < 0:
+            raise UsageError(
+                f"latency max_batch must be >= 0 (0 = unlimited), got {self.max_batch}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.prefill_s > 0 or self.decode_s > 0 or self.max_batch > 0
+
+
+class Faults(msgspec.Struct, frozen=True, kw_only=True):
+    """Fault injection for reliability tests; all off by default.  Each client generation
+    request independently (in arrival order, from a generator seeded with ``seed``) fails with
+    HTTP ``error_status`` with probability ``error_rate``, has its connection dropped with
+    probability ``reset_rate`` (a stream after its first chunk), or hangs ``stall_s`` seconds
+    before it starts with probability ``stall_rate``."""
+
+    error_rate: float = 0.0
+    error_status: int = 503
+    reset_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall_s: float = 30.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("error_rate", "reset_rate", "stall_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"faults {name} must be a probability in [0, 1], got {value}")
+        total = self.error_rate + self.reset_rate + self.stall_rate
+        if total > 1.0 + 1e-9:
+            raise UsageError(
+                f"faults error_rate + reset_rate + stall_rate must be <= 1, got {total:g}"
+            )
+        if not 400 <= self.error_status <= 599:
+            raise UsageError(
+                f"faults error_status must be an HTTP error status, got {self.error_status}"
+            )
+        if not (math.isfinite(self.stall_s) and self.stall_s >= 0.0):
+            raise UsageError(f"faults stall_s must be a finite number >= 0, got {self.stall_s}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.error_rate > 0 or self.reset_rate > 0 or self.stall_rate > 0
+
+
+class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the simulator behaves besides its task.  ``radix_capacity``: tokens the prefix cache
+    holds before LRU eviction; ``context_length``: longest input+output; ``seed``: seeds the
+    choice of seeds for requests that carry none (None: fresh OS entropy); ``model``: the name
+    reported as the model path."""
+
+    latency: Latency = Latency()
+    faults: Faults = Faults()
+    radix_capacity: int = 1 << 20
+    context_length: int = 8192
+    seed: int | None = None
+    model: str = "ttc-sim"
+
+    def __post_init__(self) -> None:
+        if self.radix_capacity < 0:
+            raise UsageError(f"radix_capacity must be >= 0 tokens, got {self.radix_capacity}")
+        if self.context_length < 2:
+            raise UsageError(f"context_length must be >= 2 tokens, got {self.context_length}")
+        if not self.model:
+            raise UsageError("model name must not be empty")
+
+
+class SimStats(msgspec.Struct):
+    """Counters since start (or the last `SimEngine.reset_stats`).  ``requests`` counts every
+    generation the engine ran, warm-ups and the forks of an ``n > 1`` request included."""
+
+    requests: int = 0
+    warm_requests: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    prefill_tokens: int = 0
+    completion_tokens: int = 0
+    aborted: int = 0
+    faults: int = 0
+    reward_requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    radix_tokens: int = 0
+
+
+class SimRequestError(Exception):
+    """A request the engine refuses; ``status`` is the HTTP status SGLang would answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class EngineRequest(msgspec.Struct, kw_only=True):
+    """One generation, already tokenized and validated."""
+
+    rid: str
+    input_ids: list[int]
+    max_new_tokens: int | None = 128
+    min_new_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    stop_regex: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    temperature: float = 1.0
+    seed: int | None = None
+    return_logprob: bool = False
+    logprob_start_len: int = -1
+    top_logprobs_num: int = 0
+
+
+class EngineOutput(msgspec.Struct, kw_only=True):
+    """The state of one request; final once ``finish`` is set.  ``finish`` has SGLang's
+    ``finish_reason`` shape; logprob entries are ``(logprob, id)`` pairs."""
+
+    rid: str
+    prompt_tokens: int
+    output_ids: list[int] = msgspec.field(default_factory=list)
+    cached_tokens: int = 0
+    finish: dict[str, Any] | None = None
+    output_logprobs: list[float] = msgspec.field(default_factory=list)
+    output_top: list[list[tuple[int, float]]] = msgspec.field(default_factory=list)
+    input_logprobs: list[tuple[float | None, int]] = msgspec.field(default_factory=list)
+    input_top: list[list[tuple[int, float]] | None] = msgspec.field(default_factory=list)
+    e2e_latency: float = 0.0
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.output_ids)
+
+
+class _Flight:
+    __slots__ = ("aborted", "rid", "scope")
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+        self.scope: anyio.CancelScope | None = None
+        self.aborted = False
+
+
+Progress = Callable[[EngineOutput], Awaitable[None]]
+ABORTED: dict[str, Any] = {
+    "type": "abort",
+    "message": "Aborted",
+    "status_code": None,
+    "err_type": None,
+}
+
+
+class SimEngine:
+    """See the module doc.  Create it inside or outside an event loop; use it from one loop."""
+
+    def __init__(self, task: SimTask | None = None, config: SimConfig | None = None) -> None:
+        self.task = task if task is not None else SimTask.empty()
+        self.config = config if config is not None else SimConfig()
+        self.tokenizer = tokenizer
+        self.radix = RadixCache(self.config.radix_capacity)
+        self._stats = SimStats()
+        self._inflight: dict[str, _Flight] = {}
+        self._seeds = random.Random(self.config.seed) if self.config.seed is not None else None
+        self._faults = random.Random(self.config.faults.seed)
+        self._slots: anyio.Semaphore | None = None
+
+    # ------------------------------------------------------------------ small services
+
+    @property
+    def stats(self) -> SimStats:
+        """A snapshot of the counters."""
+        snap = msgspec.structs.replace(self._stats)
+        snap.in_flight = len(self._inflight)
+        snap.radix_tokens = self.radix.size
+        return snap
+
+    def reset_stats(self) -> None:
+        self._stats = SimStats(max_in_flight=len(self._inflight))
+
+    def tokenize(self, text: str) -> list[int]:
+        return tokenizer.encode(text)
+
+    def detokenize(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def flush_cache(self) -> bool:
+        """Empty the prefix cache; refused (False) while requests are running, like SGLang."""
+        if self._inflight:
+            return False
+        self.radix.reset()
+        return True
+
+    def reward(self, texts: Sequence[str]) -> list[float]:
+        """PRM scores of the newest step of each text (`model.prm_score`)."""
+        self._stats.reward_requests += 1
+        return [model.prm_score(self.task, t) for t in texts]
+
+    def draw_fault(self) -> Fault | None:
+        """The fault (if any) for the next client request; call once per client request."""
+        faults = self.config.faults
+        if not faults.enabled:
+            return None
+        u = self._faults.random()
+        kind: Fault | None = None
+        if u < faults.error_rate:
+            kind = "error"
+        elif u < faults.error_rate + faults.reset_rate:
+            kind = "reset"
+        elif u < faults.error_rate + faults.reset_rate + faults.stall_rate:
+            kind = "stall"
+        if kind is not None:
+            self._stats.faults += 1
+        return kind
+
+    def fresh_seed(self) -> int:
+        """A seed for a sampled request that carries none."""
+        if self._seeds is not None:
+            return self._seeds.getrandbits(63)
+        return secrets.randbits(63)
+
+    def abort(self, rid: str = "", *, abort_all: bool = False) -> int:
+        """Abort in-flight requests whose rid starts with ``rid`` (all with ``abort_all``; an
+        empty rid without it aborts nothing); returns how many."""
+        if not rid and not abort_all:
+            return 0
+        hits = [f for f in self._inflight.values() if abort_all or f.rid.startswith(rid)]
+        for flight in hits:
+            flight.aborted = True
+            if flight.scope is not None:
+                flight.scope.cancel()
+        return len(hits)
+
+    def in_flight(self, rid: str) -> bool:
+        return rid in self._inflight
+
+    def check_input(self, input_ids: Sequence[int]) -> None:
+        """Raise `SimRequestError` for an input SGLang would refuse."""
+        if not input_ids:
+            raise SimRequestError("input_ids cannot be empty.")
+        try:
+            tokenizer.validate_ids(input_ids)
+        except ValueError as exc:
+            raise SimRequestError(str(exc)) from None
+        n = len(input_ids)
+        if n >= self.config.context_length:
+            raise SimRequestError(
+                f"The input ({n} tokens) is longer than the model's context length "
+                f"({self.config.context_length} tokens)."
+            )
+
+    async def stall(self) -> None:
+        """Hang for the configured stall (abortable only by cancelling the caller)."""
+        await anyio.sleep(self.config.faults.stall_s)
+
+    # ------------------------------------------------------------------ generation
+
+    async def execute(
+        self, req: EngineRequest, on_progress: Progress | None = None
+    ) -> EngineOutput:
+        """Run ``req`` to its finish; ``on_progress`` is awaited after every token except the
+        last (for streaming).  Raises `SimRequestError` for a refused request."""
+        self.check_input(req.input_ids)
+        if req.rid in self._inflight:
+            raise SimRequestError(f"Duplicate request ID detected: {req.rid}")
+        flight = _Flight(req.rid)
+        self._inflight[req.rid] = flight
+        stats = self._stats
+        stats.requests += 1
+        stats.max_in_flight = max(stats.max_in_flight, len(self._inflight))
+        if req.max_new_tokens == 0:
+            stats.warm_requests += 1
+        started = time.monotonic()
+        out = EngineOutput(rid=req.rid, prompt_tokens=len(req.input_ids))
+        lock: object | None = None
+        try:
+            with anyio.CancelScope() as scope:
+                flight.scope = scope
+                if flight.aborted:
+                    scope.cancel()
+                async with AsyncExitStack() as stack:
+                    if self.config.latency.max_batch > 0:
+                        if self._slots is None:
+                            self._slots = anyio.Semaphore(self.config.latency.max_batch)
+                        await stack.enter_async_context(self._slots)
+                    lock = await self._prefill(req, out)
+                    if req.max_new_tokens != 0:
+                        await self._decode(req, out, on_progress)
+                    else:
+                        out.finish = {"type": "length", "length": 0}
+        finally:
+            if flight.aborted or out.finish is None:
+                stats.aborted += 1
+                out.finish = dict(ABORTED)
+            del self._inflight[req.rid]
+            stats.completion_tokens += len(out.output_ids)
+            if out.output_ids:
+                self.radix.insert(req.input_ids + out.output_ids)
+            if lock is not None:
+                self.radix.unlock(lock)
+            out.e2e_latency = time.monotonic() - started
+        return out
+
+    async def _prefill(self, req: EngineRequest, out: EngineOutput) -> object:
+        ids = req.input_ids
+        limit = len(ids) - 1
+        if req.return_logprob and req.logprob_start_len >= 0:
+            limit = min(limit, req.logprob_start_len)
+        cached = min(self.radix.match(ids), max(0, limit))
+        lock = self.radix.lock(ids[:cached])
+        out.cached_tokens = cached
+        uncached = len(ids) - cached
+        self._stats.prompt_tokens += len(ids)
+        self._stats.cached_tokens += cached
+        self._stats.prefill_tokens += uncached
+        if self.config.latency.prefill_s > 0:
+            await anyio.sleep(self.config.latency.prefill_s * uncached)
+        self.radix.insert(ids)
+        self.radix.unlock(lock)
+        lock = self.radix.lock(ids)
+        if req.return_logprob and req.logprob_start_len >= 0:
+            start = min(req.logprob_start_len, len(ids) - 1)
+            for pos in range(start, len(ids)):
+                null = pos == 0 or (pos == start and cached >= start)
+                lp = None if null else model.input_logprob(ids[pos - 1], ids[pos])
+                out.input_logprobs.append((lp, ids[pos]))
+                if req.top_logprobs_num > 0:
+                    if lp is None:
+                        out.input_top.append(None)
+                    else:
+                        tok = model.Tok(ids[pos], lp)
+                        out.input_top.append(
+                            model.top_logprobs(ids[pos - 1], tok, req.top_logprobs_num)
+                        )
+        return lock
+
+    async def _decode(
+        self, req: EngineRequest, out: EngineOutput, on_progress: Progress | None
+    ) -> None:
+        ids = req.input_ids
+        room = self.config.context_length - len(ids)
+        cap = room if req.max_new_tokens is None else min(req.max_new_tokens, room)
+        greedy = req.temperature < 1e-6
+        seed = None if greedy else (req.seed if req.seed is not None else self.fresh_seed())
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        stops = tuple(s for s in req.stop if s)
+        window = max((len(s.encode()) for s in stops), default=0) + (256 if req.stop_regex else 32)
+        stop_ids = set(req.stop_token_ids)
+        out_bytes = bytearray()
+        prev = ids[-1]
+        decode_s = self.config.latency.decode_s
+        for tok in model.continuation(self.task, text, seed):
+            special = tok.id == EOS_ID or tok.id in stop_ids
+            if special and len(out.output_ids) < req.min_new_tokens:
+                continue  # masked, as SGLang's min_new_tokens penalizer does
+            out.output_ids.append(tok.id)
+            if req.return_logprob:
+                out.output_logprobs.append(tok.logprob)
+                if req.top_logprobs_num > 0:
+                    out.output_top.append(model.top_logprobs(prev, tok, req.top_logprobs_num))
+            prev = tok.id
+            if not tokenizer.is_special(tok.id):
+                out_bytes += tokenizer.token_bytes(tok.id)
+            if decode_s > 0:
+                await anyio.sleep(decode_s)
+            elif on_progress is not None:
+                await anyio.lowlevel.checkpoint()
+            out.finish = self._finish(req, out, tok.id, stops, out_bytes[-window:], stop_ids, cap)
+            if out.finish is not None:
+                return
+            if on_progress is not None:
+                await on_progress(out)
+        out.finish = {"type": "length", "length": cap}  # pragma: no cover - the stream is endless
+
+    @staticmethod
+    def _finish(
+        req: EngineRequest,
+        out: EngineOutput,
+        token_id: int,
+        stops: tuple[str, ...],
+        tail: bytes | bytearray,
+        stop_ids: set[int],
+        cap: int,
+    ) -> dict[str, Any] | None:
+        if stops or req.stop_regex:
+            tail_text = bytes(tail).decode("utf-8", errors="ignore")
+            for stop in stops:
+                if stop in tail_text:
+                    return {"type": "stop", "matched": stop}
+            for pattern in req.stop_regex:
+                if re.search(pattern, tail_text):
+                    return {"type": "stop", "matched": pattern}
+        if not req.ignore_eos and (token_id == EOS_ID or token_id in stop_ids):
+            return {"type": "stop", "matched": token_id}
+        if len(out.output_ids) >= cap:
+            length = req.max_new_tokens if req.max_new_tokens is not None else cap
+            return {"type": "length", "length": length}
+        return None

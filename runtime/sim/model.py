@@ -1,0 +1,659 @@
+r"""The simulated language model: what it writes, how it scores, and why the numbers are exact.
+
+Everything here is a pure function of (input text, seed): no state, no clocks, so a continuation
+behaves the same on any server instance and the in-process backend and the HTTP server agree.
+
+**What a sample looks like.**  For a recognised problem (its ``question`` occurs in the input,
+see `SimTask.find`) a fresh sample is ``K`` steps separated by a blank line::
+
+    Step 1 of 3: we now have 42. Next we add the tens column and carry the one.\n\n
+    Step 2 of 3: we now have 32. Then we check each place value.\n\n
+    Step 3 of 3: we now have 32. So the sum is close to what we expect.\nThe answer is 32.<EOS>
+
+``K`` is uniform on ``steps``; each step has ``T`` tokens, uniform on ``step_tokens`` (never fewer
+than its fixed wording), counting everything up to and including the ``\n\n`` (the last step
+counts its answer line; the end-of-sequence token is one more).  "we now have V" shows the
+trajectory's running answer after the step: the correct ``answer`` while the trajectory is right,
+a wrong answer ``w`` once it has gone wrong.  The answer line repeats the last running answer.
+
+**The step-by-step answer, exactly.**  Let ``c`` be the correct answer, ``p_c = answers[c]``
+(0 if ``c`` is not listed) and ``K`` the number of steps.  A trajectory starts right.  At step
+``k`` a trajectory that is still right goes wrong with the hazard
+
+    q_k = (1 - p_c) / (K - (k - 1)(1 - p_c)),
+
+and then picks its wrong answer ``w != c`` with probability ``p_w / (1 - p_c)``; a wrong
+trajectory stays wrong with the same ``w``.  The probability of still being right after step
+``k`` telescopes: ``prod_{j<=k} (1 - q_j) = 1 - k(1 - p_c)/K``, so after ``K`` steps it is ``p_c``,
+and the probability of ending with ``w`` is ``(1 - p_c) * p_w / (1 - p_c) = p_w`` — for every
+``K``, hence exactly ``answers`` overall (going wrong is spread evenly over the steps).  All random
+choices of a step come from a hash of ``(seed, step index, purpose)``, so the choices of different
+steps are independent and the result is the same whether a sample is generated in one request
+or continued step by step with fresh seeds (what `expand` does).
+
+**Continuations.**  The input is parsed back into a trajectory: the text after the (last)
+question, from the last ``Step 1 of`` on, must read as complete steps plus possibly the start of
+the next one; otherwise the sim starts a fresh sample.  Facts already visible (``K``, running
+answers, words) are kept.  An unfinished step is continued as follows: if the text so far is a
+prefix of the step the request's own seed would write, that step is finished as written (so
+continuing any cut of a sample with the *same* seed reproduces the rest of that sample, token
+for token).  Otherwise the step's undecided choices (``K`` and the running answer) are drawn
+from their distribution conditioned on the visible text (the options whose wording extends it,
+reweighted): this mixture is again exactly the unconditional distribution, so cutting a sample
+anywhere and continuing with a fresh seed still follows ``answers`` exactly (up to the small
+bias when a cut falls inside a multi-token answer, whose position depends on its length).
+
+**temperature 0** is seedless: ``K`` and ``T`` are the midpoints of their ranges, the filler
+comes from seed 0, and the running answer is the modal path: the trajectory goes straight to the
+most likely answer of ``answers`` (first listed on a tie) at the first step it can.
+
+**Logprobs** are deterministic functions of the text: the token that reveals ``K`` carries
+``log(1/#K)``, the first token of a running answer carries the log-probability of that choice
+(so a trajectory's summed logprob reflects how likely its path was), fixed wording is near 0
+and filler words lie in [-3, -0.2].  Top alternatives are consistent with these (the other
+answers at a decision, other words elsewhere).  A logprob is never exactly 0.
+
+**Scores.**  `prm_score` scores the newest step of a text: ``sigmoid(2m + j + 8 * prm_noise * Z)``
+with ``m = +1`` if the newest decided running answer is correct (or none is decided yet), ``-1``
+if it is wrong, ``0`` for an unrecognised problem; ``j`` is a jitter in [-0.25, 0.25] and ``Z`` a
+standard normal, both hashed from the text.  With ``prm_noise = 0`` every right trajectory scores
+above every wrong one (about 0.86-0.91 against 0.09-0.14); the chance that a given wrong/right
+pair is misordered grows with the noise (about 1% at 0.15, 12% at 0.3, 36% at 1).
+
+**Judge.**  When the last non-empty line of the input asks for a verdict (it contains the words
+"yes" and "no", any case, and is not part of the question) the sim answers `` Yes`` or `` No``
+then ends the sequence.  ``P(yes)`` is computed like `prm_score` from the last
+``The answer is X.`` in the input (correct ``X``: high; wrong: low; if there is none, from the
+running answer of the trajectory), is sampled with the seed (argmax at temperature 0), and both
+alternatives are reported in the top logprobs.
+
+**Unrecognised prompts** get generic steps (2-4 steps of 16-32 tokens) ending in
+``The answer is unknown.``
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ttcdsl.runtime.sim.task import GENERIC, Problem, SimTask
+from ttcdsl.runtime.sim.tokenizer import EOS_ID, FILLER_PHRASES, FILLER_WORDS, STARTERS, tokenizer
+
+__all__ = [
+    "Analysis",
+    "Tok",
+    "Trajectory",
+    "analyse",
+    "continuation",
+    "final_answer_probabilities",
+    "hazard",
+    "input_logprob",
+    "judge_probability",
+    "prm_score",
+    "step_options",
+    "top_logprobs",
+]
+
+GREEDY_SEED = 0
+
+
+# ---------------------------------------------------------------- randomness (stable hashing)
+
+
+def uniform(seed: int, *labels: object) -> float:
+    """A uniform draw in [0, 1) that depends only on ``seed`` and ``labels``."""
+    digest = hashlib.blake2b(repr((seed, *labels)).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
+
+
+def _text_seed(text: str, label: str) -> int:
+    digest = hashlib.blake2b(
+        text.encode("utf-8", "surrogatepass"), digest_size=8, person=label.encode()[:16]
+    )
+    return int.from_bytes(digest.digest(), "big")
+
+
+def _normal(seed: int, label: str) -> float:
+    u1 = 1.0 - uniform(seed, label, 1)
+    u2 = uniform(seed, label, 2)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def _randint(low: int, high: int, seed: int, *labels: object) -> int:
+    return low + min(high - low, int(uniform(seed, *labels) * (high - low + 1)))
+
+
+# ---------------------------------------------------------------- the answer process
+
+
+def hazard(k: int, steps: int, p_correct: float) -> float:
+    """Probability that a trajectory still right before step ``k`` (1-based) of ``steps`` goes
+    wrong at step ``k`` (see the module doc)."""
+    wrong = 1.0 - p_correct
+    if wrong <= 0.0:
+        return 0.0
+    return min(1.0, wrong / (steps - (k - 1) * wrong))
+
+
+def step_options(
+    problem: Problem, k: int, steps: int, state: str | None
+) -> list[tuple[str, float]]:
+    """The running answers possible after step ``k`` given the running answer ``state`` before
+    it (None before step 1), each with its probability."""
+    c = problem.answer
+    if state is not None and state != c:
+        return [(state, 1.0)]
+    p_c = problem.p_correct
+    q = hazard(k, steps, p_c)
+    options = [(c, 1.0 - q)]
+    if q > 0.0:
+        options += [
+            (w, q * p / (1.0 - p_c)) for w, p in problem.answers.items() if w != c and p > 0.0
+        ]
+    return options
+
+
+def final_answer_probabilities(problem: Problem) -> dict[str, float]:
+    """The distribution of a complete sample's answer, computed by exact enumeration of the
+    process above (used by tests to check the implementation against ``answers``)."""
+    low, high = problem.steps
+    total: dict[str, float] = {}
+    for steps in range(low, high + 1):
+        dist: dict[str | None, float] = {None: 1.0}
+        for k in range(1, steps + 1):
+            nxt: dict[str | None, float] = {}
+            for state, p in dist.items():
+                for value, q in step_options(problem, k, steps, state):
+                    nxt[value] = nxt.get(value, 0.0) + p * q
+            dist = nxt
+        for final, p in dist.items():
+            assert final is not None
+            total[final] = total.get(final, 0.0) + p / (high - low + 1)
+    return total
+
+
+def _modal(problem: Problem) -> str:
+    return max(problem.answers.items(), key=lambda kv: kv[1])[0]
+
+
+# ---------------------------------------------------------------- wording
+
+
+_INTRO = ": we now have "
+_STEP_RE = re.compile(
+    r"Step (\d+) of (\d+): we now have (?P<v>[^\n]+?)\.(?P<fill>(?: [A-Za-z]+)*)\."
+    r"(?:(?P<sep>\n\n)|\nThe answer is (?P=v)\.)"
+)
+_PARTIAL_FILL_RE = re.compile(r"(?: [A-Za-z]+)*(?: [A-Za-z]*)?")
+_FOREIGN_DECISION_RE = re.compile(r"Step (\d+) of (\d+): we now have (?P<v>[^\n]+?)\.(?= |$)")
+_ANSWER_LINE_RE = re.compile(r"The answer is (.+?)\.[ \t]*$", re.MULTILINE)
+_YES_RE = re.compile(r"\byes\b", re.IGNORECASE)
+_NO_RE = re.compile(r"\bno\b", re.IGNORECASE)
+
+
+def _decision_text(k: int, steps: int, value: str) -> str:
+    return f"Step {k} of {steps}{_INTRO}{value}."
+
+
+def _closing(final: bool, value: str) -> str:
+    return f"\nThe answer is {value}." if final else "\n\n"
+
+
+@dataclass(frozen=True)
+class Tok:
+    """One generated token.  ``alts`` are the top alternatives (id, logprob) including this
+    token, for tokens where the sim made a real choice; None means "derive them"."""
+
+    id: int
+    logprob: float
+    alts: tuple[tuple[int, float], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A sample read back from text: ``values[i]`` is the running answer after step ``i + 1``,
+    ``partial`` the text of an unfinished next step."""
+
+    steps: int | None = None
+    values: tuple[str, ...] = ()
+    partial: str = ""
+    finished: bool = False
+
+    @property
+    def state(self) -> str | None:
+        return self.values[-1] if self.values else None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the sim makes of an input text."""
+
+    problem: Problem
+    recognised: bool
+    trajectory: Trajectory
+    # Set when the input asks for a yes/no verdict: the probability of " Yes".
+    judge_yes: float | None = None
+
+
+def analyse(task: SimTask, text: str) -> Analysis:
+    """Recognise the problem, the trajectory so far, and whether this is a judge prompt."""
+    found = task.find(text)
+    problem, qend = found if found is not None else (GENERIC, 0)
+    qstart = qend - len(problem.question)
+    judge = _judge_line(text, qstart, qend if found else -1)
+    if judge is not None:
+        p_yes = _judge_p_yes(problem, found is not None, text, qend, judge)
+        return Analysis(problem, found is not None, Trajectory(), judge_yes=p_yes)
+    return Analysis(problem, found is not None, _parse_trajectory(problem, text[qend:]))
+
+
+def _judge_line(text: str, qstart: int, qend: int) -> int | None:
+    """Start index of the last non-empty line if it asks for yes/no, else None."""
+    stripped = text.rstrip()
+    start = stripped.rfind("\n") + 1
+    line = stripped[start:]
+    if not (_YES_RE.search(line) and _NO_RE.search(line)):
+        return None
+    if qend >= 0 and qstart < len(stripped) and qend > start:
+        return None  # the verdict question is the problem itself
+    return start
+
+
+def _parse_trajectory(problem: Problem, tail: str) -> Trajectory:
+    start = _last_step_one(tail)
+    if start < 0:
+        return Trajectory()
+    pos, k = start, 1
+    steps: int | None = None
+    values: list[str] = []
+    while True:
+        m = _STEP_RE.match(tail, pos)
+        if m is None:
+            break
+        if int(m.group(1)) != k or (steps is not None and int(m.group(2)) != steps):
+            return Trajectory()
+        steps = int(m.group(2))
+        values.append(m.group("v"))
+        pos = m.end()
+        if m.group("sep") is None:  # the answer line: the sample is complete
+            if tail[pos:].strip():
+                return Trajectory()
+            return Trajectory(steps, tuple(values), "", finished=True)
+        k += 1
+    partial = tail[pos:]
+    if partial and _decide(problem, k, steps, values[-1] if values else None, partial) is None:
+        return Trajectory()
+    return Trajectory(steps, tuple(values), partial)
+
+
+def _last_step_one(tail: str) -> int:
+    end = len(tail)
+    while True:
+        i = tail.rfind("Step 1 of ", 0, end)
+        if i < 0:
+            break
+        if i == 0 or not tail[i - 1].isalnum():
+            return i
+        end = i
+    for head in ("Step 1 of", "Step 1", "Step"):
+        if tail.endswith(head):
+            i = len(tail) - len(head)
+            if i == 0 or not tail[i - 1].isalnum():
+                return i
+    return -1
+
+
+def _options(
+    problem: Problem, k: int, steps: int | None, state: str | None
+) -> list[tuple[int, str, float]]:
+    if steps is not None:
+        return [(steps, v, p) for v, p in step_options(problem, k, steps, state)]
+    low, high = problem.steps
+    out: list[tuple[int, str, float]] = []
+    for n in range(low, high + 1):
+        out += [(n, v, p / (high - low + 1)) for v, p in step_options(problem, k, n, state)]
+    return out
+
+
+def _consistent(k: int, option: tuple[int, str, float], partial: str) -> bool:
+    steps, value, _ = option
+    decision = _decision_text(k, steps, value)
+    if decision.startswith(partial):
+        return True
+    return partial.startswith(decision) and _filler_ok(partial[len(decision) :], k == steps, value)
+
+
+def _filler_ok(rest: str, final: bool, value: str) -> bool:
+    m = _PARTIAL_FILL_RE.match(rest)
+    assert m is not None
+    after = rest[m.end() :]
+    if not after:
+        return True
+    return after[0] == "." and _closing(final, value).startswith(after[1:]) and m.end() > 0
+
+
+def _decide(
+    problem: Problem, k: int, steps: int | None, state: str | None, partial: str
+) -> list[tuple[int, str, float]] | None:
+    """The options consistent with an unfinished step, or None if the text cannot be one."""
+    cons = [o for o in _options(problem, k, steps, state) if _consistent(k, o, partial)]
+    if cons:
+        return cons
+    m = _FOREIGN_DECISION_RE.match(partial)
+    if m and int(m.group(1)) == k and (steps is None or int(m.group(2)) == steps):
+        foreign = (int(m.group(2)), m.group("v"), 1.0)
+        if _consistent(k, foreign, partial):
+            return [foreign]
+    return None
+
+
+def _choose(options: Sequence[tuple[int, str, float]], u: float) -> tuple[int, str, float]:
+    total = math.fsum(o[2] for o in options)
+    acc = 0.0
+    for option in options:
+        if option[2] <= 0.0:
+            continue
+        acc += option[2] / total if total > 0 else 0.0
+        if u < acc:
+            return option
+    positive = [o for o in options if o[2] > 0.0]
+    return positive[-1] if positive else options[0]
+
+
+def _greedy_choice(
+    problem: Problem, options: Sequence[tuple[int, str, float]], state: str | None
+) -> tuple[int, str, float]:
+    """Temperature 0: the middle number of steps and the modal answer path."""
+    mid = sum(problem.steps) // 2
+    target = state if state is not None and state != problem.answer else _modal(problem)
+    hits = [o for o in options if o[1] == target and o[2] > 0.0]
+    if hits:
+        return min(hits, key=lambda o: abs(o[0] - mid))
+    return max(options, key=lambda o: (o[2], -abs(o[0] - mid)))
+
+
+# ---------------------------------------------------------------- generation
+
+
+def continuation(task: SimTask, text: str, seed: int | None) -> Iterator[Tok]:
+    """The tokens the sim writes after ``text``: the rest of the sample, the end-of-sequence
+    token, then (for ``ignore_eos``) endless filler sentences each followed by another
+    end-of-sequence token.  ``seed=None`` means temperature 0."""
+    analysis = analyse(task, text)
+    greedy = seed is None
+    rseed = GREEDY_SEED if seed is None else seed
+    if analysis.judge_yes is not None:
+        yield from _judge_tokens(analysis.judge_yes, rseed, greedy)
+    elif not analysis.trajectory.finished:
+        yield from _sample_tokens(analysis.problem, analysis.trajectory, rseed, greedy)
+    yield Tok(EOS_ID, -0.0005)
+    yield from _tail_tokens(rseed)
+
+
+def _sample_tokens(problem: Problem, traj: Trajectory, seed: int, greedy: bool) -> Iterator[Tok]:
+    k = len(traj.values) + 1
+    steps, state, partial = traj.steps, traj.state, traj.partial
+    while True:
+        chosen, _, tokens = _build_step(problem, k, steps, state, partial, seed, greedy)
+        yield from tokens
+        steps, state, partial = chosen[0], chosen[1], ""
+        if k >= steps:
+            return
+        k += 1
+
+
+def _build_step(
+    problem: Problem,
+    k: int,
+    steps: int | None,
+    state: str | None,
+    partial: str,
+    seed: int,
+    greedy: bool,
+) -> tuple[tuple[int, str, float], str, list[Tok]]:
+    options = _options(problem, k, steps, state)
+    if greedy:
+        own = _greedy_choice(problem, options, state)
+        low, high = problem.step_tokens
+        length = (low + high) // 2
+    else:
+        own = _choose(options, uniform(seed, "decide", k))
+        length = _randint(*problem.step_tokens, seed, "T", k)
+    own_text = _render(k, own, length, seed, [])
+    chosen, full = own, own_text
+    if not own_text.startswith(partial):
+        cons = _decide(problem, k, steps, state, partial) or [own]
+        chosen = (
+            _greedy_choice(problem, cons, state)
+            if greedy
+            else _choose(cons, uniform(seed, "posterior", k))
+        )
+        decision = _decision_text(k, chosen[0], chosen[1])
+        if len(partial) <= len(decision):
+            full = _render(k, chosen, length, seed, [])
+        else:
+            full = _render(k, chosen, length, seed, partial[len(decision) :])
+    return chosen, full, _step_tokens(problem, k, steps, state, chosen, full, partial)
+
+
+def _render(
+    k: int, option: tuple[int, str, float], length: int, seed: int, existing: object
+) -> str:
+    """The full text of step ``k`` with ``length`` tokens; ``existing`` (a str) is filler text
+    already written after the decision, which is kept and extended."""
+    steps, value, _ = option
+    final = k == steps
+    decision = _decision_text(k, steps, value)
+    closing = _closing(final, value)
+    if isinstance(existing, str) and existing:
+        m = _PARTIAL_FILL_RE.match(existing)
+        assert m is not None
+        words = existing[: m.end()]
+        if m.end() < len(existing):  # the filler is already closed by "."
+            return decision + words + "." + closing
+        have = len(tokenizer.encode(decision + words + "." + closing))
+        more = max(0, length - have)
+        if words.endswith(" "):
+            words = words[:-1]
+        return decision + words + "".join(" " + w for w in _filler(seed, k, more)) + "." + closing
+    starter = " " + STARTERS[int(uniform(seed, "starter", k) * len(STARTERS))]
+    base = len(tokenizer.encode(decision + starter + "." + closing))
+    more = max(0, length - base)
+    return decision + starter + "".join(" " + w for w in _filler(seed, k, more)) + "." + closing
+
+
+def _filler(seed: int, k: int, count: int) -> list[str]:
+    """``count`` filler words: seeded phrases strung together, cut at exactly ``count``."""
+    words: list[str] = []
+    i = 0
+    while len(words) < count:
+        phrase = FILLER_PHRASES[int(uniform(seed, "phrase", k, i) * len(FILLER_PHRASES))]
+        words += phrase.split()
+        i += 1
+    return words[:count]
+
+
+def _step_tokens(
+    problem: Problem,
+    k: int,
+    steps: int | None,
+    state: str | None,
+    chosen: tuple[int, str, float],
+    full: str,
+    partial: str,
+) -> list[Tok]:
+    ids = tokenizer.encode(full)
+    head = tokenizer.encode(f"Step {k} of {chosen[0]}{_INTRO.rstrip()}")
+    decisions: dict[int, tuple[tuple[int, float], ...]] = {}
+    if steps is None:  # the " K" token of step 1 decides the number of steps
+        low, high = problem.steps
+        lp = -math.log(high - low + 1) if high > low else -1e-4
+        decisions[3] = tuple((tokenizer.encode(f" {n}")[0], lp) for n in range(low, high + 1))
+    value_options = step_options(problem, k, chosen[0], state)
+    alts: dict[int, float] = {}
+    for value, p in value_options:
+        first = tokenizer.encode(" " + value)[0]
+        alts[first] = alts.get(first, 0.0) + p
+    decisions[len(head)] = tuple((i, _safe_log(p)) for i, p in alts.items() if p > 0.0)
+    toks: list[Tok] = []
+    for i, token_id in enumerate(ids):
+        alts_i = decisions.get(i)
+        if alts_i is not None:
+            lp = dict(alts_i).get(token_id, input_logprob(ids[i - 1] if i else -1, token_id))
+            toks.append(Tok(token_id, lp, tuple(sorted(alts_i, key=lambda a: -a[1]))))
+        else:
+            toks.append(Tok(token_id, input_logprob(ids[i - 1] if i else -1, token_id)))
+    want = len(partial.encode())
+    done = 0
+    for i, token_id in enumerate(ids):
+        if done == want:
+            return toks[i:]
+        done += len(tokenizer.token_bytes(token_id))
+    if done == want:
+        return []
+    rest = full.encode()[want:].decode("utf-8", errors="replace")
+    rest_ids = tokenizer.encode(rest)
+    return [Tok(t, input_logprob(rest_ids[i - 1] if i else -1, t)) for i, t in enumerate(rest_ids)]
+
+
+def _safe_log(p: float) -> float:
+    return min(math.log(p), -1e-4) if p > 0 else -30.0
+
+
+def _judge_tokens(p_yes: float, seed: int, greedy: bool) -> Iterator[Tok]:
+    yes, no = tokenizer.piece_id(" Yes"), tokenizer.piece_id(" No")
+    pair = ((yes, _safe_log(p_yes)), (no, _safe_log(1.0 - p_yes)))
+    alts = tuple(sorted(pair, key=lambda a: -a[1]))
+    say_yes = p_yes >= 0.5 if greedy else uniform(seed, "judge") < p_yes
+    chosen = yes if say_yes else no
+    yield Tok(chosen, dict(alts)[chosen], alts)
+
+
+def _tail_tokens(seed: int) -> Iterator[Tok]:
+    sentence = 0
+    while True:
+        starter = STARTERS[int(uniform(seed, "tail-starter", sentence) * len(STARTERS))]
+        text = " " + starter + "".join(" " + w for w in _filler(seed, -1 - sentence, 8)) + "."
+        ids = tokenizer.encode(text)
+        for i, token_id in enumerate(ids):
+            yield Tok(token_id, input_logprob(ids[i - 1] if i else -1, token_id))
+        yield Tok(EOS_ID, -0.0005)
+        sentence += 1
+
+
+# ---------------------------------------------------------------- logprobs
+
+
+_FIXED_WORDING = frozenset(
+    tokenizer.encode("Step of: we now have. The answer is\n\n\n")
+    + [tokenizer.piece_id(" " + s) for s in STARTERS]
+    + [EOS_ID]
+)
+_ALT_POOL = tuple(sorted({tokenizer.piece_id(" " + w) for w in FILLER_WORDS}))
+
+
+@lru_cache(maxsize=1 << 16)
+def input_logprob(prev_id: int, token_id: int) -> float:
+    """The logprob of ``token_id`` after ``prev_id`` for tokens that involve no choice: near 0
+    for the sim's fixed wording, in [-3, -0.2] otherwise."""
+    u = uniform(0, "lp", prev_id, token_id)
+    if token_id in _FIXED_WORDING:
+        return -(0.001 + 0.049 * u)
+    return -(0.2 + 2.8 * u)
+
+
+@lru_cache(maxsize=1 << 14)
+def _derived_top(
+    prev_id: int, token_id: int, logprob: float, k: int
+) -> tuple[tuple[int, float], ...]:
+    rest = max(0.0, 1.0 - math.exp(logprob))
+    out = [(token_id, logprob)]
+    used = {token_id}
+    j = 0
+    while len(out) < k:
+        alt = _ALT_POOL[int(uniform(0, "alt", prev_id, token_id, j) * len(_ALT_POOL))]
+        j += 1
+        if alt in used and j < 64:
+            continue
+        if alt in used:
+            alt = next(a for a in range(3 + 256, 3 + 256 + 4096) if a not in used)
+        used.add(alt)
+        out.append((alt, _safe_log(rest * 0.5 ** len(out))))
+    return tuple(sorted(out, key=lambda a: -a[1]))
+
+
+def top_logprobs(prev_id: int, tok: Tok, k: int) -> list[tuple[int, float]]:
+    """The ``k`` most likely tokens at this position (id, logprob), best first."""
+    if k <= 0:
+        return []
+    if tok.alts is not None and len(tok.alts) >= k:
+        return list(tok.alts[:k])
+    if tok.alts is not None:
+        rest = max(0.0, 1.0 - sum(math.exp(lp) for _, lp in tok.alts))
+        out = list(tok.alts)
+        used = {a for a, _ in out}
+        for alt in _ALT_POOL:
+            if len(out) >= k:
+                break
+            if alt not in used:
+                used.add(alt)
+                out.append((alt, _safe_log(rest * 0.5 ** len(out))))
+        return sorted(out, key=lambda a: -a[1])
+    return list(_derived_top(prev_id, tok.id, tok.logprob, k))
+
+
+# ---------------------------------------------------------------- scores
+
+
+def _verdict(margin: float, noise: float, text: str, label: str) -> float:
+    seed = _text_seed(text, label)
+    jitter = 0.5 * uniform(seed, "jitter") - 0.25
+    logit = 2.0 * margin + jitter + 8.0 * noise * _normal(seed, "z")
+    return 1.0 / (1.0 + math.exp(-logit))
+
+
+def prm_score(task: SimTask, text: str) -> float:
+    """Process-reward score in (0, 1) of the newest step of ``text`` (see the module doc)."""
+    found = task.find(text)
+    if found is None:
+        return _verdict(0.0, GENERIC.prm_noise, text, "prm")
+    problem, qend = found
+    value = _newest_value(problem, text[qend:])
+    margin = 1.0 if value is None or value == problem.answer else -1.0
+    return _verdict(margin, problem.prm_noise, text, "prm")
+
+
+def _newest_value(problem: Problem, tail: str) -> str | None:
+    traj = _parse_trajectory(problem, tail)
+    value = traj.state
+    if traj.partial:
+        k = len(traj.values) + 1
+        cons = _decide(problem, k, traj.steps, value, traj.partial) or []
+        decided = {o[1] for o in cons if traj.partial.startswith(_decision_text(k, o[0], o[1]))}
+        if len(decided) == 1 and len(cons) == 1:
+            value = decided.pop()
+    return value
+
+
+def judge_probability(task: SimTask, text: str) -> float | None:
+    """``P(" Yes")`` for a judge prompt, or None if ``text`` does not ask for a verdict."""
+    return analyse(task, text).judge_yes
+
+
+def _judge_p_yes(
+    problem: Problem, recognised: bool, text: str, qend: int, line_start: int
+) -> float:
+    if not recognised:
+        return _verdict(0.0, GENERIC.prm_noise, text, "judge")
+    region = text[qend:line_start]
+    answers = _ANSWER_LINE_RE.findall(region)
+    if answers:
+        margin = 1.0 if answers[-1].strip() == problem.answer else -1.0
+    else:
+        state = _parse_trajectory(problem, region).state
+        margin = 0.0 if state is None else (1.0 if state == problem.answer else -1.0)
+    return _verdict(margin, problem.prm_noise, text, "judge")
