@@ -257,6 +257,14 @@ class SGLangProcess:
         self.stop()
 
 
+class _Terminated(Exception):
+    """Raised in the main thread when ttc serve receives SIGTERM."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -319,6 +327,8 @@ def run(args: argparse.Namespace) -> int:
     )
     server = SGLangProcess(spec, log_path=args.log)
     print(f"ttc serve: starting {' '.join(spec.argv)}", file=sys.stderr, flush=True)
+    # SIGTERM (a supervisor, `kill`) stops the server like Ctrl-C does, never orphaning it.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     server.start()
     try:
         anyio.run(server.wait_ready, args.ready_timeout)
@@ -326,11 +336,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"ttc serve: SGLang is ready at {spec.url}; Ctrl-C stops it", file=sys.stderr,
               flush=True)
         status = server.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
         print("ttc serve: stopping SGLang", file=sys.stderr, flush=True)
         return 130
     finally:
         server.stop()
+        signal.signal(signal.SIGTERM, previous)
     if status != 0:
         raise BackendUnavailable(f"SGLang at {spec.url} exited with status {status}")
     return 0
