@@ -387,7 +387,9 @@ class _Run:
         return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
     def _branch_id(self, ctx: _Ctx, node: int, fork: int) -> str:
-        return f"{ctx.tag()}n{node}.{fork}"
+        """E.g. ``n9.3`` (fork 3 of node 9), ``n18@2.5`` (in loop iteration 2), ``c4/n7.0``
+        (inside call node 4)."""
+        return f"{ctx.key}n{node}" + "".join(f"@{i}" for i in ctx.loops) + f".{fork}"
 
     async def sample(self, ctx: _Ctx, n: P.Sample, count: int, prompt: str, settings: dict[str, Any]) -> Branches:
         prompt_ids = tuple(await self.tokenize(ctx, n, prompt))

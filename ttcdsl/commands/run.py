@@ -174,12 +174,12 @@ def show(console: Console, result: RunResult) -> None:
             console.print(escape(b.text.strip()))
     else:
         console.print(f"[bold]result:[/] {escape(str(value))}")
-    table = Table(title=None, show_edge=False, header_style="bold")
-    for col in ("node", "op", "line", "completion", "prompt", "cached", "requests", "calls", "time s", "budget"):
-        table.add_column(col, justify="right" if col not in ("node", "op") else "left")
+    table = Table(title=None, show_edge=False, header_style="bold", pad_edge=False)
+    for col in ("node", "op", "line", "tokens", "prompt", "cached", "req", "calls", "time s", "budget"):
+        table.add_column(col, justify="left" if col in ("node", "op") else "right", no_wrap=True)
     for n in result.nodes:
         table.add_row(
-            f"n{n.id}", n.op, f"{Path(n.file).name}:{n.line}", str(n.completion_tokens), str(n.prompt_tokens),
+            f"n{n.id}", n.op, str(n.line), str(n.completion_tokens), str(n.prompt_tokens),
             str(n.cached_tokens), str(n.requests), str(n.calls), f"{n.wall_s:.2f}",
             str(n.budget) if n.budget is not None else "-",
         )
