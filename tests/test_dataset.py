@@ -1,0 +1,134 @@
+"""Dataset mode: validation, one line per item, resume, kill -9 safety, accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ttcdsl.cli import main
+from ttcdsl.errors import UsageError
+from ttcdsl.runtime.aggregate import extract
+from ttcdsl.runtime.dataset import is_correct, read_items
+from ttcdsl.runtime.values import Answer, Branch, Branches
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = REPO / "data" / "tasks" / "demo.json"
+SC = REPO / "programs" / "self_consistency.ttc"
+
+
+def write_input(path: Path, n: int = 6) -> list[dict[str, str]]:
+    problems = json.loads(TASK.read_text())["problems"]
+    rows = [{"id": f"q{i}", "question": problems[i % len(problems)]["question"],
+             "answer": problems[i % len(problems)]["answer"]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def run_cli(*args: str) -> int:
+    return main(["run", str(SC), "--sim-task", str(TASK), "--seed", "5", "--arg", "n=3", *args])
+
+
+def ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def test_every_item_is_written_once_with_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp)
+    assert run_cli("--input", str(inp), "--output", str(out)) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["id"] for x in lines) == [f"q{i}" for i in range(6)]
+    for x in lines:
+        assert set(x) >= {"id", "result", "usage", "nodes", "wall_s", "answer", "correct"}
+        assert x["correct"] == (x["result"]["value"] == x["answer"])
+    acc = sum(x["correct"] for x in lines)
+    assert f"accuracy: {acc}/6 = {acc / 6:.3f}" in capsys.readouterr().out
+
+
+def test_resume_skips_done_ids_and_never_duplicates(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 5)
+    partial = tmp_path / "first3.jsonl"
+    partial.write_text("".join(inp.read_text().splitlines(keepends=True)[:3]))
+    assert run_cli("--input", str(partial), "--output", str(out)) == 0
+    first = out.read_text()
+    assert run_cli("--input", str(inp), "--output", str(out), "--resume") == 0
+    assert out.read_text().startswith(first)
+    assert sorted(ids(out)) == [f"q{i}" for i in range(5)]
+
+
+def test_existing_output_without_resume_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 1)
+    out.write_text('{"id": "x"}\n')
+    assert run_cli("--input", str(inp), "--output", str(out)) == 2
+    assert "already has results: pass --resume" in capsys.readouterr().err
+
+
+def test_malformed_input_line_is_named_by_number(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "question": "a"}\n\n{"id": 2, "question": \n')
+    with pytest.raises(UsageError, match=r"bad\.jsonl:3: not valid JSON"):
+        read_items(bad)
+    bad.write_text('{"id": 1}\n[1, 2]\n')
+    with pytest.raises(UsageError, match=r"bad\.jsonl:2: expected a JSON object, got list"):
+        read_items(bad)
+    bad.write_text('{"id": 1}\n{"id": 1}\n')
+    with pytest.raises(UsageError, match="id '1' already used on line 1"):
+        read_items(bad)
+
+
+def test_missing_parameter_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text('{"id": "a", "prompt": "no question field"}\n')
+    assert run_cli("--input", str(inp), "--output", str(out)) == 2
+    assert "--input line 1 (id a)" in capsys.readouterr().err
+
+
+def test_torn_last_line_is_cut_before_resuming(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 3)
+    assert run_cli("--input", str(inp), "--output", str(out)) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text(lines[0] + lines[1][: len(lines[1]) // 2])
+    assert run_cli("--input", str(inp), "--output", str(out), "--resume") == 0
+    assert sorted(ids(out)) == ["q0", "q1", "q2"]
+
+
+def test_is_correct_normalises_numbers() -> None:
+    a = Answer(value="1,000", support=1, agreement=1, votes={}, branches=[])
+    assert is_correct(a, "1000") and is_correct(a, 1000) and not is_correct(a, "100")
+    b = Branches([Branch(id="x", root="x", parent=None, prompt="", prompt_ids=(), steps=["so 7.0"])])
+    assert extract("so 7.0", "number") == "7" and is_correct(b, "7")
+
+
+@pytest.mark.slow
+def test_killed_run_loses_no_finished_item_and_resume_completes(tmp_path: Path) -> None:
+    """SIGKILL a dataset run mid-way, resume it: every id exactly once."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 40)
+    # 40 chains per item and two items at a time: slow enough that the kill lands mid-run.
+    cmd = [sys.executable, "-m", "ttcdsl.cli", "run", str(SC), "--sim-task", str(TASK), "--seed", "5",
+           "--arg", "n=40", "--items", "2", "--input", str(inp), "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") >= 3):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    done_before = len(ids(out))
+    assert 0 < done_before < 40, "the kill should land mid-run"
+    resume = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert resume.returncode == 0, resume.stderr
+    final = ids(out)
+    assert sorted(final) == sorted(f"q{i}" for i in range(40))
+    assert len(final) == len(set(final))
