@@ -140,7 +140,9 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 class SimStats(msgspec.Struct):
     """Counters since start (or the last `SimEngine.reset_stats`).  ``requests`` counts every
-    generation the engine ran, warm-ups and the forks of an ``n > 1`` request included."""
+    generation the engine ran, warm-ups and the forks of an ``n > 1`` request included;
+    ``in_flight`` counts requests admitted or queued, ``running`` those past the batch-size
+    queue."""
 
     requests: int = 0
     warm_requests: int = 0
@@ -153,6 +155,8 @@ class SimStats(msgspec.Struct):
     reward_requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    running: int = 0
+    max_running: int = 0
     radix_tokens: int = 0
 
 
@@ -204,12 +208,13 @@ class EngineOutput(msgspec.Struct, kw_only=True):
 
 
 class _Flight:
-    __slots__ = ("aborted", "rid", "scope")
+    __slots__ = ("aborted", "lock", "rid", "scope")
 
     def __init__(self, rid: str) -> None:
         self.rid = rid
         self.scope: anyio.CancelScope | None = None
         self.aborted = False
+        self.lock: object | None = None  # radix lock handle held while running
 
 
 Progress = Callable[[EngineOutput], Awaitable[None]]
@@ -234,6 +239,7 @@ class SimEngine:
         self._seeds = random.Random(self.config.seed) if self.config.seed is not None else None
         self._faults = random.Random(self.config.faults.seed)
         self._slots: anyio.Semaphore | None = None
+        self._running = 0
 
     # ------------------------------------------------------------------ small services
 
@@ -242,11 +248,12 @@ class SimEngine:
         """A snapshot of the counters."""
         snap = msgspec.structs.replace(self._stats)
         snap.in_flight = len(self._inflight)
+        snap.running = self._running
         snap.radix_tokens = self.radix.size
         return snap
 
     def reset_stats(self) -> None:
-        self._stats = SimStats(max_in_flight=len(self._inflight))
+        self._stats = SimStats(max_in_flight=len(self._inflight), max_running=self._running)
 
     def tokenize(self, text: str) -> list[int]:
         return tokenizer.encode(text)
@@ -291,10 +298,14 @@ class SimEngine:
 
     def abort(self, rid: str = "", *, abort_all: bool = False) -> int:
         """Abort in-flight requests whose rid starts with ``rid`` (all with ``abort_all``; an
-        empty rid without it aborts nothing); returns how many."""
+        empty rid without it aborts nothing); returns how many were not already aborting."""
         if not rid and not abort_all:
             return 0
-        hits = [f for f in self._inflight.values() if abort_all or f.rid.startswith(rid)]
+        hits = [
+            f
+            for f in self._inflight.values()
+            if not f.aborted and (abort_all or f.rid.startswith(rid))
+        ]
         for flight in hits:
             flight.aborted = True
             if flight.scope is not None:
@@ -335,14 +346,12 @@ class SimEngine:
             raise SimRequestError(f"Duplicate request ID detected: {req.rid}")
         flight = _Flight(req.rid)
         self._inflight[req.rid] = flight
-        stats = self._stats
-        stats.requests += 1
-        stats.max_in_flight = max(stats.max_in_flight, len(self._inflight))
+        self._stats.requests += 1
+        self._stats.max_in_flight = max(self._stats.max_in_flight, len(self._inflight))
         if req.max_new_tokens == 0:
-            stats.warm_requests += 1
+            self._stats.warm_requests += 1
         started = time.monotonic()
         out = EngineOutput(rid=req.rid, prompt_tokens=len(req.input_ids))
-        lock: object | None = None
         try:
             with anyio.CancelScope() as scope:
                 flight.scope = scope
@@ -353,31 +362,37 @@ class SimEngine:
                         if self._slots is None:
                             self._slots = anyio.Semaphore(self.config.latency.max_batch)
                         await stack.enter_async_context(self._slots)
-                    lock = await self._prefill(req, out)
+                    self._running += 1
+                    stack.callback(self._release)
+                    self._stats.max_running = max(self._stats.max_running, self._running)
+                    await self._prefill(req, out, flight)
                     if req.max_new_tokens != 0:
                         await self._decode(req, out, on_progress)
                     else:
                         out.finish = {"type": "length", "length": 0}
         finally:
             if flight.aborted or out.finish is None:
-                stats.aborted += 1
+                self._stats.aborted += 1
                 out.finish = dict(ABORTED)
             del self._inflight[req.rid]
-            stats.completion_tokens += len(out.output_ids)
+            self._stats.completion_tokens += len(out.output_ids)
             if out.output_ids:
                 self.radix.insert(req.input_ids + out.output_ids)
-            if lock is not None:
-                self.radix.unlock(lock)
+            if flight.lock is not None:
+                self.radix.unlock(flight.lock)
             out.e2e_latency = time.monotonic() - started
         return out
 
-    async def _prefill(self, req: EngineRequest, out: EngineOutput) -> object:
+    def _release(self) -> None:
+        self._running -= 1
+
+    async def _prefill(self, req: EngineRequest, out: EngineOutput, flight: _Flight) -> None:
         ids = req.input_ids
         limit = len(ids) - 1
         if req.return_logprob and req.logprob_start_len >= 0:
             limit = min(limit, req.logprob_start_len)
         cached = min(self.radix.match(ids), max(0, limit))
-        lock = self.radix.lock(ids[:cached])
+        flight.lock = self.radix.lock(ids[:cached])
         out.cached_tokens = cached
         uncached = len(ids) - cached
         self._stats.prompt_tokens += len(ids)
@@ -386,8 +401,8 @@ class SimEngine:
         if self.config.latency.prefill_s > 0:
             await anyio.sleep(self.config.latency.prefill_s * uncached)
         self.radix.insert(ids)
-        self.radix.unlock(lock)
-        lock = self.radix.lock(ids)
+        self.radix.unlock(flight.lock)
+        flight.lock = self.radix.lock(ids)
         if req.return_logprob and req.logprob_start_len >= 0:
             start = min(req.logprob_start_len, len(ids) - 1)
             for pos in range(start, len(ids)):
@@ -402,7 +417,6 @@ class SimEngine:
                         out.input_top.append(
                             model.top_logprobs(ids[pos - 1], tok, req.top_logprobs_num)
                         )
-        return lock
 
     async def _decode(
         self, req: EngineRequest, out: EngineOutput, on_progress: Progress | None

@@ -409,8 +409,11 @@ def _triple(lp: float | None, token_id: int, with_text: bool) -> list[Any]:
     return [lp, token_id, tokenizer.token_text(token_id) if with_text else None]
 
 
-def meta_info(item: Item, out: EngineOutput, *, final: bool, first: bool) -> dict[str, Any]:
-    """``meta_info`` with SGLang's keys in SGLang's order."""
+def meta_info(
+    item: Item, out: EngineOutput, *, final: bool, first: bool, stream: bool
+) -> dict[str, Any]:
+    """``meta_info`` with SGLang's keys in SGLang's order (a stream stamps the send time on its
+    first chunk only, a plain response on itself)."""
     meta: dict[str, Any] = {
         "id": out.rid,
         "finish_reason": out.finish if final else None,
@@ -444,19 +447,26 @@ def meta_info(item: Item, out: EngineOutput, *, final: bool, first: bool) -> dic
     meta["dp_rank"] = None
     if final:
         meta["e2e_latency"] = out.e2e_latency
-    if final or first:
+    if first or (final and not stream):
         meta["response_sent_to_client_ts"] = time.time()
     return meta
 
 
 def output_json(
-    item: Item, out: EngineOutput, *, final: bool, index: int | None = None, first: bool = False
+    item: Item,
+    out: EngineOutput,
+    *,
+    final: bool,
+    index: int | None = None,
+    first: bool = False,
+    stream: bool = False,
 ) -> dict[str, Any]:
-    """One response object (``final``) or streaming chunk; ``index`` for batch streams."""
+    """One response object (``final``) or streaming chunk (``stream``; ``first`` for the first
+    chunk of its item); ``index`` for batch streams."""
     obj: dict[str, Any] = {
         "text": output_text(item, out, final),
         "output_ids": list(out.output_ids),
-        "meta_info": meta_info(item, out, final=final, first=first),
+        "meta_info": meta_info(item, out, final=final, first=first, stream=stream),
     }
     if index is not None:
         obj["index"] = index

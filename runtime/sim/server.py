@@ -73,25 +73,32 @@ def _sse(data: Any) -> bytes:
     return b"data: " + msgspec.json.encode(data) + b"\n\n"
 
 
+class _BadJSON(Exception):
+    """A body that is not JSON; answered like SGLang's FastAPI validation error."""
+
+
 async def _read_json(request: web.Request) -> Any:
-    """The body as JSON, or raise SGLang's response for malformed JSON."""
+    """The body as JSON (None if empty), or raise `_BadJSON`."""
     raw = await request.read()
     try:
         return json.loads(raw) if raw.strip() else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        message = f"1 validation error:\n  {{'type': 'json_invalid', 'msg': 'JSON decode error', 'ctx': {{'error': {str(exc)!r}}}}}"
-        raise web.HTTPBadRequest(
-            body=msgspec.json.encode(
-                {
-                    "object": "error",
-                    "message": message,
-                    "type": "Bad Request",
-                    "param": None,
-                    "code": 400,
-                }
-            ),
-            content_type="application/json",
-        ) from None
+        raise _BadJSON(str(exc)) from None
+
+
+def _bad_json_response(error: str) -> web.Response:
+    message = (
+        "1 validation error:\n  {'type': 'json_invalid', 'loc': ('body',), "
+        f"'msg': 'JSON decode error', 'ctx': {{'error': {error!r}}}}}"
+    )
+    body = {
+        "object": "error",
+        "message": message,
+        "type": "Bad Request",
+        "param": None,
+        "code": 400,
+    }
+    return _json(body, 400)
 
 
 @web.middleware
@@ -100,6 +107,8 @@ async def _json_errors(
 ) -> web.StreamResponse:
     try:
         return await handler(request)
+    except _BadJSON as exc:
+        return _bad_json_response(str(exc))
     except web.HTTPNotFound:
         return _json({"detail": "Not Found"}, 404)
     except web.HTTPMethodNotAllowed:
@@ -140,7 +149,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
         indexed = not call.single
 
         def render(i: int, item: Item, out: EngineOutput, final: bool, first: bool) -> Any:
-            return output_json(item, out, final=final, index=i if indexed else None, first=first)
+            index = i if indexed else None
+            return output_json(item, out, final=final, index=index, first=first, stream=True)
 
         return await _stream(request, engine, call, render, reset_after_first=fault == "reset")
     outs = await _run_all(engine, call)

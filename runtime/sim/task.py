@@ -151,7 +151,7 @@ def _parse_task(data: Any, source: str) -> SimTask:
     questions: set[str] = set()
     for index, item in enumerate(problems):
         problem = _parse_problem(item, index, source)
-        where = f"{source}: problems[{index}]"
+        where = f'{source}: problems[{index}] ("{problem.id}")'
         if problem.id in ids:
             raise UsageError(f'{where}: duplicate id "{problem.id}"')
         if problem.question in questions:
