@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ttcdsl.errors import TTCError, UsageError
+from ttcdsl.errors import CheckErrors, SourceError, TTCError, UsageError
 
 __all__ = ["main"]
 
@@ -52,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"ttc: error: {exc}", file=sys.stderr)
         return 2
+    except (SourceError, CheckErrors) as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
     except TTCError as exc:
-        print(exc.render() if hasattr(exc, "span") else f"ttc: error: {exc}", file=sys.stderr)
+        print(f"ttc: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ttc: interrupted", file=sys.stderr)

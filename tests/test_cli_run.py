@@ -1,0 +1,95 @@
+"""`ttc run` on the command line: the --json schema, the readable output, traces, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ttcdsl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = str(REPO / "data" / "tasks" / "demo.json")
+SC = str(REPO / "programs" / "self_consistency.ttc")
+BEAM = str(REPO / "programs" / "beam_search.ttc")
+Q = "question=What is 17 + 25?"
+
+
+def test_json_output_follows_the_documented_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--arg", "n=4", "--seed", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["result"]) >= {"value", "agreement"}
+    assert set(out["usage"]) == {"completion_tokens", "prompt_tokens", "cached_tokens", "requests"}
+    node = out["nodes"][0]
+    assert set(node) >= {"id", "op", "line", "budget", "completion_tokens", "prompt_tokens", "cached_tokens",
+                         "requests", "wall_s"}
+    assert node["op"] == "sample" and node["line"] == 8 and node["requests"] == 5
+    assert isinstance(out["wall_s"], float) and out["seed"] == 2
+
+
+def test_branches_result_lists_text_score_and_finish(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", BEAM, "--sim-task", TASK, "--arg", Q, "--arg", "depth=2", "--seed", "2", "--json"]) == 0
+    branches = json.loads(capsys.readouterr().out)["result"]["branches"]
+    assert len(branches) == 1
+    assert set(branches[0]) >= {"text", "score", "finished", "finish_reason"}
+
+
+def test_same_seed_same_json_result(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["run", BEAM, "--sim-task", TASK, "--arg", Q, "--arg", "depth=2", "--seed", "9", "--json"]
+    main(args)
+    first = json.loads(capsys.readouterr().out)
+    main(args)
+    second = json.loads(capsys.readouterr().out)
+    assert first["result"] == second["result"] and first["usage"] == second["usage"]
+
+
+def test_readable_output_shows_answer_table_and_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--arg", "n=3", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("answer: ")
+    assert "sample" in out and "vote" in out
+    assert "budget used: " in out and "/ 16384 tokens" in out
+
+
+def test_trace_file_has_one_line_per_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "t.jsonl"
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--arg", "n=3", "--json", "--trace", str(trace)]) == 0
+    usage = json.loads(capsys.readouterr().out)["usage"]
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds.count("generate") == 3 and kinds.count("warm") == 1
+    assert sum(r.get("completion_tokens", 0) for r in records) == usage["completion_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "status"),
+    [
+        (["--url", "http://127.0.0.1:1", "--arg", "question=x"], "cannot reach a SGLang server at http://127.0.0.1:1", 1),
+        (["--sim-task", "nope.json", "--arg", "question=x"], "task file nope.json does not exist", 2),
+        (["--sim-task", TASK], "needs question (text): pass --arg question=VALUE", 2),
+        (["--sim-task", TASK, "--arg", "question=x", "--arg", "n=abc"], "--arg n='abc': expected an int", 2),
+        (["--sim-task", TASK, "--arg", "question=x", "--arg", "m=3"], "has no parameter 'm'", 2),
+        (["--backend", "sim", "--arg", "question=x"], "--backend sim needs --sim-task FILE", 2),
+        (["--input", "x.jsonl"], "needs both --input IN.jsonl and --output OUT.jsonl", 2),
+        (["--sim-task", TASK, "--arg", "question=x", "--strategy", "nope"], "no strategy named 'nope'", 2),
+    ],
+)
+def test_user_mistakes_get_one_line_and_a_status(args: list[str], message: str, status: int,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", SC, *args]) == status
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_failing_node_names_the_ttc_line_without_a_traceback(tmp_path: Path) -> None:
+    prog = tmp_path / "p.ttc"
+    prog.write_text('strategy p(question: text) {\n    return sample 2 from question | score with verifier("os:nope")\n}\n')
+    r = subprocess.run([sys.executable, "-m", "ttcdsl.cli", "run", str(prog), "--sim-task", TASK, "--arg", "question=x"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert f"{prog}:2:" in r.stderr and "--allow-verifier" in r.stderr
