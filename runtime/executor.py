@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from functools import partial
 import math
 import random
 import time
@@ -284,11 +285,11 @@ class _Run:
                     raise NodeFailed(f"'{n.name}' has no value here (was the loop or branch that binds it skipped?)", n.span)
                 return await slot.get()
             case P.Prompt():
-                values = await self.gather([lambda r=r: self.ev(ctx, r) for r in n.parts if isinstance(r, P.Ref)])
+                values = await self.gather([partial(self.ev, ctx, r) for r in n.parts if isinstance(r, P.Ref)])
                 it = iter(values)
                 return "".join(p if isinstance(p, str) else _interpolate(next(it)) for p in n.parts)
             case P.ListOf():
-                return [_interpolate(v) for v in await self.gather([lambda r=r: self.ev(ctx, r) for r in n.items])]
+                return [_interpolate(v) for v in await self.gather([partial(self.ev, ctx, r) for r in n.items])]
             case P.Arith():
                 a, b = await self.gather([lambda: self.ev(ctx, n.left), lambda: self.ev(ctx, n.right)])
                 return _arith(n, a, b)
@@ -308,7 +309,7 @@ class _Run:
             case P.Neg():
                 return -(await self.ev(ctx, n.operand))
             case P.Builtin():
-                args = await self.gather([lambda r=r: self.ev(ctx, r) for r in n.args])
+                args = await self.gather([partial(self.ev, ctx, r) for r in n.args])
                 return self.builtin(ctx, n, args)
         return await self.step(ctx, n)
 
@@ -337,6 +338,7 @@ class _Run:
 
     async def step(self, ctx: _Ctx, n: P.Node) -> Any:
         usage = self.stats.nodes[n.id]
+        result: Any
         match n:
             case P.Sample():
                 count, prompt = await self.gather([lambda: self.ev(ctx, n.count), lambda: self.ev(ctx, n.prompt)])
@@ -362,7 +364,7 @@ class _Run:
                 result = agg.vote(branches.items, n.on, n.pattern, n.weighted)
             case P.Call():
                 names = list(n.args)
-                values = await self.gather([lambda k=k: self.ev(ctx, n.args[k]) for k in names])
+                values = await self.gather([partial(self.ev, ctx, n.args[k]) for k in names])
                 budget = ctx.budget.child(n.budget, f"call {n.strategy.name}") if n.budget is not None else ctx.budget
                 t0 = time.monotonic()
                 result = await self.call(
@@ -376,7 +378,7 @@ class _Run:
 
     async def settings(self, ctx: _Ctx, s: P.Settings) -> dict[str, Any]:
         keys = [k for k in s.__struct_fields__ if getattr(s, k) is not None]
-        values = await self.gather([lambda k=k: self.ev(ctx, getattr(s, k)) for k in keys])
+        values = await self.gather([partial(self.ev, ctx, getattr(s, k)) for k in keys])
         return dict(zip(keys, values))
 
     # ---- the steps that talk to the backend ----
@@ -500,7 +502,7 @@ class _Run:
     async def judge(self, ctx: _Ctx, n: P.Score, items: list[Branch]) -> list[float | None]:
         template = n.scorer.template or []
         refs = [p for p in template if isinstance(p, P.Ref)]
-        values = iter(await self.gather([lambda r=r: self.ev(ctx, r) for r in refs]))
+        values = iter(await self.gather([partial(self.ev, ctx, r) for r in refs]))
         filled = [p if isinstance(p, (str, P.BranchText)) else _interpolate(next(values)) for p in template]
         budget = self._node_budget(ctx, n)
         alloc = split(budget.available(), [JUDGE_TOKENS] * len(items))

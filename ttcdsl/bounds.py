@@ -223,9 +223,9 @@ class _Interp:
                 return _Branches(_mul(size, count), _roots(branches))
             case plan.Score():
                 branches = self.ev(n.branches)
-                for part in n.scorer.template or ():
-                    if isinstance(part, plan.Ref):
-                        self.ev(part)
+                for piece in n.scorer.template or ():
+                    if isinstance(piece, plan.Ref):
+                        self.ev(piece)
                 cost = _mul(_size(branches), JUDGE_TOKENS) if n.scorer.kind == "judge" else 0
                 self.note(n, cost, n.budget)
                 return branches

@@ -371,23 +371,23 @@ class _Checker:
             self.error(f"unknown function or strategy '{e.func}'{hint}", e.span)
             return _ERR
         self.step_budget(e.budget, e.span)
-        params = {p.name: p for p in target.params}
+        declared = {p.name: p for p in target.params}
         given: dict[str, ast.Expr] = {}
         if len(e.args) > len(target.params):
             self.error(f"'{e.func}' takes {len(target.params)} arguments, got {len(e.args)}", e.span)
         for p, arg in zip(target.params, e.args):
             given[p.name] = arg
         for kw in e.kwargs:
-            if kw.name not in params:
-                self.error(f"'{e.func}' has no parameter '{kw.name}'{_suggest(kw.name, params)}", kw.span)
+            if kw.name not in declared:
+                self.error(f"'{e.func}' has no parameter '{kw.name}'{_suggest(kw.name, declared)}", kw.span)
             elif kw.name in given:
                 self.error(f"argument '{kw.name}' is given twice", kw.span)
             given[kw.name] = kw.value
         for arg in e.args[len(target.params) :]:
             self.expr(arg, scope)
         for name, arg in given.items():
-            if name in params:
-                self.expect(arg, scope, (params[name].type,), f"argument '{name}' of '{e.func}'")
+            if name in declared:
+                self.expect(arg, scope, (declared[name].type,), f"argument '{name}' of '{e.func}'")
             else:
                 self.expr(arg, scope)
         missing = [p.name for p in target.params if p.default is None and p.name not in given]

@@ -129,8 +129,9 @@ class _StrategyLowering:
             case ast.Name():
                 return self.name(e.id, e)
             case ast.ListLit():
-                if all(isinstance(i, ast.StrLit) and not _has_interp(i.value) for i in e.items):
-                    return self.add(plan.Const, e, value=[_unbrace(i.value) for i in e.items])  # type: ignore[union-attr]
+                texts = [i for i in e.items if isinstance(i, ast.StrLit) and not _has_interp(i.value)]
+                if len(texts) == len(e.items):
+                    return self.add(plan.Const, e, value=[_unbrace(i.value) for i in texts])
                 return self.add(plan.ListOf, e, items=[self.expr(i) for i in e.items])
             case ast.BinOp():
                 left, right = self.expr(e.left), self.expr(e.right)

@@ -206,7 +206,7 @@ class _Builder(Transformer[Token, Any]):
 
     def pipe(self, meta: Any, left: ast.Expr, step: Any) -> ast.Expr:
         kind, fields = step
-        return kind(left, **fields, piped=True, span=self._s(meta))  # type: ignore[no-any-return]
+        return kind(left, **fields, piped=True, span=self._s(meta))
 
     def or_op(self, meta: Any, left: ast.Expr, right: ast.Expr) -> ast.BoolOp:
         return ast.BoolOp("or", left, right, self._s(meta))

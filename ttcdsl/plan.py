@@ -26,9 +26,9 @@ from ttcdsl.span import Span
 __all__ = [
     "PLAN_VERSION",
     "Arith",
-    "BranchText",
     "Bind",
     "Bound",
+    "BranchText",
     "Builtin",
     "Call",
     "Compare",
@@ -119,34 +119,34 @@ class NodeBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", omit_d
     span: Span
 
 
-class Const(NodeBase, tag="const"):
+class Const(NodeBase, tag="const", frozen=True):
     value: int | float | str | bool | list[str] | None
 
 
-class Param(NodeBase, tag="param"):
+class Param(NodeBase, tag="param", frozen=True):
     """The value of a strategy parameter."""
 
     name: str
 
 
-class Var(NodeBase, tag="var"):
+class Var(NodeBase, tag="var", frozen=True):
     """The current value of a name bound by an earlier statement."""
 
     name: str
 
 
-class Prompt(NodeBase, tag="prompt"):
+class Prompt(NodeBase, tag="prompt", frozen=True):
     """Text with interpolations: branches interpolate as their best branch's text, answers as
     their value, numbers in decimal."""
 
     parts: list[str | Ref]
 
 
-class ListOf(NodeBase, tag="list"):
+class ListOf(NodeBase, tag="list", frozen=True):
     items: list[Ref]
 
 
-class Arith(NodeBase, tag="arith"):
+class Arith(NodeBase, tag="arith", frozen=True):
     """`+ - * / %` on numbers (`/` on two ints is floor division); `+` on two texts concatenates."""
 
     operator: Literal["+", "-", "*", "/", "%"]
@@ -154,41 +154,41 @@ class Arith(NodeBase, tag="arith"):
     right: Ref
 
 
-class Union(NodeBase, tag="union"):
+class Union(NodeBase, tag="union", frozen=True):
     """`a + b` on branches: all branches of both, in that order."""
 
     left: Ref
     right: Ref
 
 
-class Compare(NodeBase, tag="compare"):
+class Compare(NodeBase, tag="compare", frozen=True):
     operator: Literal["==", "!=", "<", "<=", ">", ">="]
     left: Ref
     right: Ref
 
 
-class Logic(NodeBase, tag="logic"):
+class Logic(NodeBase, tag="logic", frozen=True):
     operator: Literal["and", "or"]
     left: Ref
     right: Ref
 
 
-class Not(NodeBase, tag="not"):
+class Not(NodeBase, tag="not", frozen=True):
     operand: Ref
 
 
-class Neg(NodeBase, tag="neg"):
+class Neg(NodeBase, tag="neg", frozen=True):
     operand: Ref
 
 
-class Builtin(NodeBase, tag="builtin"):
+class Builtin(NodeBase, tag="builtin", frozen=True):
     name: Literal[
         "best", "active", "done", "size", "finished", "agreement", "best_score", "budget_left"
     ]
     args: list[Ref] = []
 
 
-class Call(NodeBase, tag="call"):
+class Call(NodeBase, tag="call", frozen=True):
     """Run another strategy inside the caller's remaining budget (or `budget`, if given)."""
 
     strategy: StrategyRef
@@ -197,7 +197,7 @@ class Call(NodeBase, tag="call"):
     bound: Bound | None = None
 
 
-class Sample(NodeBase, tag="sample"):
+class Sample(NodeBase, tag="sample", frozen=True):
     """`count` fresh forks of `prompt`."""
 
     count: Ref
@@ -209,7 +209,7 @@ class Sample(NodeBase, tag="sample"):
     bound: Bound | None = None
 
 
-class Expand(NodeBase, tag="expand"):
+class Expand(NodeBase, tag="expand", frozen=True):
     """Every unfinished branch forked `count` times from its own tokens; finished ones pass."""
 
     branches: Ref
@@ -220,7 +220,7 @@ class Expand(NodeBase, tag="expand"):
     bound: Bound | None = None
 
 
-class Score(NodeBase, tag="score"):
+class Score(NodeBase, tag="score", frozen=True):
     branches: Ref
     scorer: Scorer
     agg: Literal["last", "min", "mean", "prod"] = "last"
@@ -228,14 +228,14 @@ class Score(NodeBase, tag="score"):
     bound: Bound | None = None
 
 
-class Prune(NodeBase, tag="prune"):
+class Prune(NodeBase, tag="prune", frozen=True):
     branches: Ref
     keep: Ref
     by: Literal["score", "logprob", "length"] = "score"
     per: Literal["all", "root", "parent"] = "all"
 
 
-class Vote(NodeBase, tag="vote"):
+class Vote(NodeBase, tag="vote", frozen=True):
     branches: Ref
     on: Literal["number", "boxed", "line", "regex"] = "number"
     pattern: str | None = None
@@ -269,12 +269,12 @@ class StmtBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="stmt"):
     span: Span
 
 
-class Bind(StmtBase, tag="bind"):
+class Bind(StmtBase, tag="bind", frozen=True):
     name: str
     value: Ref
 
 
-class Repeat(StmtBase, tag="repeat"):
+class Repeat(StmtBase, tag="repeat", frozen=True):
     """Run `body` up to `times` times; stop early once `until` (checked after each pass) holds."""
 
     times: Ref
@@ -282,13 +282,13 @@ class Repeat(StmtBase, tag="repeat"):
     body: list[Stmt]
 
 
-class If(StmtBase, tag="if"):
+class If(StmtBase, tag="if", frozen=True):
     cond: Ref
     then: list[Stmt]
     orelse: list[Stmt] = []
 
 
-class Return(StmtBase, tag="return"):
+class Return(StmtBase, tag="return", frozen=True):
     value: Ref
 
 

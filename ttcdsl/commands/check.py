@@ -9,7 +9,7 @@ from ttcdsl.compiler import compile_file
 from ttcdsl.errors import CheckErrors, TTCSyntaxError, UsageError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="check .ttc files for errors and budget warnings")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("-q", "--quiet", action="store_true", help="print errors only, no warnings")

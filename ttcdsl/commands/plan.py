@@ -6,13 +6,13 @@ import argparse
 import sys
 
 from ttcdsl.args import convert, parse_assignments
-from ttcdsl.errors import UsageError
 from ttcdsl.compiler import compile_file
+from ttcdsl.errors import UsageError
 from ttcdsl.lower import to_json
 from ttcdsl.render import to_dot, to_text
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="show the plan graph with static token bounds per node")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--strategy", metavar="NAME", help="the entry strategy (default: the last one in FILE)")

@@ -60,7 +60,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_backend_arguments(p)
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a strategy (once, or on every line of a JSONL dataset)")
     p.add_argument("file", metavar="FILE")
     add_run_arguments(p)
