@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from functools import partial
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio

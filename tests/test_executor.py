@@ -163,13 +163,13 @@ def test_permanent_failure_names_the_ttc_line() -> None:
 
 
 def test_backend_reporting_more_tokens_than_allowed_is_a_protocol_error() -> None:
-    with pytest.raises(NodeFailed, match="broke the protocol: it reported 65 completion tokens for a request allowed 64"):
+    with pytest.raises(NodeFailed, match=r"broke the protocol: it reported 65 completion tokens for a request allowed 64"):
         run(SC, ScriptedBackend(Script(overreport=True)))
 
 
 def test_timeout_cancels_in_flight_requests() -> None:
     b = ScriptedBackend(Script(latency_s=30))
-    with pytest.raises(RunError, match="timed out after 0.2 s"):
+    with pytest.raises(RunError, match=r"timed out after 0\.2 s"):
         run(SC, b, timeout_s=0.2)
     assert b.in_flight == 0
 

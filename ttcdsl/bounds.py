@@ -17,6 +17,7 @@ branch; `prm`, `logprob` and `verifier` scorers cost no completion tokens.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,10 +93,8 @@ class _Interp:
                 env[param.name] = UNKNOWN
         self.env = env
         self.spent: int | None = 0
-        try:
+        with contextlib.suppress(_Stop):
             self.block(s.body)
-        except _Stop:
-            pass
         return self.spent
 
     def worst_of_call(self, name: str, args: Mapping[str, Any]) -> int | None:

@@ -450,12 +450,13 @@ class _Checker:
             self.template(lit, scope, extra=("branch",))
             if "{branch}" not in scorer.arg.replace(" ", ""):
                 self.error("a judge template must show the graded branch: put {branch} in it", scorer.span)
-        elif scorer.kind == "verifier" and scorer.arg is not None:
-            if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", scorer.arg):
-                self.error(
-                    f"verifier target {scorer.arg!r} must look like \"package.module:function\"",
-                    scorer.span,
-                )
+        elif scorer.kind == "verifier" and scorer.arg is not None and not re.fullmatch(
+            r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", scorer.arg
+        ):
+            self.error(
+                f"verifier target {scorer.arg!r} must look like \"package.module:function\"",
+                scorer.span,
+            )
 
     def template(self, lit: ast.StrLit, scope: dict[str, str], extra: tuple[str, ...]) -> None:
         try:

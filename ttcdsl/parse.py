@@ -377,7 +377,7 @@ def _expected_list(expected: set[str]) -> str:
     names = sorted({_describe(t) for t in expected if not t.startswith("_") or t == "$END"})
     # Keep the message short: name the structural tokens first.
     if len(names) > 8:
-        names = names[:8] + ["..."]
+        names = [*names[:8], "..."]
     if not names:
         return "something else"
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

@@ -104,7 +104,7 @@ def run_options(args: argparse.Namespace, trace: Any = None) -> RunOptions:
 class _TraceFile:
     def __init__(self, path: str) -> None:
         try:
-            self.f: TextIO = Path(path).open("a", encoding="utf-8")
+            self.f: TextIO = Path(path).open("a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         except OSError as exc:
             raise UsageError(f"--trace {path}: cannot write it ({exc})") from None
         self.enc = msgspec.json.Encoder()
