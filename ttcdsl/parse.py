@@ -13,7 +13,7 @@ import textwrap
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
 
 from ttcdsl import ast
@@ -39,6 +39,7 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
         tree = _parser().parse(source)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, source, file) from None
+    _check_depth(tree, source, file)
     try:
         module: ast.Module = _Builder(file).transform(tree)
     except VisitError as exc:  # errors raised while building nodes, e.g. a bad escape
@@ -48,6 +49,26 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
             raise err from None
         raise
     return ast.Module(module.imports, module.strategies, file)
+
+
+# Deeper nesting than this is refused: later stages recurse over the tree, and no real program
+# comes near it (a 100-term sum written out, or 100 nested `not`s, is already far beyond).
+MAX_DEPTH = 100
+
+
+def _check_depth(tree: Tree[Token], source: str, file: str) -> None:
+    """Raise `TTCSyntaxError` at the first node nested more than `MAX_DEPTH` levels deep."""
+    stack: list[tuple[Tree[Token], int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise TTCSyntaxError(
+                f"this is nested more than {MAX_DEPTH} levels deep; "
+                "split the expression into steps with names",
+                _span(file, node.meta),
+                source,
+            )
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
 
 
 # ---- strings ----
