@@ -64,7 +64,7 @@ def _suggest(name: str, candidates: Iterable[str]) -> str:
 
 
 def _article(type_: str) -> str:
-    return {"int": "an int", "answer": "an answer"}.get(type_, f"a {type_}")
+    return {"int": "an int", "answer": "an answer", "branches": "branches"}.get(type_, f"a {type_}")
 
 
 class _Checker:
@@ -190,10 +190,21 @@ class _Checker:
 
     def block(self, stmts: Sequence[ast.Stmt], ctx: _Ctx, top: bool = False) -> None:
         returned = False
+        previous: ast.Stmt | None = None
         for st in stmts:
             if returned:
                 self.error("unreachable statement after `return`", st.span)
                 returned = False  # report once per block
+            if isinstance(st, ast.BudgetStmt) and previous is not None and previous.span.end_line == st.span.line:
+                # `x = sample ... budget 100 tokens` reads as a step without a budget followed
+                # by the strategy's budget statement: almost certainly not what was meant.
+                self.error(
+                    f"`budget {st.tokens} tokens` right after a statement is the strategy's budget, "
+                    f"not the step's: a step's own budget is `budget {st.tokens}` without 'tokens' "
+                    "(put the strategy budget on a line of its own)",
+                    st.span,
+                )
+            previous = st
             if isinstance(st, ast.BudgetStmt):
                 if not top:
                     self.error(
@@ -367,19 +378,23 @@ class _Checker:
         if target is None:
             for arg in (*e.args, *(k.value for k in e.kwargs)):
                 self.expr(arg, scope)
-            hint = _suggest(e.func, [*BUILTINS, *self.strategies])
+            hint = _suggest(e.func, [*BUILTINS, *self.strategies]) or (
+                f"; expected a builtin ({', '.join(BUILTINS)}) or a strategy of this file or an import"
+            )
             self.error(f"unknown function or strategy '{e.func}'{hint}", e.span)
             return _ERR
         self.step_budget(e.budget, e.span)
         declared = {p.name: p for p in target.params}
         given: dict[str, ast.Expr] = {}
         if len(e.args) > len(target.params):
-            self.error(f"'{e.func}' takes {len(target.params)} arguments, got {len(e.args)}", e.span)
+            n = len(target.params)
+            self.error(f"'{e.func}' takes {n} argument{'s' if n != 1 else ''}, got {len(e.args)}", e.span)
         for p, arg in zip(target.params, e.args):
             given[p.name] = arg
         for kw in e.kwargs:
             if kw.name not in declared:
-                self.error(f"'{e.func}' has no parameter '{kw.name}'{_suggest(kw.name, declared)}", kw.span)
+                hint = _suggest(kw.name, declared) or f" (its parameters: {', '.join(declared) or 'none'})"
+                self.error(f"'{e.func}' has no parameter '{kw.name}'{hint}", kw.span)
             elif kw.name in given:
                 self.error(f"argument '{kw.name}' is given twice", kw.span)
             given[kw.name] = kw.value

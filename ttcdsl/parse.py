@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import textwrap
+from decimal import Decimal
 from importlib import resources
 from typing import Any
 
@@ -199,8 +200,16 @@ class _Builder(Transformer[Token, Any]):
             str(name), tuple(p for p in params if p is not None), body, self._s(meta)
         )
 
+    def _name(self, tok: Token) -> str:
+        if str(tok) in _EXPRESSION_KEYWORDS:
+            raise TTCSyntaxError(
+                f"'{tok}' is a keyword and cannot name a value; choose another name",
+                _tok_span(self.file, tok),
+            )
+        return str(tok)
+
     def param(self, meta: Any, name: Token, type_: Token, default: Any) -> ast.Param:
-        return ast.Param(str(name), str(type_), default, self._s(meta))  # type: ignore[arg-type]
+        return ast.Param(self._name(name), str(type_), default, self._s(meta))  # type: ignore[arg-type]
 
     @v_args(meta=True, inline=False)
     def block(self, meta: Any, stmts: list[Any]) -> tuple[ast.Stmt, ...]:
@@ -210,7 +219,7 @@ class _Builder(Transformer[Token, Any]):
         return ast.BudgetStmt(int(tokens), self._s(meta))
 
     def assign(self, meta: Any, name: Token, value: ast.Expr) -> ast.Assign:
-        return ast.Assign(str(name), value, self._s(meta))
+        return ast.Assign(self._name(name), value, self._s(meta))
 
     def repeat(self, meta: Any, times: ast.Expr, until: Any, body: Any) -> ast.Repeat:
         return ast.Repeat(times, until, body, self._s(meta))
@@ -384,6 +393,16 @@ _TOKEN_NAMES = {
     "$END": "the end of the file",
 }
 
+# Groups of terminals named together in "expected ..." lists, so a message stays short.
+_STATEMENT_STARTS = frozenset({"NAME", "IF", "REPEAT", "RETURN", "BUDGET_STMT"})
+_EXPRESSION_STARTS = frozenset({
+    "NAME", "INT", "FLOAT", "STRING", "LONG_STRING", "LPAR", "LSQB", "MINUS", "NOT", "TRUE",
+    "FALSE", "SAMPLE", "EXPAND", "SCORE", "PRUNE", "VOTE",
+})
+_OPERATORS = frozenset({"ADD_OP", "MUL_OP", "COMP_OP", "AND", "OR", "VBAR"})
+# Words that start an expression: a value bound to such a name could never be read back.
+_EXPRESSION_KEYWORDS = frozenset({"sample", "expand", "score", "prune", "vote", "not", "true", "false"})
+
 
 def _describe(term: str) -> str:
     if term in _TOKEN_NAMES:
@@ -395,38 +414,89 @@ def _describe(term: str) -> str:
 
 
 def _expected_list(expected: set[str]) -> str:
-    names = sorted({_describe(t) for t in expected if not t.startswith("_") or t == "$END"})
-    # Keep the message short: name the structural tokens first.
-    if len(names) > 8:
-        names = [*names[:8], "..."]
+    """What the parser could accept, punctuation and keywords first, then the groups."""
+    terms = {t for t in expected if not t.startswith("_") or t == "$END"}
+    groups: list[str] = []
+    if {"IF", "REPEAT", "RETURN"} <= terms:
+        terms -= _STATEMENT_STARTS
+        groups.append("a new statement")
+    if len(terms & _EXPRESSION_STARTS) >= 5:
+        terms -= _EXPRESSION_STARTS
+        groups.insert(0, "an expression")
+    if terms & _OPERATORS:
+        terms -= _OPERATORS
+        terms.discard("LPAR")  # only `name(` of a call: never what was meant here
+        groups.insert(0, "an operator")
+    names = sorted(
+        (_describe(t) for t in terms),
+        key=lambda d: (not d.startswith("'") or d[1:-1].isalpha(), d),
+    )
+    names = list(dict.fromkeys(names)) + groups
     if not names:
         return "something else"
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _accepted(exc: UnexpectedInput) -> set[str]:
+    """The terminals the parser really accepts at the error (LALR's own list can be wider)."""
+    parser = getattr(exc, "interactive_parser", None)
+    if parser is not None:
+        try:
+            return set(parser.accepts())
+        except Exception:  # the precise set is an improvement only
+            pass
+    return set(getattr(exc, "expected", ()) or ())
+
+
+def _code_only(source: str) -> str:
+    """`source` with strings and comments blanked out (same length, newlines kept)."""
+    return re.sub(
+        r'"""(?:[^"\\]|\\.|"(?!""))*(?:"""|$)|"(?:[^"\\\n]|\\.)*"?|#[^\n]*',
+        lambda m: re.sub(r"[^\n]", " ", m.group(0)),
+        source,
+    )
+
+
+_EXPONENT = re.compile(r"(?<![\w.])(?:\d+\.\d*|\.\d+|\d+)[eE][+-]?\d+\b")
+
+
+_KEYWORD_AS_NAME = re.compile(
+    r"(?:^|[{};(,]|\s)(sample|expand|score|prune|vote|not|true|false)\s*(?:=(?!=)|:)", re.M
+)
+
+
+def _keyword_hint(code: str, upto: int) -> str:
+    """A note about a keyword bound as a name before `upto` (`score = ...`): the binding parses,
+    but every later use of the name reads as the keyword."""
+    m = _KEYWORD_AS_NAME.search(code, 0, upto)
+    if m is None:
+        return ""
+    line = code.count("\n", 0, m.start(1)) + 1
+    return f" (note: '{m.group(1)}' at line {line} is a keyword and cannot name a value; rename it)"
+
+
+def _exponent_hint(code: str, upto: int) -> str:
+    """A note about a number written with an exponent before `upto` (`1e-3` reads as `1`,
+    the name `e`, `-`, `3`), which is the usual cause of a puzzling error after it."""
+    found = [m for m in _EXPONENT.finditer(code, 0, upto)]
+    if not found:
+        return ""
+    m = found[-1]
+    text = m.group(0)
+    line = code.count("\n", 0, m.start()) + 1
+    value = format(Decimal(text), "f")
+    if "." not in value and ("." in text.split("e")[0].split("E")[0] or "-" in text):
+        value += ".0"
+    return f" (note: numbers have no exponent form: '{text}' at line {line} must be written {value})"
 
 
 def _open_bracket(source: str, upto: int) -> tuple[str, int, int] | None:
     """The innermost bracket still open before offset `upto`: (char, line, col)."""
     stack: list[tuple[str, int, int]] = []
     pairs = {")": "(", "]": "[", "}": "{"}
-    i, line, col = 0, 1, 1
-    n = min(upto, len(source))
-    while i < n:
-        ch = source[i]
-        if ch == "#":
-            while i < n and source[i] != "\n":
-                i += 1
-            continue
-        if ch == '"':
-            quote = '"""' if source.startswith('"""', i) else '"'
-            j = source.find(quote, i + len(quote))
-            while j != -1 and source[j - 1] == "\\":
-                j = source.find(quote, j + 1)
-            end = n if j == -1 else min(j + len(quote), n)
-            chunk = source[i:end]
-            line += chunk.count("\n")
-            col = len(chunk) - chunk.rfind("\n") if "\n" in chunk else col + len(chunk)
-            i = end
-            continue
+    code = _code_only(source[: min(upto, len(source))])
+    line, col = 1, 1
+    for ch in code:
         if ch in "([{":
             stack.append((ch, line, col))
         elif ch in ")]}" and stack and stack[-1][0] == pairs[ch]:
@@ -435,44 +505,73 @@ def _open_bracket(source: str, upto: int) -> tuple[str, int, int] | None:
             line, col = line + 1, 1
         else:
             col += 1
-        i += 1
     return stack[-1] if stack else None
+
+
+def _still_open(opened: tuple[str, int, int]) -> str:
+    closer = {"(": ")", "[": "]", "{": "}"}[opened[0]]
+    return f" (the '{opened[0]}' opened at line {opened[1]} is still open: close it with '{closer}')"
 
 
 def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxError:
     line = exc.line if exc.line and exc.line > 0 else max(1, source.count("\n") + 1)
     col = exc.column if exc.column and exc.column > 0 else 1
     pos = exc.pos_in_stream if exc.pos_in_stream is not None else len(source)
+    code = _code_only(source)
     if isinstance(exc, UnexpectedCharacters):
         ch = source[pos] if pos < len(source) else ""
-        if ch == '"':
-            msg = "unterminated string: close it with a matching '\"'"
+        if ch == '"' and source.startswith('"""', pos - 2):
+            msg = "unterminated triple-quoted string: close it with '\"\"\"'"
+            line, col = line, max(1, col - 2)
+        elif ch == '"':
+            msg = "unterminated string: close it with a matching '\"' (use \"\"\"...\"\"\" for text over several lines)"
         else:
             msg = f"unexpected character {ch!r}"
-        span = Span(file, line, col, line, col + 1)
-        return TTCSyntaxError(msg, span, source)
-    expected = _expected_list(set(getattr(exc, "expected", ()) or ()))
-    if isinstance(exc, UnexpectedEOF) or (getattr(exc, "token", None) is not None and exc.token.type == "$END"):  # type: ignore[attr-defined]
+        return TTCSyntaxError(msg + _exponent_hint(code, pos), Span(file, line, col, line, col + 1), source)
+    expected = _accepted(exc)
+    token = getattr(exc, "token", None)
+    if isinstance(exc, UnexpectedEOF) or token is None or token.type == "$END":
         lines = source.splitlines() or [""]
         line = len(lines)
         col = len(lines[-1]) + 1
         opened = _open_bracket(source, len(source))
-        msg = f"unexpected end of file; expected {expected}"
+        msg = f"unexpected end of file; expected {_expected_list(expected)}"
         if opened:
-            closer = {"(": ")", "[": "]", "{": "}"}[opened[0]]
-            msg += f" (the '{opened[0]}' opened at line {opened[1]} is still open: close it with '{closer}')"
-        return TTCSyntaxError(msg, Span(file, line, col, line, col + 1), source)
-    token = exc.token  # type: ignore[attr-defined]
+            msg += _still_open(opened)
+        hints = _exponent_hint(code, len(source)) + _keyword_hint(code, len(source))
+        return TTCSyntaxError(msg + hints, Span(file, line, col, line, col + 1), source)
     shown = str(token).split("\n")[0]
     width = len(shown) or 1
-    msg = f"unexpected {shown!r}; expected {expected}"
+    msg = f"unexpected {shown!r}; expected {_expected_list(expected)}"
+    opened = _open_bracket(source, pos)
+    word_start = pos
+    while word_start > 0 and (source[word_start - 1].isalnum() or source[word_start - 1] == "_"):
+        word_start -= 1
     if token.type == "TOKENS":
         msg = (
             "unexpected 'tokens': `budget N tokens` is a statement of its own; "
             "a step takes `budget N` without 'tokens'"
         )
-    opened = _open_bracket(source, pos)
-    if opened and token.type in ("RBRACE", "$END") and opened[0] != "{":
-        closer = {"(": ")", "[": "]"}[opened[0]]
-        msg += f" (the '{opened[0]}' opened at line {opened[1]} is still open: close it with '{closer}')"
-    return TTCSyntaxError(msg, Span(file, line, col, line, col + width), source)
+    elif token.type == "COMP_OP" and "COMP_OP" not in expected:
+        msg = f"unexpected {shown!r}: comparisons do not chain; write `a < b and b < c`"
+    elif token.type == "EQUAL" and "COMP_OP" in expected:
+        msg = "unexpected '=': to compare, write '=='; a single '=' binds a name"
+    elif token.type == "INT" and expected == {"EQUAL"} and re.search(r"\bbudget\s*$", code[:pos]):
+        msg = (
+            f"a strategy budget is written `budget {shown} tokens`; "
+            "a step's own budget goes right after the step, e.g. `sample 4 from p budget 500`"
+        )
+    elif token.type == "NAME" and word_start < pos and source[word_start:pos] in ("text", "int", "float", "bool"):
+        word = source[word_start : pos + len(shown)]
+        msg = f"unknown type '{word}'; expected text, int, float or bool"
+        col -= pos - word_start
+        width = len(word)
+    elif token.type in ("RPAR", "RSQB", "RBRACE") and (opened is None or opened[0] != {"RPAR": "(", "RSQB": "[", "RBRACE": "{"}[token.type]):
+        if opened is None or token.type != "RBRACE":
+            msg = f"unexpected {shown!r}: no '{ {'RPAR': '(', 'RSQB': '[', 'RBRACE': '{'}[token.type]}' is open here"
+        if opened is not None:
+            msg += _still_open(opened)
+    elif opened and token.type == "LBRACE" and opened[0] != "{":
+        msg += _still_open(opened)
+    hints = _exponent_hint(code, pos) + _keyword_hint(code, pos)
+    return TTCSyntaxError(msg + hints, Span(file, line, col, line, col + width), source)
