@@ -353,7 +353,9 @@ async def test_fault_draws_follow_the_rates_and_the_seed() -> None:
     seq: list[str | None] = [engine.draw_fault() for _ in range(4000)]
     again = SimEngine(TASK, config)
     assert [again.draw_fault() for _ in range(4000)] == seq
-    other = SimEngine(TASK, SimConfig(faults=Faults(error_rate=0.2, reset_rate=0.1, stall_rate=0.05, seed=4)))
+    other = SimEngine(
+        TASK, SimConfig(faults=Faults(error_rate=0.2, reset_rate=0.1, stall_rate=0.05, seed=4))
+    )
     assert [other.draw_fault() for _ in range(4000)] != seq
     for kind, rate in (("error", 0.2), ("reset", 0.1), ("stall", 0.05)):
         assert abs(seq.count(kind) / 4000 - rate) < 4 * math.sqrt(rate * (1 - rate) / 4000)

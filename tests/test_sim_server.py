@@ -530,3 +530,23 @@ async def test_a_busy_port_is_a_usage_error() -> None:
         ):
             async with running_server(TASK, port=port):
                 pass
+
+
+async def test_stopping_the_server_aborts_what_is_in_flight() -> None:
+    engine = SimEngine(TASK, SimConfig(latency=Latency(decode_s=0.01)))
+    results: list[Any] = []
+
+    async def run(http: aiohttp.ClientSession, url: str) -> None:
+        results.append(await generate(http, url, LONG))
+
+    with anyio.fail_after(20):  # a guard against hanging, not a timing assertion
+        # Exits run inner first: the server stops while the request is still in flight.
+        async with (
+            aiohttp.ClientSession() as http,
+            anyio.create_task_group() as tg,
+            running_server(engine=engine) as url,
+        ):
+            tg.start_soon(run, http, url)
+            await wait_until(lambda: engine.stats.in_flight == 1)
+    assert results[0]["meta_info"]["finish_reason"]["type"] == "abort"
+    assert engine.stats.aborted == 1

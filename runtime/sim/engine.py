@@ -240,6 +240,8 @@ class SimEngine:
         self._faults = random.Random(self.config.faults.seed)
         self._slots: anyio.Semaphore | None = None
         self._running = 0
+        self._stalls: set[anyio.CancelScope] = set()
+        self._closed = False
 
     # ------------------------------------------------------------------ small services
 
@@ -331,8 +333,21 @@ class SimEngine:
             )
 
     async def stall(self) -> None:
-        """Hang for the configured stall (abortable only by cancelling the caller)."""
-        await anyio.sleep(self.config.faults.stall_s)
+        """Hang for the configured stall (ended early by `shutdown` or cancelling the caller)."""
+        with anyio.CancelScope() as scope:
+            self._stalls.add(scope)
+            try:
+                await anyio.sleep(self.config.faults.stall_s)
+            finally:
+                self._stalls.discard(scope)
+
+    def shutdown(self) -> None:
+        """Abort everything in flight and end stalls (a server stopping gracefully); requests
+        started afterwards are aborted at once."""
+        self._closed = True
+        for scope in list(self._stalls):
+            scope.cancel()
+        self.abort(abort_all=True)
 
     # ------------------------------------------------------------------ generation
 
@@ -345,6 +360,7 @@ class SimEngine:
         if req.rid in self._inflight:
             raise SimRequestError(f"Duplicate request ID detected: {req.rid}")
         flight = _Flight(req.rid)
+        flight.aborted = self._closed
         self._inflight[req.rid] = flight
         self._stats.requests += 1
         self._stats.max_in_flight = max(self._stats.max_in_flight, len(self._inflight))

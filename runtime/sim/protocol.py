@@ -129,7 +129,11 @@ def parse_generate(body: Any, engine: SimEngine) -> GenerateCall:
     if not isinstance(body, dict):
         raise ProtocolError("the request body must be a JSON object", stage="contract")
     check_sampling_keys(body.get("sampling_params"))
-    stream = _opt_bool(body.get("stream"), "stream", False)
+    try:
+        stream = _opt_bool(body.get("stream"), "stream", False)
+    except ProtocolError as exc:
+        exc.stage = "contract"
+        raise
     try:
         return _parse(body, engine, stream)
     except ProtocolError as exc:

@@ -512,6 +512,7 @@ async def running_server(
         app[_ADDRESS_KEY][:] = [bound[0], bound[1]]
         yield f"http://{bound[0]}:{bound[1]}"
     finally:
+        engine.shutdown()  # in-flight requests end now (aborted), so shutdown does not wait
         await runner.cleanup()
 
 

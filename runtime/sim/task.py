@@ -166,8 +166,10 @@ def _parse_problem(item: Any, index: int, source: str) -> Problem:
     where = f"{source}: problems[{index}]"
     if not isinstance(item, Mapping):
         raise UsageError(f"{where}: expected an object, got {_kind(item)}")
-    if isinstance(item.get("id"), str):
-        where = f'{where} ("{item["id"]}")'
+    pid = item.get("id", f"p{index + 1}")
+    if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid) == "":
+        raise UsageError(f'{where}: "id" must be a non-empty string')
+    where = f'{where} ("{pid}")'
     extra = [k for k in item if k not in _PROBLEM_KEYS]
     if extra:
         raise UsageError(
@@ -176,9 +178,6 @@ def _parse_problem(item: Any, index: int, source: str) -> Problem:
     for key in ("question", "answer", "answers"):
         if key not in item:
             raise UsageError(f'{where}: missing "{key}"')
-    pid = item.get("id", f"p{index + 1}")
-    if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid) == "":
-        raise UsageError(f'{where}: "id" must be a non-empty string')
     question = item["question"]
     if not isinstance(question, str) or not question.strip():
         raise UsageError(f'{where}: "question" must be a non-empty string')

@@ -1,0 +1,108 @@
+"""/v1/completions on the simulator (shapes are pinned against recordings in test_sim_server)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ttcdsl.runtime.sim import SimEngine, load_task
+from ttcdsl.runtime.sim.server import running_server
+from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
+
+pytestmark = pytest.mark.anyio
+
+TASK = load_task(Path(__file__).resolve().parents[1] / "data" / "tasks" / "demo.json")
+PROMPT = "Solve step by step.\nWhat is 17 + 25?\n"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    async with running_server(engine=SimEngine(TASK)) as url, aiohttp.ClientSession() as http:
+        yield url, http
+
+
+async def complete(
+    server: tuple[str, aiohttp.ClientSession], body: dict[str, Any]
+) -> tuple[int, Any]:
+    url, http = server
+    async with http.post(url + "/v1/completions", json=body) as resp:
+        text = await resp.text()
+        return resp.status, text if body.get("stream") else json.loads(text)
+
+
+async def test_finish_reasons_and_usage(server: Any) -> None:
+    status, out = await complete(server, {"prompt": PROMPT, "max_tokens": 2000, "seed": 1, "n": 2})
+    assert status == 200 and out["object"] == "text_completion"
+    assert [c["finish_reason"] for c in out["choices"]] == ["stop", "stop"]
+    assert [c["matched_stop"] for c in out["choices"]] == [EOS_ID, EOS_ID]
+    assert all(c["text"].endswith(".") and "<|im_end|>" not in c["text"] for c in out["choices"])
+    usage = out["usage"]
+    n_prompt = len(tokenizer.encode(PROMPT))
+    assert usage["prompt_tokens"] == n_prompt  # counted once for n samples, like SGLang
+    assert usage["total_tokens"] == n_prompt + usage["completion_tokens"]
+    status, out = await complete(
+        server, {"prompt": PROMPT, "max_tokens": 200, "seed": 1, "stop": ["\n\n"]}
+    )
+    (choice,) = out["choices"]
+    assert (choice["finish_reason"], choice["matched_stop"]) == ("stop", "\n\n")
+    assert "\n\n" not in choice["text"]
+    status, out = await complete(server, {"prompt": PROMPT, "max_tokens": 3})
+    assert (out["choices"][0]["finish_reason"], out["choices"][0]["matched_stop"]) == (
+        "length",
+        None,
+    )
+
+
+async def test_logprobs_list_tokens_and_alternatives(server: Any) -> None:
+    status, out = await complete(
+        server, {"prompt": PROMPT, "max_tokens": 6, "seed": 2, "logprobs": 3}
+    )
+    assert status == 200
+    lp = out["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 6
+    assert "".join(lp["tokens"]) == out["choices"][0]["text"]
+    assert all(len(alts) == 3 for alts in lp["top_logprobs"])
+
+
+async def test_stream_deltas_add_up_to_the_whole_completion(server: Any) -> None:
+    body = {
+        "prompt": PROMPT,
+        "max_tokens": 40,
+        "seed": 3,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    status, text = await complete(server, body)
+    assert status == 200
+    events = [b[len("data: ") :] for b in text.strip().split("\n\n")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    usage = chunks.pop()
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 40
+    assert all(c["usage"] is None for c in chunks)
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 39 + ["length"]
+    _, whole = await complete(server, {**body, "stream": False})
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
+
+
+async def test_token_id_prompts_and_refusals(server: Any) -> None:
+    status, out = await complete(
+        server, {"prompt": tokenizer.encode(PROMPT), "max_tokens": 4, "temperature": 0}
+    )
+    assert status == 200 and out["choices"][0]["text"] == "Step 1 of 4"  # greedy: mid of [3, 6]
+    status, out = await complete(server, {"prompt": PROMPT, "echo": True})
+    assert (status, out) == (400, {"error": {"message": "echo is not supported by the simulator"}})
+    status, out = await complete(server, {"prompt": 5})
+    assert status == 400 and out["error"]["message"].startswith("prompt must be")
+    status, out = await complete(server, {"prompt": "x", "logprobs": -1})
+    assert status == 400 and "logprobs must be a non-negative integer" in out["error"]["message"]
