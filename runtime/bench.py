@@ -1,0 +1,389 @@
+"""Token-matched accuracy benchmarks: the engine behind `ttc bench` (no command-line code here).
+
+A benchmark runs one or more strategies over a graded dataset (every line carries ``"answer"``)
+for each value of one swept parameter, ``repeats`` times, and measures accuracy against the
+completion tokens spent per question: the points of a *token-matched accuracy curve*.
+
+Promises:
+
+* `bench_points` decides what runs before anything runs: every sweep value is converted to the
+  type of the parameter of every program that has it; a program without the parameter runs once
+  (and a note says so); a sweep no program can take, a value of the wrong type, or a parameter
+  set twice is one `UsageError`.  `check_dataset` rejects a dataset that cannot be graded (a line
+  without ``"answer"``) or that cannot fill a program's parameters, naming the line.
+* `run_bench` runs the points one after another (so each point's wall time is its own) and the
+  items of a point concurrently, all requests under one shared `CapacityLimiter`; nothing is
+  written to disk.  The first item that fails stops the benchmark with a `RunError` naming the
+  program, the sweep value, the repeat and the item: a benchmark with silently missing items
+  would report a wrong accuracy.
+* Seeds: repeat 0 uses the run seed itself, repeat ``r`` a seed derived from (run seed, r); each
+  item's seed derives from the repeat seed and the item id exactly as in dataset mode, so a
+  one-repeat point reproduces `ttc run --input` with the same ``--seed``.  Every program and
+  sweep value sees the same seeds (common random numbers): differences between points are not
+  seed noise, and e.g. the first 4 samples of ``n = 16`` are exactly the 4 samples of ``n = 4``.
+* Statistics per point: means over repeats, and the standard error of the mean over repeats
+  (``None`` with a single repeat).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import anyio
+
+from ttcdsl import plan as P
+from ttcdsl.args import bind_args, convert
+from ttcdsl.errors import RunError, TTCError, UsageError
+from ttcdsl.runtime.backend import Backend
+from ttcdsl.runtime.dataset import Item, is_correct, item_seed
+from ttcdsl.runtime.executor import RunOptions, run_plan
+
+__all__ = [
+    "BenchProgram",
+    "BenchReport",
+    "Point",
+    "PointResult",
+    "RepeatResult",
+    "bench_points",
+    "check_dataset",
+    "parse_sweep",
+    "repeat_seed",
+    "run_bench",
+]
+
+
+@dataclass(frozen=True)
+class BenchProgram:
+    """One strategy to benchmark: a display label, its plan and the file it came from."""
+
+    label: str
+    plan: P.Plan
+    file: str
+
+
+@dataclass(frozen=True)
+class Point:
+    """One program at one sweep value (``value`` None: the program has no such parameter)."""
+
+    program: BenchProgram
+    value: Any = None
+    text: str | None = None  # the value as the user wrote it
+
+    def describe(self, sweep: str | None) -> str:
+        if sweep is None or self.text is None:
+            return self.program.label
+        return f"{self.program.label} {sweep}={self.text}"
+
+
+@dataclass
+class RepeatResult:
+    """One pass over the dataset."""
+
+    seed: int
+    items: int = 0
+    correct: int = 0
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    requests: int = 0
+    budget_exhausted: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.items if self.items else 0.0
+
+    def per_item(self, total: int) -> float:
+        return total / self.items if self.items else 0.0
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float | None]:
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, statistics.stdev(values) / math.sqrt(len(values))
+
+
+@dataclass
+class PointResult:
+    """All repeats of one point, with the summary statistics `ttc bench` reports."""
+
+    point: Point
+    repeats: list[RepeatResult] = field(default_factory=list)
+
+    def _over(self, fn: Callable[[RepeatResult], float]) -> tuple[float, float | None]:
+        return _mean_se([fn(r) for r in self.repeats])
+
+    @property
+    def accuracy(self) -> tuple[float, float | None]:
+        return self._over(lambda r: r.accuracy)
+
+    @property
+    def tokens_per_item(self) -> tuple[float, float | None]:
+        return self._over(lambda r: r.per_item(r.completion_tokens))
+
+    @property
+    def requests_per_item(self) -> float:
+        return self._over(lambda r: r.per_item(r.requests))[0]
+
+    @property
+    def prompt_per_item(self) -> float:
+        return self._over(lambda r: r.per_item(r.prompt_tokens))[0]
+
+    @property
+    def cached_share(self) -> float:
+        """Cached prompt tokens over all prompt tokens (prefix reuse)."""
+        prompt = sum(r.prompt_tokens for r in self.repeats)
+        return sum(r.cached_tokens for r in self.repeats) / prompt if prompt else 0.0
+
+    @property
+    def exhausted_share(self) -> float:
+        """Share of item runs that hit a budget (partial results)."""
+        n = sum(r.items for r in self.repeats)
+        return sum(r.budget_exhausted for r in self.repeats) / n if n else 0.0
+
+    @property
+    def wall_s(self) -> float:
+        return self._over(lambda r: r.wall_s)[0]
+
+    def to_json(self, sweep: str | None) -> dict[str, Any]:
+        acc, acc_se = self.accuracy
+        tok, tok_se = self.tokens_per_item
+        return {
+            "program": self.point.program.label,
+            "file": self.point.program.file,
+            "strategy": self.point.program.plan.entry,
+            "param": sweep if self.point.text is not None else None,
+            "value": self.point.value,
+            "accuracy": acc,
+            "accuracy_stderr": acc_se,
+            "completion_tokens_per_item": tok,
+            "completion_tokens_per_item_stderr": tok_se,
+            "prompt_tokens_per_item": self.prompt_per_item,
+            "requests_per_item": self.requests_per_item,
+            "cached_share": self.cached_share,
+            "budget_exhausted_share": self.exhausted_share,
+            "wall_s": self.wall_s,
+            "repeats": [
+                {
+                    "seed": r.seed, "items": r.items, "correct": r.correct, "accuracy": r.accuracy,
+                    "completion_tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens,
+                    "cached_tokens": r.cached_tokens, "requests": r.requests,
+                    "budget_exhausted": r.budget_exhausted, "wall_s": round(r.wall_s, 4),
+                }
+                for r in self.repeats
+            ],
+        }
+
+
+@dataclass
+class BenchReport:
+    """Everything a benchmark measured, in the order the points ran."""
+
+    sweep: str | None
+    dataset: str
+    items: int
+    repeats: int
+    seed: int
+    results: list[PointResult]
+    notes: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sweep": self.sweep,
+            "dataset": self.dataset,
+            "items": self.items,
+            "repeats": self.repeats,
+            "seed": self.seed,
+            "notes": self.notes,
+            "wall_s": round(self.wall_s, 4),
+            "points": [r.to_json(self.sweep) for r in self.results],
+        }
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``NAME=V1,V2,...`` -> (NAME, [V1, V2, ...]); one `UsageError` for a malformed sweep."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise UsageError(f"--sweep {text!r}: expected NAME=V1,V2,... (e.g. --sweep n=1,4,16)")
+    parts = [v.strip() for v in values.split(",")]
+    if not values.strip() or any(not v for v in parts):
+        raise UsageError(f"--sweep {text!r}: expected a comma-separated list of values after '{name}='")
+    seen: set[str] = set()
+    for v in parts:
+        if v in seen:
+            raise UsageError(f"--sweep {name}: value {v!r} is listed twice")
+        seen.add(v)
+    return name, parts
+
+
+def bench_points(programs: Sequence[BenchProgram], sweep: str | None, values: Sequence[str],
+                 given: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
+    """The points to run, program by program in sweep order, and notes for the user."""
+    for name in given:
+        if not any(name in _param_names(p) for p in programs):
+            raise UsageError(f"--arg {name}: no program has a parameter '{name}' ({_known(programs)})")
+    if sweep is None:
+        return [Point(p) for p in programs], []
+    if sweep in given:
+        raise UsageError(f"--sweep {sweep} and --arg {sweep}=... both set '{sweep}': drop one of them")
+    if not any(sweep in _param_names(p) for p in programs):
+        raise UsageError(f"--sweep {sweep}: no program has a parameter '{sweep}' ({_known(programs)})")
+    points: list[Point] = []
+    notes: list[str] = []
+    for p in programs:
+        spec = next((q for q in p.plan.strategy().params if q.name == sweep), None)
+        if spec is None:
+            points.append(Point(p))
+            notes.append(f"{p.label} has no parameter '{sweep}': it runs once, with its defaults")
+            continue
+        for v in values:
+            points.append(Point(p, convert(spec, v, where="--sweep"), v))
+    return points, notes
+
+
+def _param_names(program: BenchProgram) -> list[str]:
+    return [q.name for q in program.plan.strategy().params]
+
+
+def _known(programs: Sequence[BenchProgram]) -> str:
+    return "parameters: " + "; ".join(f"{p.label}: {', '.join(_param_names(p)) or 'none'}" for p in programs)
+
+
+def check_dataset(points: Sequence[Point], items: Sequence[Item], given: Mapping[str, Any],
+                  sweep: str | None, source: str) -> None:
+    """Every item can be graded and fills every point's parameters (else one `UsageError`)."""
+    if not items:
+        raise UsageError(f"--input {source}: no items to benchmark")
+    graded = [it for it in items if "answer" in it.fields]
+    if not graded:
+        raise UsageError(
+            f"--input {source}: no line has an \"answer\" field, so accuracy cannot be measured; "
+            "add \"answer\" to every line"
+        )
+    missing = next((it for it in items if "answer" not in it.fields), None)
+    if missing is not None:
+        raise UsageError(
+            f"--input {source}:{missing.line}: item {missing.id!r} has no \"answer\" field, so it "
+            "cannot be graded; add one (or drop the line)"
+        )
+    seen: set[str] = set()
+    for pt in points:
+        if pt.program.label in seen:
+            continue
+        seen.add(pt.program.label)
+        for it in items:
+            _bind(pt, it, given, sweep)
+
+
+def _bind(point: Point, item: Item, given: Mapping[str, Any], sweep: str | None) -> dict[str, Any]:
+    strategy = point.program.plan.strategy()
+    names = {p.name for p in strategy.params}
+    values = {k: v for k, v in given.items() if k in names}
+    values.update((k, v) for k, v in item.fields.items() if k in names)
+    if sweep is not None and point.text is not None:
+        values[sweep] = point.value
+    try:
+        return bind_args(strategy, values, where=f"line {item.line}:")
+    except UsageError as exc:
+        raise UsageError(f"--input line {item.line} (id {item.id}), {point.program.label}: {exc}") from None
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The run seed of repeat ``repeat`` (repeat 0 keeps ``seed``)."""
+    if repeat == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}|repeat|{repeat}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+async def run_bench(
+    points: Sequence[Point],
+    backend: Backend,
+    items: Sequence[Item],
+    *,
+    sweep: str | None,
+    given: Mapping[str, Any],
+    options: RunOptions,
+    repeats: int = 1,
+    items_in_flight: int = 8,
+    on_point: Callable[[Point, int], None] | None = None,
+    on_item: Callable[[Point, int], None] | None = None,
+) -> list[PointResult]:
+    """Run every point ``repeats`` times over ``items`` on an entered backend.
+
+    ``on_point(point, repeat)`` is called when a pass starts, ``on_item(point, repeat)`` after
+    each item (for progress bars).  ``options.seed`` (default 0) is the run seed."""
+    if repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    seed = options.seed if options.seed is not None else 0
+    limiter = options.limiter or anyio.CapacityLimiter(options.concurrency)
+    results: list[PointResult] = []
+    for point in points:
+        pr = PointResult(point)
+        for r in range(repeats):
+            if on_point is not None:
+                on_point(point, r)
+            pr.repeats.append(await _one_pass(
+                point, backend, items, sweep=sweep, given=given, repeat=r,
+                options=replace(options, seed=repeat_seed(seed, r), limiter=limiter, trace=None),
+                items_in_flight=items_in_flight, on_item=on_item,
+            ))
+        results.append(pr)
+    return results
+
+
+async def _one_pass(point: Point, backend: Backend, items: Sequence[Item], *, sweep: str | None,
+                    given: Mapping[str, Any], repeat: int, options: RunOptions, items_in_flight: int,
+                    on_item: Callable[[Point, int], None] | None) -> RepeatResult:
+    assert options.seed is not None
+    run_seed = options.seed
+    out = RepeatResult(seed=run_seed)
+    gate = anyio.CapacityLimiter(max(1, items_in_flight))
+    plan = point.program.plan
+
+    async def one(item: Item) -> None:
+        args = _bind(point, item, given, sweep)
+        async with gate:
+            try:
+                result = await run_plan(plan, backend, args, replace(options, seed=item_seed(run_seed, item.id)))
+            except TTCError as exc:
+                raise RunError(
+                    f"bench stopped: {point.describe(sweep)}, repeat {repeat + 1}, item {item.id} "
+                    f"(line {item.line}): {exc}"
+                ) from None
+        out.items += 1
+        out.correct += int(is_correct(result.value, item.fields["answer"]))
+        u = result.usage
+        out.completion_tokens += u.completion_tokens
+        out.prompt_tokens += u.prompt_tokens
+        out.cached_tokens += u.cached_tokens
+        out.requests += u.requests
+        out.budget_exhausted += int(result.budget_exhausted)
+        if on_item is not None:
+            on_item(point, repeat)
+
+    t0 = time.monotonic()
+    try:
+        async with anyio.create_task_group() as tg:
+            for item in items:
+                tg.start_soon(one, item)
+    except BaseExceptionGroup as eg:
+        raise _first(eg) from None
+    out.wall_s = time.monotonic() - t0
+    return out
+
+
+def _first(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        inner = [e for e in group.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
+        group = (inner or list(group.exceptions))[0]
+    return group

@@ -1,0 +1,261 @@
+"""`ttc bench FILE --input IN.jsonl --sweep NAME=V1,V2,...`: token-matched accuracy curves.
+
+Runs FILE (and every ``--compare`` program) over a graded dataset for each value of the swept
+parameter, ``--repeats`` times with different seeds, and prints one table row per point:
+accuracy (± standard error over repeats), completion tokens per question, requests per question,
+the share of prompt tokens served from the prefix cache, the share of runs cut by a budget and
+the wall time.  ``--plot OUT.png`` draws accuracy against completion tokens per question (log
+scale), one line per program; ``--json OUT.json`` writes every number.  The engine is
+`ttcdsl.runtime.bench`; this module only parses flags and renders.
+
+Every user mistake (unknown parameter, a value of the wrong type, a dataset without answers,
+matplotlib missing for ``--plot``) is reported before any request is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from ttcdsl.args import parse_assignments
+from ttcdsl.commands.run import _positive, add_run_arguments, backend_options, run_options
+from ttcdsl.compiler import compile_file
+from ttcdsl.errors import UsageError
+from ttcdsl.runtime.backends.factory import make_backend
+from ttcdsl.runtime.bench import (
+    BenchProgram,
+    BenchReport,
+    Point,
+    PointResult,
+    bench_points,
+    check_dataset,
+    parse_sweep,
+    run_bench,
+)
+from ttcdsl.runtime.dataset import read_items
+
+__all__ = ["plot_report", "register", "render_table"]
+
+PLOT_HINT = "pip install 'ttcdsl[plot]'"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="token-matched accuracy curves: sweep a parameter over a graded dataset",
+        description="Run strategies over a JSONL dataset with answers for each value of a swept "
+                    "parameter and report accuracy against completion tokens per question.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--input", required=True, metavar="IN.jsonl",
+                   help="the dataset: one JSON object per line with \"answer\"; fields fill parameters by name")
+    p.add_argument("--sweep", metavar="NAME=V1,V2,...", help="the parameter to sweep and its values (e.g. n=1,4,16)")
+    p.add_argument("--compare", action="extend", nargs="+", default=[], metavar="FILE2[:STRATEGY]",
+                   help="more programs to run on the same dataset and sweep")
+    p.add_argument("--repeats", type=_positive, default=1, help="passes per point with different seeds (default 1)")
+    p.add_argument("--limit", type=_positive, metavar="N", help="use only the first N dataset items")
+    p.add_argument("--items", type=_positive, default=8, help="dataset items in flight at once (default 8)")
+    p.add_argument("--plot", metavar="OUT.png", help="draw the token-matched accuracy curve (needs matplotlib)")
+    p.add_argument("--json", metavar="OUT.json", help="write every number as JSON ('-' for stdout)")
+    add_run_arguments(p)
+    p.set_defaults(func=bench)
+
+
+def _programs(args: argparse.Namespace) -> list[BenchProgram]:
+    specs: list[tuple[str, str | None]] = [(args.file, args.strategy)]
+    for spec in args.compare:
+        path, sep, name = spec.rpartition(":")
+        if sep and name.isidentifier() and not Path(spec).exists():
+            specs.append((path, name))
+        else:
+            specs.append((spec, None))
+    compiled = [(path, compile_file(path, name).plan) for path, name in specs]
+    names = [plan.entry for _, plan in compiled]
+    out: list[BenchProgram] = []
+    for path, plan in compiled:
+        label = plan.entry if names.count(plan.entry) == 1 else f"{Path(path).stem}:{plan.entry}"
+        if any(p.label == label for p in out):
+            raise UsageError(f"--compare {path}: strategy '{plan.entry}' of {path} is already in the benchmark")
+        out.append(BenchProgram(label, plan, path))
+    return out
+
+
+def _check_writable(flag: str, path: str | None) -> None:
+    if path is None or path == "-":
+        return
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError(f"--plot needs matplotlib, which is not installed: {PLOT_HINT}") from None
+    return plt
+
+
+def bench(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    sweep, values = parse_sweep(args.sweep) if args.sweep else (None, [])
+    _check_writable("--plot", args.plot)
+    _check_writable("--json", args.json)
+    plt = _pyplot() if args.plot else None
+    programs = _programs(args)
+    given = parse_assignments(args.arg)
+    points, notes = bench_points(programs, sweep, values, given)
+    items = read_items(args.input)
+    if args.limit is not None:
+        items = items[: args.limit]
+    check_dataset(points, items, given, sweep, args.input)
+    opts = run_options(args)
+    if opts.seed is None:
+        opts = dataclasses.replace(opts, seed=0)
+    for note in notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    backend = make_backend(backend_options(args))
+    report = BenchReport(sweep=sweep, dataset=args.input, items=len(items), repeats=args.repeats,
+                         seed=opts.seed or 0, results=[], notes=notes)
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+    ]
+    total = len(points) * args.repeats * len(items)
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("starting", total=total)
+
+        def on_point(point: Point, repeat: int) -> None:
+            rep = f" (repeat {repeat + 1}/{args.repeats})" if args.repeats > 1 else ""
+            progress.update(task, description=escape(point.describe(sweep)) + rep)
+
+        def on_item(point: Point, repeat: int) -> None:
+            progress.advance(task)
+
+        async def main() -> list[PointResult]:
+            async with backend:
+                return await run_bench(
+                    points, backend, items, sweep=sweep, given=given, options=opts, repeats=args.repeats,
+                    items_in_flight=args.items, on_point=on_point, on_item=on_item,
+                )
+
+        t0 = time.monotonic()
+        report.results = anyio.run(main)
+        report.wall_s = time.monotonic() - t0
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)  # a pipe or file: do not squeeze the table into 80 columns
+    out.print(render_table(report))
+    if args.json:
+        text = json.dumps(report.to_json(), indent=2, ensure_ascii=False)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+            err.print(f"wrote {args.json}")
+    if plt is not None:
+        plot_report(report, args.plot, plt)
+        err.print(f"wrote {args.plot}")
+    return 0
+
+
+def _pm(mean: float, se: float | None, fmt: str) -> str:
+    return format(mean, fmt) + (f" ± {format(se, fmt)}" if se is not None else "")
+
+
+def render_table(report: BenchReport) -> Table:
+    """One row per point: the numbers of `BenchReport.to_json` a reader compares first."""
+    reps = f"{report.repeats} repeat{'s' if report.repeats != 1 else ''}"
+    table = Table(
+        title=f"{escape(report.dataset)}: {report.items} items × {reps}, seed {report.seed}",
+        header_style="bold", show_edge=False, pad_edge=False,
+        caption=None if report.repeats > 1 else "± needs --repeats 2 or more",
+    )
+    table.add_column("program", no_wrap=True)
+    if report.sweep is not None:
+        table.add_column(escape(report.sweep), justify="right", no_wrap=True, min_width=3)
+    for col in ("accuracy", "tokens/q", "req/q", "cached", "budget cut", "wall s"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=len(col))
+    previous = None
+    for r in report.results:
+        acc, acc_se = r.accuracy
+        tok, tok_se = r.tokens_per_item
+        label = r.point.program.label
+        row = [escape(label) if label != previous else ""]
+        previous = label
+        if report.sweep is not None:
+            row.append(escape(r.point.text) if r.point.text is not None else "[dim]-[/]")
+        row += [
+            _pm(acc, acc_se, ".3f"), _pm(tok, tok_se, ".0f"), f"{r.requests_per_item:.1f}",
+            f"{100 * r.cached_share:.0f}%", f"{100 * r.exhausted_share:.0f}%", f"{r.wall_s:.2f}",
+        ]
+        table.add_row(*row)
+    return table
+
+
+def plot_report(report: BenchReport, path: str, plt: Any = None) -> None:
+    """Accuracy against mean completion tokens per question (log x), one line per program,
+    points labelled with the sweep value, error bars from repeats."""
+    plt = plt or _pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, PercentFormatter
+
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=150)
+    groups: dict[str, list[PointResult]] = {}
+    for r in report.results:
+        groups.setdefault(r.point.program.label, []).append(r)
+    markers = "osD^vP*X"
+    lows, highs = [], []
+    for i, (label, rows) in enumerate(groups.items()):
+        rows = sorted(rows, key=lambda r: r.tokens_per_item[0])
+        xs = [r.tokens_per_item[0] for r in rows]
+        ys = [r.accuracy[0] for r in rows]
+        es = [r.accuracy[1] or 0.0 for r in rows]
+        lows += [y - e for y, e in zip(ys, es)]
+        highs += [y + e for y, e in zip(ys, es)]
+        # Later programs draw smaller markers, so a point hidden under another stays visible.
+        ax.errorbar(xs, ys, yerr=es if any(es) else None, marker=markers[i % len(markers)],
+                    markersize=max(4.0, 8.5 - 1.5 * i), linewidth=1.8, capsize=3, label=label, zorder=3 + i)
+        for r, x, y in zip(rows, xs, ys):
+            if r.point.text is None:
+                continue
+            ax.annotate(f"{report.sweep}={r.point.text}", (x, y), textcoords="offset points", xytext=(6, -12),
+                        fontsize=8, color="0.25")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("completion tokens per question (mean, log scale)")
+    ax.set_ylabel("accuracy")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    lo, hi = min(lows), max(highs)
+    pad = max(0.05, (hi - lo) * 0.12)
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad) if hi + pad < 1.0 else 1.02)
+    ax.margins(x=0.08)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", axis="x", alpha=0.12)
+    reps = f"{report.repeats} repeats, ±1 s.e." if report.repeats > 1 else "1 repeat"
+    ax.set_title(f"Token-matched accuracy: {Path(report.dataset).name} ({report.items} items, {reps})",
+                 fontsize=11)
+    ax.legend(loc="lower right", frameon=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
