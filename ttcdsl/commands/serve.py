@@ -6,7 +6,8 @@ The command line is SGLang's own (``python -m sglang.launch_server``); arguments
 to it unchanged.  ``--cpu`` applies the recipe that runs stock ``sglang==0.5.23`` on a machine
 without a GPU (tests/sglang_tier/README.md): ``SGLANG_USE_CPU_ENGINE=1``, an empty
 ``common_ops`` module on ``PYTHONPATH`` in place of the CUDA-only ``sgl_kernel`` extension,
-``torch_native`` attention, no CUDA graphs, no overlap schedule, and a capped KV pool.
+``torch_native`` attention, no CUDA graphs, no overlap schedule, a capped KV pool, and a
+scheduler that sleeps when idle instead of spinning on a core.
 
 The launcher pieces (`build_launch`, `SGLangProcess`) are reused by the real-SGLang test tier.
 Start-up failures (no sglang in the chosen python, a missing model, a server that dies or never
@@ -98,7 +99,10 @@ def check_sglang(python: str) -> None:
         raise UsageError(f"--python {python} does not exist; pass the python of a venv with sglang")
     probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('sglang') is None)"
     try:
-        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode
+        found = subprocess.run(
+            [python, "-c", probe], capture_output=True, timeout=60,
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+        ).returncode
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"cannot run --python {python}: {exc}") from None
     if found != 0:
@@ -138,7 +142,9 @@ def build_launch(
     python = python or default_python()
     argv = [python, "-m", "sglang.launch_server", "--model-path", model, "--host", host,
             "--port", str(port)]
-    env = dict(os.environ)
+    # `python -m` puts the working directory first on sys.path, where a folder named `sglang`
+    # (an unpacked wheel, a source checkout) would shadow the installed package.
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
     if cpu:
         stub = ensure_cpu_stub()
         env["SGLANG_USE_CPU_ENGINE"] = "1"
@@ -150,6 +156,8 @@ def build_launch(
             "--cuda-graph-backend-prefill", "disabled",
             "--disable-overlap-schedule",
             "--mem-fraction-static", str(CPU_MEM_FRACTION),
+            # The idle scheduler otherwise busy-polls a whole core.
+            "--sleep-on-idle",
         ]
         max_total_tokens = max_total_tokens or CPU_MAX_TOTAL_TOKENS
     if max_total_tokens:
