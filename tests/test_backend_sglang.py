@@ -34,6 +34,8 @@ from ttcdsl.errors import (
 from ttcdsl.runtime.backend import Backend, GenRequest, Sampling
 from ttcdsl.runtime.backends._http import error_message, iter_sse_data
 from ttcdsl.runtime.backends.sglang import SGLangBackend, _Chunk, _Stream
+from ttcdsl.runtime.sim import Latency, SimConfig, SimEngine, load_task
+from ttcdsl.runtime.sim.server import running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -708,3 +710,60 @@ def test_cumulative_and_delta_streams_fold_to_the_same_result(
 )
 def test_error_message_reads_every_known_shape(body: bytes, message: str) -> None:
     assert error_message(body) == message
+
+
+# --- against the simulator (`ttc sim serve`) ------------------------------------------------------
+
+DEMO_TASK = Path(__file__).parents[1] / "data" / "tasks" / "demo.json"
+QUESTION = "Question: What is 17 + 25?\nSolve it step by step.\n"
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for a condition of the in-process simulator (it runs on this event loop)."""
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+async def test_every_method_works_against_the_simulator() -> None:
+    engine = SimEngine(load_task(DEMO_TASK))
+    async with running_server(engine=engine) as url, SGLangBackend(url) as backend:
+        assert not backend.router and backend.info.model == "ttc-sim"
+        ids = await backend.tokenize(QUESTION)
+        assert await backend.detokenize(ids) == QUESTION
+        warm = await backend.warm(ids)
+        assert warm.prompt_tokens == len(ids)
+        results = []
+
+        async def fork(seed: int) -> None:
+            sampling = Sampling(max_new_tokens=300, temperature=0.7, seed=seed, stop=("\n\n",))
+            request = GenRequest(rid=f"f{seed}", input_ids=tuple(ids), sampling=sampling,
+                                 logprobs=True)
+            results.append(await backend.generate(request))
+
+        async with anyio.create_task_group() as tg:
+            for seed in range(4):
+                tg.start_soon(fork, seed)
+        for result in results:
+            assert result.cached_tokens == len(ids) - 1
+            assert result.logprobs is not None and len(result.logprobs) == len(result.output_ids)
+            assert result.completion_tokens == len(result.output_ids) <= 300
+            if result.finish == "stop":
+                assert result.matched == "\n\n" and result.text.endswith("\n\n")
+        scores = await backend.reward([QUESTION + r.text for r in results])
+        assert len(scores) == 4
+    assert engine.stats.in_flight == 0
+
+
+async def test_cancelling_aborts_the_request_in_the_simulator() -> None:
+    engine = SimEngine(load_task(DEMO_TASK), SimConfig(latency=Latency(decode_s=0.5)))
+    async with running_server(engine=engine) as url, SGLangBackend(url) as backend:
+        ids = await backend.tokenize(QUESTION)
+        sampling = Sampling(max_new_tokens=10_000, temperature=0.7, seed=1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(backend.generate, GenRequest(rid="c", input_ids=tuple(ids),
+                                                       sampling=sampling))
+            await until(lambda: engine.stats.in_flight == 1)
+            tg.cancel_scope.cancel()
+        await until(lambda: engine.stats.in_flight == 0)
+    assert engine.stats.aborted == 1

@@ -19,8 +19,8 @@
   ``/abort_request`` (the router has none; closing the stream is the abort).
 
 It never sends batches or ``n``: the runtime forks, and warms a shared prefix first with `warm`.
-It does not retry: retries belong to the caller.  Facts about the wire protocol are in
-docs/sglang-protocol.md of the design notes.
+It does not retry: retries belong to the caller.  What real servers send is pinned by the
+recordings in tests/fixtures/sglang/ and checked against the engine by tests/sglang_tier/.
 """
 
 from __future__ import annotations
