@@ -394,3 +394,18 @@ async def test_rewards_are_counted() -> None:
     )
     assert scores[0] > 0.5 > scores[1]
     assert engine.stats.reward_requests == 1
+
+
+async def test_a_cold_burst_of_forks_misses_and_a_warm_up_fixes_it() -> None:
+    # As on SGLang: forks sent together before their prefix is cached all prefill it.
+    engine = SimEngine(TASK)
+    cold: list[EngineOutput] = []
+
+    async def fork(seed: int, into: list[EngineOutput]) -> None:
+        into.append(await engine.execute(req(IDS, seed=seed, max_new_tokens=3)))
+
+    async with anyio.create_task_group() as tg:
+        for seed in range(4):
+            tg.start_soon(fork, seed, cold)
+    assert [o.cached_tokens for o in cold] == [0] * 4
+    assert engine.stats.prefill_tokens == 4 * len(IDS)

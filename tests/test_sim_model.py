@@ -433,3 +433,25 @@ def test_pairs_of_steps_never_mix_trajectories() -> None:
     samples = {s: sample(TASK, PROMPT, s) for s in range(10)}
     assert samples[3] == sample(TASK, PROMPT, 3)
     assert all(samples[a] != samples[b] for a, b in combinations(samples, 2))
+
+
+FRAGMENTS = [
+    Q, "\n", "\n\n", "Step", " 1", " 2", " 3", " of", ":", " we", " now", " have", " 42", " 32",
+    " 4", ".", " Next", " the", "\nThe answer is", " Yes or no?", "Step 1 of 3:", "x", " ",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(FRAGMENTS), max_size=40), st.one_of(st.none(), st.integers(0, 10**6))
+)
+def test_any_input_gets_a_finite_well_formed_continuation(
+    parts: list[str], seed: int | None
+) -> None:
+    text = "".join(parts)
+    out = sample(TASK, text, seed)
+    assert out[-1] == EOS_ID and len(out) < 2000
+    assert 0.0 < prm_score(TASK, text) < 1.0
+    continued = tokenizer.decode(out[:-1])
+    analysis = analyse(TASK, text + continued)
+    assert analysis.judge_yes is not None or analysis.trajectory.finished or not analysis.recognised

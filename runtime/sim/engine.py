@@ -7,7 +7,9 @@ concurrently).  Requests go through the same life cycle as in SGLang's scheduler
 1. admission: a slot under the batch-size limit (FIFO queue when the limit is reached);
 2. prefix match: ``cached_tokens = min(matched, len(input) - 1)`` (and at most
    ``logprob_start_len`` when prompt logprobs are asked for from there);
-3. prefill: ``prefill_s`` per uncached token, then the prompt is inserted into the tree;
+3. prefill: ``prefill_s`` per uncached token (or one scheduling point when instant, so
+   requests that arrive together all miss a cold prefix, as on SGLang), then the prompt is
+   inserted into the tree;
 4. decode: ``decode_s`` per token; after each token the stop strings (list order), then the
    end-of-sequence / stop token ids (unless ``ignore_eos``), then ``max_new_tokens`` are checked,
    in SGLang's order; before ``min_new_tokens`` the end-of-sequence and stop tokens are masked
@@ -416,6 +418,10 @@ class SimEngine:
         self._stats.prefill_tokens += uncached
         if self.config.latency.prefill_s > 0:
             await anyio.sleep(self.config.latency.prefill_s * uncached)
+        else:
+            # Even an instant prefill lets requests that arrived together match first, so a cold
+            # burst of forks misses the cache as it does on SGLang (a warm-up must come first).
+            await anyio.lowlevel.checkpoint()
         self.radix.insert(ids)
         self.radix.unlock(flight.lock)
         flight.lock = self.radix.lock(ids)

@@ -10,7 +10,8 @@ see `SimTask.find`) a fresh sample is ``K`` steps separated by a blank line::
     Step 2 of 3: we now have 32. Then we check each place value.\n\n
     Step 3 of 3: we now have 32. So the sum is close to what we expect.\nThe answer is 32.<EOS>
 
-``K`` is uniform on ``steps``; each step has ``T`` tokens, uniform on ``step_tokens`` (never fewer
+(a sample starts with a newline when the input does not end with whitespace, so that it can be
+found again when continued).  ``K`` is uniform on ``steps``; each step has ``T`` tokens, uniform on ``step_tokens`` (never fewer
 than its fixed wording), counting everything up to and including the ``\n\n`` (the last step
 counts its answer line; the end-of-sequence token is one more).  "we now have V" shows the
 trajectory's running answer after the step: the correct ``answer`` while the trajectory is right,
@@ -389,7 +390,11 @@ def continuation(task: SimTask, text: str, seed: int | None) -> Iterator[Tok]:
     if analysis.judge_yes is not None:
         yield from _judge_tokens(analysis.judge_yes, rseed, greedy)
     elif not analysis.trajectory.finished:
-        yield from _sample_tokens(analysis.problem, analysis.trajectory, rseed, greedy)
+        traj = analysis.trajectory
+        if not traj.values and not traj.partial and text and not text[-1].isspace():
+            # A fresh sample starts on its own line, so it can be found again when continued.
+            yield Tok(tokenizer.piece_id("\n"), input_logprob(-1, tokenizer.piece_id("\n")))
+        yield from _sample_tokens(analysis.problem, traj, rseed, greedy)
     yield Tok(EOS_ID, -0.0005)
     yield from _tail_tokens(rseed)
 
@@ -549,7 +554,8 @@ def _tail_tokens(seed: int) -> Iterator[Tok]:
 
 
 _FIXED_WORDING = frozenset(
-    tokenizer.encode("Step of: we now have. The answer is\n\n\n")
+    [tokenizer.piece_id(p) for p in ("Step", " of", ":", " we", " now", " have", ".", "The")]
+    + [tokenizer.piece_id(p) for p in (" answer", " is", "\n", "\n\n")]
     + [tokenizer.piece_id(" " + s) for s in STARTERS]
     + [EOS_ID]
 )
