@@ -211,11 +211,12 @@ def test_cli_prints_a_table_and_writes_json_and_a_png_plot(tmp_path: Path, capsy
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_cli_without_sweep_compares_programs_once_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_without_sweep_runs_each_program_once_and_json_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", SC, "--input", _small_dataset(tmp_path, 2), "--sim-task", TASK, "--arg", "n=2",
                  "--json", "-"]) == 0
-    out = capsys.readouterr().out
-    data = json.loads(out[out.index("{"):])
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)  # `--json -`: stdout is the JSON alone, the table goes to stderr
+    assert "accuracy" in captured.err
     assert data["sweep"] is None and len(data["points"]) == 1
     assert data["points"][0]["accuracy_stderr"] is None
 

@@ -161,10 +161,12 @@ def bench(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         report.results = anyio.run(main)
         report.wall_s = time.monotonic() - t0
-    out = Console()
+    out = Console(stderr=args.json == "-")  # `--json -` keeps stdout pure JSON
     if not out.is_terminal:
-        out = Console(width=120)  # a pipe or file: do not squeeze the table into 80 columns
+        out = Console(stderr=args.json == "-", width=120)  # a pipe or file: no 80-column squeeze
     out.print(render_table(report))
+    runs = sum(len(r.repeats) for r in report.results) * len(items)
+    err.print(f"{runs} strategy runs in {report.wall_s:.1f} s")
     if args.json:
         text = json.dumps(report.to_json(), indent=2, ensure_ascii=False)
         if args.json == "-":
