@@ -409,3 +409,18 @@ async def test_a_cold_burst_of_forks_misses_and_a_warm_up_fixes_it() -> None:
             tg.start_soon(fork, seed, cold)
     assert [o.cached_tokens for o in cold] == [0] * 4
     assert engine.stats.prefill_tokens == 4 * len(IDS)
+
+
+async def test_output_logprobs_agree_with_prompt_logprobs_of_the_same_text() -> None:
+    # Apart from the tokens where the sim made a choice, a token's logprob depends only on the
+    # text: scoring a generated branch as a prompt gives back its logprobs.
+    engine = SimEngine(TASK)
+    out = await engine.execute(req(IDS, seed=9, return_logprob=True))
+    again = await engine.execute(
+        req(IDS + out.output_ids, max_new_tokens=0, return_logprob=True, logprob_start_len=len(IDS))
+    )
+    scored = [lp for lp, _ in again.input_logprobs]
+    steps = tokenizer.decode(out.output_ids).count("Step ")
+    differ = sum(a != b for a, b in zip(out.output_logprobs, scored))
+    assert len(scored) == len(out.output_logprobs)
+    assert differ == steps + 2  # the number of steps, each running answer, and the boundary

@@ -455,3 +455,18 @@ def test_any_input_gets_a_finite_well_formed_continuation(
     continued = tokenizer.decode(out[:-1])
     analysis = analyse(TASK, text + continued)
     assert analysis.judge_yes is not None or analysis.trajectory.finished or not analysis.recognised
+
+
+def test_a_new_sample_cut_after_its_first_word_resumes_after_an_old_one() -> None:
+    attempt = tokenizer.decode(sample(TASK, PROMPT, 2), skip_special_tokens=True)
+    prompt = f"{PROMPT}{attempt}\nImprove it:\n"
+    full = sample(TASK, prompt, 8)
+    for cut in (1, 2, 3):
+        head = tokenizer.decode(tokenizer.encode(prompt) + full[:cut])
+        assert full[:cut] + sample(TASK, head, 8) == full
+    # ... while a cut inside a later step of the same sample continues that step.
+    mid = tokenizer.decode(full).index("\n\nStep 2") + 2
+    ids = tokenizer.encode(tokenizer.decode(full)[:mid] + "Step")
+    assert tokenizer.decode(ids + sample(TASK, prompt + tokenizer.decode(ids), 8)).startswith(
+        tokenizer.decode(full)[:mid] + "Step 2 of "
+    )

@@ -455,7 +455,7 @@ class SimEngine:
         out_bytes = bytearray()
         prev = ids[-1]
         decode_s = self.config.latency.decode_s
-        for tok in model.continuation(self.task, text, seed):
+        for tok in model.continuation(self.task, text, seed, ids[-1]):
             special = tok.id == EOS_ID or tok.id in stop_ids
             if special and len(out.output_ids) < req.min_new_tokens:
                 continue  # masked, as SGLang's min_new_tokens penalizer does

@@ -50,9 +50,11 @@ most likely answer of ``answers`` (first listed on a tie) at the first step it c
 
 **Logprobs** are deterministic functions of the text: the token that reveals ``K`` carries
 ``log(1/#K)``, the first token of a running answer carries the log-probability of that choice
-(so a trajectory's summed logprob reflects how likely its path was), fixed wording is near 0
-and filler words lie in [-3, -0.2].  Top alternatives are consistent with these (the other
-answers at a decision, other words elsewhere).  A logprob is never exactly 0.
+(so a trajectory's summed logprob reflects how likely its path was).  Every other token's
+logprob depends only on it and the token before it (`input_logprob`: near 0 for the fixed
+wording, in [-3, -0.2] otherwise), the same function that scores prompt tokens, so a generated
+text scored as a prompt gets the same values back.  Top alternatives are consistent with these
+(the other answers at a decision, other words elsewhere).  A logprob is never exactly 0.
 
 **Scores.**  `prm_score` scores the newest step of a text: ``sigmoid(2m + j + 8 * prm_noise * Z)``
 with ``m = +1`` if the newest decided running answer is correct (or none is decided yet), ``-1``
@@ -265,9 +267,21 @@ def _judge_line(text: str, qstart: int, qend: int) -> int | None:
 
 
 def _parse_trajectory(problem: Problem, tail: str) -> Trajectory:
+    """The sample at the end of ``tail`` (text after the question), or a fresh one."""
     start = _last_step_one(tail)
-    if start < 0:
-        return Trajectory()
+    if start >= 0:
+        traj = _parse_from(problem, tail, start)
+        if traj is not None:
+            return traj
+    for head in ("Step 1 of", "Step 1", "Step"):  # a sample cut inside its first words
+        i = len(tail) - len(head)
+        if tail.endswith(head) and (i == 0 or not tail[i - 1].isalnum()):
+            return Trajectory(partial=head)
+    return Trajectory()
+
+
+def _parse_from(problem: Problem, tail: str, start: int) -> Trajectory | None:
+    """The sample starting at ``start``, or None if the text from there is not one."""
     pos, k = start, 1
     steps: int | None = None
     values: list[str] = []
@@ -276,18 +290,18 @@ def _parse_trajectory(problem: Problem, tail: str) -> Trajectory:
         if m is None:
             break
         if int(m.group(1)) != k or (steps is not None and int(m.group(2)) != steps):
-            return Trajectory()
+            return None
         steps = int(m.group(2))
         values.append(m.group("v"))
         pos = m.end()
         if m.group("sep") is None:  # the answer line: the sample is complete
             if tail[pos:].strip():
-                return Trajectory()
+                return None
             return Trajectory(steps, tuple(values), "", finished=True)
         k += 1
     partial = tail[pos:]
     if partial and _decide(problem, k, steps, values[-1] if values else None, partial) is None:
-        return Trajectory()
+        return None
     return Trajectory(steps, tuple(values), partial)
 
 
@@ -296,16 +310,10 @@ def _last_step_one(tail: str) -> int:
     while True:
         i = tail.rfind("Step 1 of ", 0, end)
         if i < 0:
-            break
+            return -1
         if i == 0 or not tail[i - 1].isalnum():
             return i
         end = i
-    for head in ("Step 1 of", "Step 1", "Step"):
-        if tail.endswith(head):
-            i = len(tail) - len(head)
-            if i == 0 or not tail[i - 1].isalnum():
-                return i
-    return -1
 
 
 def _options(
@@ -380,31 +388,47 @@ def _greedy_choice(
 # ---------------------------------------------------------------- generation
 
 
-def continuation(task: SimTask, text: str, seed: int | None) -> Iterator[Tok]:
+def continuation(task: SimTask, text: str, seed: int | None, prev_id: int = -1) -> Iterator[Tok]:
     """The tokens the sim writes after ``text``: the rest of the sample, the end-of-sequence
     token, then (for ``ignore_eos``) endless filler sentences each followed by another
-    end-of-sequence token.  ``seed=None`` means temperature 0."""
+    end-of-sequence token.  ``seed=None`` means temperature 0; ``prev_id`` is the last input
+    token (plain logprobs depend on the previous token)."""
     analysis = analyse(task, text)
     greedy = seed is None
     rseed = GREEDY_SEED if seed is None else seed
+    last = prev_id
+    for tok in _answer_tokens(analysis, text, rseed, greedy, prev_id):
+        last = tok.id
+        yield tok
+    yield Tok(EOS_ID, input_logprob(last, EOS_ID))
+    yield from _tail_tokens(rseed)
+
+
+def _answer_tokens(
+    analysis: Analysis, text: str, seed: int, greedy: bool, prev_id: int
+) -> Iterator[Tok]:
     if analysis.judge_yes is not None:
-        yield from _judge_tokens(analysis.judge_yes, rseed, greedy)
+        yield from _judge_tokens(analysis.judge_yes, seed, greedy)
     elif not analysis.trajectory.finished:
         traj = analysis.trajectory
         if not traj.values and not traj.partial and text and not text[-1].isspace():
             # A fresh sample starts on its own line, so it can be found again when continued.
-            yield Tok(tokenizer.piece_id("\n"), input_logprob(-1, tokenizer.piece_id("\n")))
-        yield from _sample_tokens(analysis.problem, traj, rseed, greedy)
-    yield Tok(EOS_ID, -0.0005)
-    yield from _tail_tokens(rseed)
+            newline = tokenizer.piece_id("\n")
+            yield Tok(newline, input_logprob(prev_id, newline))
+            prev_id = newline
+        yield from _sample_tokens(analysis.problem, traj, seed, greedy, prev_id)
 
 
-def _sample_tokens(problem: Problem, traj: Trajectory, seed: int, greedy: bool) -> Iterator[Tok]:
+def _sample_tokens(
+    problem: Problem, traj: Trajectory, seed: int, greedy: bool, prev_id: int
+) -> Iterator[Tok]:
     k = len(traj.values) + 1
     steps, state, partial = traj.steps, traj.state, traj.partial
     while True:
-        chosen, _, tokens = _build_step(problem, k, steps, state, partial, seed, greedy)
+        chosen, _, tokens = _build_step(problem, k, steps, state, partial, seed, greedy, prev_id)
         yield from tokens
+        if tokens:
+            prev_id = tokens[-1].id
         steps, state, partial = chosen[0], chosen[1], ""
         if k >= steps:
             return
@@ -419,7 +443,10 @@ def _build_step(
     partial: str,
     seed: int,
     greedy: bool,
+    prev_id: int,
 ) -> tuple[tuple[int, str, float], str, list[Tok]]:
+    """Step ``k``: the option chosen, its full text, and the tokens still to write after
+    ``partial`` (the part of the step already in the input)."""
     options = _options(problem, k, steps, state)
     if greedy:
         own = _greedy_choice(problem, options, state)
@@ -428,7 +455,7 @@ def _build_step(
     else:
         own = _choose(options, uniform(seed, "decide", k))
         length = _randint(*problem.step_tokens, seed, "T", k)
-    own_text = _render(k, own, length, seed, [])
+    own_text = _render(k, own, length, seed)
     chosen, full = own, own_text
     if not own_text.startswith(partial):
         cons = _decide(problem, k, steps, state, partial) or [own]
@@ -438,15 +465,13 @@ def _build_step(
             else _choose(cons, uniform(seed, "posterior", k))
         )
         decision = _decision_text(k, chosen[0], chosen[1])
-        if len(partial) <= len(decision):
-            full = _render(k, chosen, length, seed, [])
-        else:
-            full = _render(k, chosen, length, seed, partial[len(decision) :])
-    return chosen, full, _step_tokens(problem, k, steps, state, chosen, full, partial)
+        existing = partial[len(decision) :] if len(partial) > len(decision) else ""
+        full = _render(k, chosen, length, seed, existing)
+    return chosen, full, _step_tokens(problem, k, steps, state, chosen, full, partial, prev_id)
 
 
 def _render(
-    k: int, option: tuple[int, str, float], length: int, seed: int, existing: object
+    k: int, option: tuple[int, str, float], length: int, seed: int, existing: str = ""
 ) -> str:
     """The full text of step ``k`` with ``length`` tokens; ``existing`` (a str) is filler text
     already written after the decision, which is kept and extended."""
@@ -454,7 +479,7 @@ def _render(
     final = k == steps
     decision = _decision_text(k, steps, value)
     closing = _closing(final, value)
-    if isinstance(existing, str) and existing:
+    if existing:
         m = _PARTIAL_FILL_RE.match(existing)
         assert m is not None
         words = existing[: m.end()]
@@ -490,8 +515,11 @@ def _step_tokens(
     chosen: tuple[int, str, float],
     full: str,
     partial: str,
+    prev_id: int,
 ) -> list[Tok]:
     ids = tokenizer.encode(full)
+    # The token before the step: the input's last token, unless the input ends inside it.
+    before = prev_id if not partial else -1
     head = tokenizer.encode(f"Step {k} of {chosen[0]}{_INTRO.rstrip()}")
     decisions: dict[int, tuple[tuple[int, float], ...]] = {}
     if steps is None:  # the " K" token of step 1 decides the number of steps
@@ -507,11 +535,12 @@ def _step_tokens(
     toks: list[Tok] = []
     for i, token_id in enumerate(ids):
         alts_i = decisions.get(i)
+        prev = ids[i - 1] if i else before
         if alts_i is not None:
-            lp = dict(alts_i).get(token_id, input_logprob(ids[i - 1] if i else -1, token_id))
+            lp = dict(alts_i).get(token_id, input_logprob(prev, token_id))
             toks.append(Tok(token_id, lp, tuple(sorted(alts_i, key=lambda a: -a[1]))))
         else:
-            toks.append(Tok(token_id, input_logprob(ids[i - 1] if i else -1, token_id)))
+            toks.append(Tok(token_id, input_logprob(prev, token_id)))
     want = len(partial.encode())
     done = 0
     for i, token_id in enumerate(ids):
@@ -522,7 +551,9 @@ def _step_tokens(
         return []
     rest = full.encode()[want:].decode("utf-8", errors="replace")
     rest_ids = tokenizer.encode(rest)
-    return [Tok(t, input_logprob(rest_ids[i - 1] if i else -1, t)) for i, t in enumerate(rest_ids)]
+    return [
+        Tok(t, input_logprob(rest_ids[i - 1] if i else prev_id, t)) for i, t in enumerate(rest_ids)
+    ]
 
 
 def _safe_log(p: float) -> float:
@@ -545,8 +576,8 @@ def _tail_tokens(seed: int) -> Iterator[Tok]:
         text = " " + starter + "".join(" " + w for w in _filler(seed, -1 - sentence, 8)) + "."
         ids = tokenizer.encode(text)
         for i, token_id in enumerate(ids):
-            yield Tok(token_id, input_logprob(ids[i - 1] if i else -1, token_id))
-        yield Tok(EOS_ID, -0.0005)
+            yield Tok(token_id, input_logprob(ids[i - 1] if i else EOS_ID, token_id))
+        yield Tok(EOS_ID, input_logprob(ids[-1], EOS_ID))
         sentence += 1
 
 
