@@ -235,8 +235,10 @@ class _Builder(Transformer[Token, Any]):
     # ---- expressions ----
 
     def pipe(self, meta: Any, left: ast.Expr, step: Any) -> ast.Expr:
+        # The step's span is its own (`| prune keep 2` on its line), not the whole pipeline's,
+        # so an error or a runtime failure names the line of that step.
         kind, fields = step
-        return kind(left, **fields, piped=True, span=self._s(meta))
+        return kind(left, **fields, piped=True)
 
     def or_op(self, meta: Any, left: ast.Expr, right: ast.Expr) -> ast.BoolOp:
         return ast.BoolOp("or", left, right, self._s(meta))
@@ -314,17 +316,17 @@ class _Builder(Transformer[Token, Any]):
         return ast.Vote(branches, kind, pattern, weighted is not None, span=self._s(meta))
 
     def pexpand(self, meta: Any, count: Any, settings: Any, budget: Any) -> tuple[Any, dict[str, Any]]:
-        return ast.Expand, {"count": count, "settings": _settings(settings), "budget": budget}
+        return ast.Expand, {"count": count, "settings": _settings(settings), "budget": budget, "span": self._s(meta)}
 
     def pscore(self, meta: Any, scorer: Any, agg: Any, budget: Any) -> tuple[Any, dict[str, Any]]:
-        return ast.Score, {"scorer": scorer, "agg": agg, "budget": budget}
+        return ast.Score, {"scorer": scorer, "agg": agg, "budget": budget, "span": self._s(meta)}
 
     def pprune(self, meta: Any, keep: Any, by: Any, per: Any) -> tuple[Any, dict[str, Any]]:
-        return ast.Prune, {"keep": keep, "by": by, "per": per}
+        return ast.Prune, {"keep": keep, "by": by, "per": per, "span": self._s(meta)}
 
     def pvote(self, meta: Any, on: Any, weighted: Any) -> tuple[Any, dict[str, Any]]:
         kind, pattern = on if on is not None else (None, None)
-        return ast.Vote, {"on": kind, "pattern": pattern, "weighted": weighted is not None}
+        return ast.Vote, {"on": kind, "pattern": pattern, "weighted": weighted is not None, "span": self._s(meta)}
 
     @v_args(meta=True, inline=False)
     def with_clause(self, meta: Any, settings: list[ast.Setting]) -> tuple[ast.Setting, ...]:
@@ -547,9 +549,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxErro
     word_start = pos
     while word_start > 0 and (source[word_start - 1].isalnum() or source[word_start - 1] == "_"):
         word_start -= 1
-    if token.type == "TOKENS":
+    if token.type in ("TOKENS", "BUDGET_STMT"):
         msg = (
-            "unexpected 'tokens': `budget N tokens` is a statement of its own; "
+            "`budget N tokens` is a statement of its own and cannot stand here; "
             "a step takes `budget N` without 'tokens'"
         )
     elif token.type == "COMP_OP" and "COMP_OP" not in expected:

@@ -35,7 +35,6 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from ttcdsl import ast
-from ttcdsl.check import BUILTINS
 from ttcdsl.fmt import INDENT, _triple, format_module
 from ttcdsl.parse import grammar_text
 
@@ -69,9 +68,13 @@ def keywords() -> frozenset[str]:
     return frozenset(words)
 
 
-def _identifiers() -> st.SearchStrategy[str]:
-    reserved = keywords() | set(BUILTINS) | {"question"}
-    return st.from_regex(r"[a-z][a-z0-9_]{0,7}", fullmatch=True).filter(lambda s: s not in reserved)
+_STEMS = ("b", "beams", "p", "x", "chains", "k", "draft", "pool", "a", "prompt_", "_t", "Q", "by")
+
+
+def _names(draw: st.DrawFn, count: int) -> list[str]:
+    """`count` distinct identifiers (a stem and a running number: never a keyword)."""
+    stems = draw(st.lists(st.sampled_from(_STEMS), min_size=count, max_size=count))
+    return [f"{stem}{i}" for i, stem in enumerate(stems)]
 
 
 # ---- literals ----
@@ -376,7 +379,7 @@ def _strategy(draw: st.DrawFn, name: str, names: list[str], helpers: list[ast.St
 
 @st.composite
 def _module(draw: st.DrawFn, scorers: tuple[str, ...], calls: bool) -> ast.Module:
-    idents = draw(st.lists(_identifiers(), min_size=41, max_size=41, unique=True))
+    idents = _names(draw, 41)
     strategy_names, idents = idents[:3], idents[3:]
     helpers: list[ast.Strategy] = []
     returns: dict[str, str] = {}
