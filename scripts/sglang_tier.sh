@@ -5,10 +5,11 @@
 #   scripts/sglang_tier.sh setup      only set up (venv with sglang==0.5.23, model, stub)
 #   scripts/sglang_tier.sh test [ARGS...]  only run the tier (pytest ARGS passed through)
 #
-# Everything lives under ${TTC_SGLANG_HOME:-$HOME/.cache/ttcdsl/sglang}; each step is skipped
-# when its output is already there, so re-running is cheap.  The recipe (why each piece exists)
-# is in tests/sglang_tier/README.md.  Needs about 12 GB of disk; servers bind 127.0.0.1 only.  PYTHON selects the interpreter that runs pytest
-# (default: /work/venv/bin/python if it exists, else python3).
+# Everything lives under ${TTC_SGLANG_HOME:-$HOME/.cache/ttcdsl/sglang} (about 11 GB); each
+# step is skipped when its output is already there, so re-running is cheap.  The recipe (why
+# each piece exists) is in tests/sglang_tier/README.md.  Servers bind 127.0.0.1 only.
+# PYTHON selects the interpreter that runs pytest: one with ttcdsl and its `test` extra
+# (pytest, sglang-router) installed; default: the repository's .venv if present, else python3.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +19,7 @@ MODEL="$SGL_HOME/models/SmolLM2-135M-Instruct"
 STUB="$SGL_HOME/stub"
 DOWNLOADS="$SGL_HOME/downloads"
 if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x /work/venv/bin/python ]]; then PYTHON=/work/venv/bin/python; else PYTHON=python3; fi
+    if [[ -x "$HERE/.venv/bin/python" ]]; then PYTHON="$HERE/.venv/bin/python"; else PYTHON=python3; fi
 fi
 
 log() { printf '[sglang-tier] %s\n' "$*" >&2; }
@@ -75,6 +76,11 @@ setup_model() {
 run_tier() {
     export TTC_SGLANG_HOME="$SGL_HOME" TTC_SGLANG_TIER=1
     cd "$HERE"
+    if ! "$PYTHON" -c "import ttcdsl, pytest, sglang_router" 2>/dev/null; then
+        log "$PYTHON lacks ttcdsl, pytest or sglang-router; install the repo with its test extra"
+        log "(pip install -e '.[test]') or point PYTHON=/path/to/venv/bin/python at one that has them"
+        exit 1
+    fi
     "$PYTHON" -m pytest tests/sglang_tier -m sglang -p no:cacheprovider --durations=10 "$@"
 }
 

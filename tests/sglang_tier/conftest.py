@@ -9,8 +9,11 @@ and always stopped (the whole process group).
 Fixtures:
   ``sglang_url``              session: the URL of the main server (default streaming)
   ``sglang_server``           session: its `SGLangProcess` (for ``log_tail``)
+  ``incremental_url``         session: a server with ``--incremental-streaming-output``
+  ``reward_url``              session: SmolLM2 with ``--is-embedding`` (a /classify server)
   ``start_sglang``            a factory: ``with start_sglang(name, *extra_args) as url: ...``
-                              for extra servers (incremental streaming, embedding model)
+                              for any other server, started and stopped around a block
+The session servers the selected tests need are started together, once.
   ``start_router``            a factory: ``with start_router(worker_url) as url: ...``
   ``router_url``              module: a real sglang-router in front of the main server
   ``model_dir``               the converted SmolLM2-135M-Instruct folder
@@ -83,21 +86,51 @@ async def _warm_up(url: str) -> None:
             tg.start_soon(one)
 
 
-@contextmanager
-def _sglang(log_dir: Path, name: str, *extra: str) -> Iterator[SGLangProcess]:
+# The servers the tier knows, by name: extra SGLang arguments and whether it generates.
+SERVERS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "main": ((), True),
+    "incremental": (("--incremental-streaming-output",), True),
+    "reward": (("--is-embedding",), False),  # never send /generate to it: 0.5.23 crashes
+}
+# Which URL fixture needs which server.
+URL_FIXTURES = {"sglang_url": "main", "incremental_url": "incremental", "reward_url": "reward"}
+
+
+def _process(log_dir: Path, name: str, *extra: str) -> SGLangProcess:
     spec = build_launch(str(MODEL), port=free_port(), cpu=True, python=str(PYTHON), extra=extra)
-    server = SGLangProcess(spec, log_path=log_dir / f"{name}.log")
+    return SGLangProcess(spec, log_path=log_dir / f"{name}.log")
+
+
+async def _all_ready(servers: dict[str, SGLangProcess]) -> None:
+    """Wait for every server at once, then warm up the generating ones."""
     started = time.monotonic()
-    server.start()
-    try:
+
+    async def ready(name: str, server: SGLangProcess) -> None:
         try:
-            anyio.run(server.wait_ready, READY_TIMEOUT)
+            await server.wait_ready(READY_TIMEOUT)
         except BackendUnavailable as exc:
             pytest.fail(f"{name}: {exc}", pytrace=False)
         print(f"\n[sglang-tier] {name} ready in {time.monotonic() - started:.0f} s at {server.url}")
-        yield server
+        if SERVERS.get(name, ((), True))[1]:
+            await _warm_up(server.url)
+
+    async with anyio.create_task_group() as tg:
+        for name, server in servers.items():
+            tg.start_soon(ready, name, server)
+
+
+@contextmanager
+def _running(servers: dict[str, SGLangProcess]) -> Iterator[dict[str, SGLangProcess]]:
+    try:
+        for server in servers.values():
+            server.start()
+        anyio.run(_all_ready, servers)
+        yield servers
     finally:
-        server.stop()
+        for server in servers.values():
+            server.terminate()  # all shut down together, then each is waited for
+        for server in servers.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -106,10 +139,23 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def sglang_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SGLangProcess]:
-    with _sglang(tmp_path_factory.mktemp("sglang"), "main") as server:
-        anyio.run(_warm_up, server.url)
-        yield server
+def sglang_servers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, SGLangProcess]]:
+    """Every server the selected tests need, started together (a start is mostly single-core
+    imports, so two cores start two servers in the time of one) and stopped at the end."""
+    wanted = {URL_FIXTURES[f] for item in request.session.items
+              for f in getattr(item, "fixturenames", ())
+              if f in URL_FIXTURES} | {"main"}
+    log_dir = tmp_path_factory.mktemp("sglang")
+    servers = {name: _process(log_dir, name, *SERVERS[name][0]) for name in sorted(wanted)}
+    with _running(servers):
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def sglang_server(sglang_servers: dict[str, SGLangProcess]) -> SGLangProcess:
+    return sglang_servers["main"]
 
 
 @pytest.fixture(scope="session")
@@ -118,14 +164,26 @@ def sglang_url(sglang_server: SGLangProcess) -> str:
 
 
 @pytest.fixture(scope="session")
+def incremental_url(sglang_servers: dict[str, SGLangProcess]) -> str:
+    """A server started with ``--incremental-streaming-output`` (delta chunks)."""
+    return sglang_servers["incremental"].url
+
+
+@pytest.fixture(scope="session")
+def reward_url(sglang_servers: dict[str, SGLangProcess]) -> str:
+    """SmolLM2 served with ``--is-embedding``: answers /classify like a reward model."""
+    return sglang_servers["reward"].url
+
+
+@pytest.fixture(scope="session")
 def start_sglang(tmp_path_factory: pytest.TempPathFactory) -> StartServer:
     """Start another server for one block: ``with start_sglang("name", *args) as url``."""
 
     @contextmanager
     def start(name: str, *extra: str, warm: bool = True) -> Iterator[str]:
-        with _sglang(tmp_path_factory.mktemp(name), name, *extra) as server:
-            if warm:
-                anyio.run(_warm_up, server.url)
+        server = _process(tmp_path_factory.mktemp(name), name, *extra)
+        SERVERS.setdefault(name, (extra, warm))
+        with _running({name: server}):
             yield server.url
 
     return start
@@ -142,7 +200,7 @@ def start_router(tmp_path_factory: pytest.TempPathFactory) -> StartRouter:
         log = tmp_path_factory.mktemp("router") / "router.log"
         argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
                 "--port", str(port), "--prometheus-port", str(metrics),
-                "--worker-urls", worker_url]
+                "--shutdown-grace-period-secs", "1", "--worker-urls", worker_url]
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)

@@ -3,7 +3,6 @@ stream then carries deltas, and every result must equal the default (cumulative)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -25,12 +24,6 @@ CASES = {
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def incremental_url(start_sglang: Any) -> Iterator[str]:
-    with start_sglang("incremental", "--incremental-streaming-output") as url:
-        yield url
 
 
 async def run(url: str, case: str) -> GenResult:

@@ -27,12 +27,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def reward_url(start_sglang: Any) -> Iterator[str]:
-    with start_sglang("reward", "--is-embedding", warm=False) as url:
-        yield url
-
-
 async def first_entries(url: str) -> list[float]:
     async with aiohttp.ClientSession() as session, session.post(
         url + "/classify", json={"text": TEXTS}

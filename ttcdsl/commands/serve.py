@@ -239,6 +239,11 @@ class SGLangProcess:
         assert self._proc is not None, "start() first"
         return self._proc.wait()
 
+    def terminate(self) -> None:
+        """Ask the process group to exit (SIGTERM) without waiting; `stop` then waits."""
+        if self._proc is not None and self._proc.poll() is None:
+            _signal_group(self._proc.pid, signal.SIGTERM)
+
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM the process group, SIGKILL whatever is left after ``grace`` seconds."""
         proc = self._proc
