@@ -38,7 +38,7 @@ from aiohttp import web
 
 from ttcdsl.errors import UsageError
 from ttcdsl.runtime.sim import openai
-from ttcdsl.runtime.sim.engine import EngineOutput, SimConfig, SimEngine
+from ttcdsl.runtime.sim.engine import EngineOutput, SimConfig, SimEngine, SimRequestError
 from ttcdsl.runtime.sim.protocol import (
     GenerateCall,
     Item,
@@ -153,7 +153,10 @@ async def generate(request: web.Request) -> web.StreamResponse:
             return output_json(item, out, final=final, index=index, first=first, stream=True)
 
         return await _stream(request, engine, call, render, reset_after_first=fault == "reset")
-    outs = await _run_all(engine, call)
+    try:
+        outs = await _run_all(engine, call)
+    except ProtocolError as exc:
+        return _json(exc.body(), exc.status)
     objs = [output_json(item, out, final=True) for item, out in zip(call.items, outs)]
     return _json(objs[0] if call.single else objs)
 
@@ -167,16 +170,28 @@ async def _stream_failure(request: web.Request, message: str) -> web.StreamRespo
 
 
 async def _run_all(engine: SimEngine, call: GenerateCall) -> list[EngineOutput]:
-    for warm in call.warmups:
-        await engine.execute(warm)
+    """Warm-ups in order, then every item concurrently; raises `ProtocolError` if the engine
+    refuses one (e.g. its rid became busy while the request waited)."""
     outs: list[EngineOutput | None] = [None] * len(call.items)
+    refused: list[SimRequestError] = []
 
     async def run(i: int) -> None:
-        outs[i] = await engine.execute(call.items[i].req)
+        try:
+            outs[i] = await engine.execute(call.items[i].req)
+        except SimRequestError as exc:
+            refused.append(exc)
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(call.items)):
-            tg.start_soon(run, i)
+    try:
+        for warm in call.warmups:
+            await engine.execute(warm)
+    except SimRequestError as exc:
+        refused.append(exc)
+    if not refused:
+        async with anyio.create_task_group() as tg:
+            for i in range(len(call.items)):
+                tg.start_soon(run, i)
+    if refused:
+        raise ProtocolError(refused[0].message, status=refused[0].status)
     return [o for o in outs if o is not None]
 
 
@@ -209,14 +224,22 @@ async def _stream(
             first = False
             await send.send(_sse(chunk))
 
-        out = await engine.execute(item.req, progress)
+        try:
+            out = await engine.execute(item.req, progress)
+        except SimRequestError as exc:
+            await send.send(_sse(stream_error(exc.message)))
+            return
         finals[i] = out
         await send.send(_sse(render(i, item, out, True, first)))
 
     async def produce() -> None:
         async with send:
-            for warm in call.warmups:
-                await engine.execute(warm)
+            try:
+                for warm in call.warmups:
+                    await engine.execute(warm)
+            except SimRequestError as exc:
+                await send.send(_sse(stream_error(exc.message)))
+                return
             async with anyio.create_task_group() as inner:
                 for i, item in enumerate(call.items):
                     inner.start_soon(run, i, item)
@@ -431,7 +454,10 @@ async def v1_completions(request: web.Request) -> web.StreamResponse:
     if fault == "stall":
         await engine.stall()
     if not call.stream:
-        outs = await _run_all(engine, call.generate)
+        try:
+            outs = await _run_all(engine, call.generate)
+        except ProtocolError as exc:
+            return _json(exc.body(), exc.status)
         return _json(openai.completion_json(call, outs))
     streamer = openai.CompletionStream(call)
 
