@@ -498,7 +498,7 @@ async def test_a_stream_that_ends_before_finishing_is_transient(fake: FakeSGLang
 async def test_a_silent_server_is_transient_after_the_timeout(fake: FakeSGLang) -> None:
     fake.routes["/generate"] = fake.stream([], hang=True)
     async with SGLangBackend(fake.url, timeout=0.2) as backend:
-        with pytest.raises(TransientBackendError):
+        with pytest.raises(TransientBackendError, match="did not answer POST /generate in time"):
             await backend.generate(request())
 
 

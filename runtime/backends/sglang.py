@@ -535,10 +535,10 @@ class SGLangBackend:
             result = stream.result()
             pending = False
             return result
+        except TimeoutError:  # first: aiohttp's timeouts are ClientErrors too
+            raise _stall_error(server.url, what, self._timeout) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _connection_error(server.url, what, exc) from None
-        except TimeoutError:
-            raise _stall_error(server.url, what, self._timeout) from None
         finally:
             if resp is not None:
                 if pending:
@@ -700,10 +700,10 @@ class SGLangBackend:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+        except TimeoutError:  # first: aiohttp's timeouts are ClientErrors too
+            raise _stall_error(server.url, what, self._timeout) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _connection_error(server.url, what, exc) from None
-        except TimeoutError:
-            raise _stall_error(server.url, what, self._timeout) from None
         if missing_ok and (status in (404, 405) or b"tokenizer_not_found" in raw):
             return None
         if status != 200:
@@ -747,5 +747,6 @@ def _connection_error(url: str, what: str, exc: BaseException) -> TransientBacke
 
 def _stall_error(url: str, what: str, timeout: aiohttp.ClientTimeout) -> TransientBackendError:
     return TransientBackendError(
-        f"SGLang at {url} sent nothing for {timeout.sock_read:g} s during {what}"
+        f"SGLang at {url} did not answer {what} in time (connect {timeout.connect:g} s, "
+        f"silence {timeout.sock_read:g} s)"
     )
