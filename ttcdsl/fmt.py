@@ -4,11 +4,12 @@ Promises:
 
 * `parse(format_module(m)) == m` for every module `m` the parser can produce (spans aside), and
   formatting is idempotent: `format_source(format_source(s)) == format_source(s)`.
-* Layout: 4-space indentation, one statement per line, one blank line between strategies, a
-  statement-level pipeline printed one `| step` per continuation line with the bars aligned
-  under the `=` (or under `return`'s expression), `else if` chains, parentheses only where the
-  grammar needs them (operator precedence, and the few places where a step or call would take
-  a clause or operator that follows it, e.g. `score (sample 2 from p) with prm`).
+* Layout: imports first, then the strategies, one blank line apart; 4-space indentation, one
+  statement per line; a statement-level pipeline printed one `| step` per continuation line with
+  the bars aligned under the `=` (or under `return`'s expression); a `with` list that would pass
+  100 columns continues after a comma, two levels deeper; `else if` chains; parentheses only
+  where the grammar needs them (operator precedence, and the few places where a step or call
+  would take a clause or operator that follows it, e.g. `score (sample 2 from p) with prm`).
 * Strings keep the form the author chose: a triple-quoted string is printed as an indented
   triple-quoted block when that reproduces its value exactly (checked by dedenting it again),
   otherwise as a one-line string with escapes; one-line strings stay one-line.
@@ -49,7 +50,6 @@ _BINARY_LEVEL = {"+": _SUM, "-": _SUM, "*": _TERM, "/": _TERM, "%": _TERM}
 # Tokens that may follow an expression, named for the follow/absorb analysis: "+" stands for
 # both additive operators, "*" for the multiplicative ones, keywords for themselves.
 _SUM_TAIL = frozenset({"+", "*"})
-_TERM_TAIL = frozenset({"*"})
 _CLOSE = frozenset({")"})
 _NOTHING: frozenset[str] = frozenset()
 
@@ -312,7 +312,7 @@ class _Formatter:
     def module(self, m: ast.Module) -> str:
         out: list[str] = []
         for i, imp in enumerate(m.imports):
-            if i and imp_key(imp) in self.notes.blank_before:
+            if i and id(imp) in self.notes.blank_before:
                 out.append("")
             self.leading(out, id(imp))
             out.append(self.trail(id(imp), [f"import {_one_line(imp.path)}"])[0])
@@ -584,10 +584,6 @@ def _wrap(text: str, indent: int) -> list[str]:
         else:
             lines.append(cont + chunk)
     return "\n".join(lines).split("\n")
-
-
-def imp_key(imp: ast.Import) -> int:
-    return id(imp)
 
 
 def _lines_ending_in_string(lines: Sequence[str]) -> list[bool]:
