@@ -27,6 +27,7 @@ QUESTION = TASK.problems[0].question  # "What is 17 + 25?": 42 (0.45), 32 (0.35)
 
 def run(plan: Any, args: dict[str, Any], root: Budget | None = None, backend: Any = None, **opts: Any) -> RunResult:
     backend = backend or SimBackend(TASK)
+    opts.setdefault("timeout_s", 120.0)  # a hang fails with a message instead of stalling
     values = {p.name: p.default for p in plan.strategy().params}
     values.update(args)
 
