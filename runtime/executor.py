@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -55,10 +54,10 @@ from ttcdsl.errors import (
     TTCError,
 )
 from ttcdsl.runtime import aggregate as agg
+from ttcdsl.runtime import semantics as sem
 from ttcdsl.runtime.backend import Backend, GenRequest, GenResult, Sampling
 from ttcdsl.runtime.budget import Budget, Reservation, split
 from ttcdsl.runtime.values import (
-    Answer,
     Branch,
     Branches,
     NodeUsage,
@@ -287,18 +286,18 @@ class _Run:
             case P.Prompt():
                 values = await self.gather([partial(self.ev, ctx, r) for r in n.parts if isinstance(r, P.Ref)])
                 it = iter(values)
-                return "".join(p if isinstance(p, str) else _interpolate(next(it)) for p in n.parts)
+                return "".join(p if isinstance(p, str) else sem.interpolate(next(it)) for p in n.parts)
             case P.ListOf():
-                return [_interpolate(v) for v in await self.gather([partial(self.ev, ctx, r) for r in n.items])]
+                return [sem.interpolate(v) for v in await self.gather([partial(self.ev, ctx, r) for r in n.items])]
             case P.Arith():
                 a, b = await self.gather([lambda: self.ev(ctx, n.left), lambda: self.ev(ctx, n.right)])
-                return _arith(n, a, b)
+                return sem.arith(n, a, b)
             case P.Union():
                 a, b = await self.gather([lambda: self.ev(ctx, n.left), lambda: self.ev(ctx, n.right)])
                 return Branches([*a.items, *b.items])
             case P.Compare():
                 a, b = await self.gather([lambda: self.ev(ctx, n.left), lambda: self.ev(ctx, n.right)])
-                return _compare(n.operator, a, b)
+                return sem.compare(n.operator, a, b)
             case P.Logic():
                 left = await self.ev(ctx, n.left)
                 if n.operator == "and":
@@ -344,7 +343,7 @@ class _Run:
                 count, prompt = await self.gather([lambda: self.ev(ctx, n.count), lambda: self.ev(ctx, n.prompt)])
                 settings = await self.settings(ctx, n.settings)
                 t0 = time.monotonic()
-                result = await self.sample(ctx, n, _count(count, n), _interpolate(prompt), settings)
+                result = await self.sample(ctx, n, _count(count, n), sem.interpolate(prompt), settings)
             case P.Expand():
                 branches, count = await self.gather([lambda: self.ev(ctx, n.branches), lambda: self.ev(ctx, n.count)])
                 settings = await self.settings(ctx, n.settings)
@@ -464,7 +463,7 @@ class _Run:
                     logprobs=n.logprobs,
                 )
                 result = await self.generate(ctx, n, request, res)
-                _apply(branch, result, tokens < max_tokens, stops, step)
+                sem.apply(branch, result, tokens < max_tokens, stops, step)
 
             return go
 
@@ -503,7 +502,7 @@ class _Run:
         template = n.scorer.template or []
         refs = [p for p in template if isinstance(p, P.Ref)]
         values = iter(await self.gather([partial(self.ev, ctx, r) for r in refs]))
-        filled = [p if isinstance(p, (str, P.BranchText)) else _interpolate(next(values)) for p in template]
+        filled = [p if isinstance(p, (str, P.BranchText)) else sem.interpolate(next(values)) for p in template]
         budget = self._node_budget(ctx, n)
         alloc = split(budget.available(), [JUDGE_TOKENS] * len(items))
         scores: list[float | None] = [None] * len(items)
@@ -520,7 +519,7 @@ class _Run:
                                       seed=self._seed(ctx, n.id, i, None)),
                     top_logprobs=JUDGE_TOP_LOGPROBS,
                 )
-                scores[i] = _p_yes(await self.generate(ctx, n, request, res))
+                scores[i] = sem.p_yes(await self.generate(ctx, n, request, res))
 
             return go
 
@@ -671,95 +670,6 @@ def _count(value: Any, n: P.Node) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise NodeFailed(f"{_op(n)} count must be a non-negative int at run time, got {value!r}", n.span)
     return value
-
-
-def _interpolate(value: Any) -> str:
-    if isinstance(value, Branches):
-        top = agg.best(value.items)
-        return top.text if top is not None else ""
-    if isinstance(value, Answer):
-        return value.value or ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(value)
-    return str(value)
-
-
-def _arith(n: P.Arith, a: Any, b: Any) -> Any:
-    try:
-        match n.operator:
-            case "+":
-                return a + b
-            case "-":
-                return a - b
-            case "*":
-                return a * b
-            case "/":
-                return a // b if isinstance(a, int) and isinstance(b, int) else a / b
-            case "%":
-                return a % b
-    except ZeroDivisionError:
-        raise NodeFailed(f"division by zero in {a!r} {n.operator} {b!r}", n.span) from None
-    raise AssertionError(n.operator)
-
-
-def _compare(op: str, a: Any, b: Any) -> bool:
-    match op:
-        case "==":
-            return bool(a == b)
-        case "!=":
-            return bool(a != b)
-        case "<":
-            return bool(a < b)
-        case "<=":
-            return bool(a <= b)
-        case ">":
-            return bool(a > b)
-        case ">=":
-            return bool(a >= b)
-    raise AssertionError(op)
-
-
-def _apply(branch: Branch, r: GenResult, budget_cut: bool, stops: list[str], step: str | None) -> None:
-    """Append a generation to its branch and decide whether the branch is finished."""
-    text = r.text
-    branch.ids.extend(r.output_ids)
-    if r.logprobs is not None:
-        branch.logprob = (branch.logprob or 0.0) + sum(r.logprobs)
-        branch.n_tokens += len(r.logprobs)
-    if r.finish == "stop" and isinstance(r.matched, str):
-        if step is not None and r.matched == step and r.matched not in stops:
-            branch.steps.append(text)
-            return
-        if text.endswith(r.matched):
-            text = text[: len(text) - len(r.matched)]
-        branch.steps.append(text)
-        branch.finished, branch.finish_reason = True, "stop"
-        return
-    branch.steps.append(text)
-    branch.finished = True
-    if r.finish == "length":
-        branch.finish_reason = "budget" if budget_cut else "length"
-    elif r.finish == "stop":
-        branch.finish_reason = "eos" if isinstance(r.matched, int) else "stop"
-    else:
-        branch.finish_reason = r.finish
-
-
-def _p_yes(r: GenResult) -> float:
-    """P(yes) of a judge's one-token verdict, normalised against P(no)."""
-    yes = no = 0.0
-    for alternatives in (r.top_logprobs or [])[:1]:
-        for token, lp in alternatives.items():
-            word = token.strip().lower()
-            if word == "yes":
-                yes += math.exp(lp)
-            elif word == "no":
-                no += math.exp(lp)
-    if yes + no > 0:
-        return yes / (yes + no)
-    return 1.0 if r.text.strip().lower().startswith("yes") else 0.0
 
 
 # ---- entry points ----

@@ -1,0 +1,110 @@
+"""What values mean at run time, as pure functions the executor calls.
+
+`interpolate` turns any value into prompt text (branches: their best branch's text; answers:
+their value); `arith` and `compare` give the operators their meaning (`/` on two ints is floor
+division; division by zero fails the node); `apply` appends one generation to its branch and
+decides whether the branch is finished (a matched `step` string leaves it open, a stop string,
+EOS, the length limit or a budget cut closes it); `p_yes` reads a judge's one-token verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ttcdsl import plan as P
+from ttcdsl.errors import NodeFailed
+from ttcdsl.runtime import aggregate as agg
+from ttcdsl.runtime.backend import GenResult
+from ttcdsl.runtime.values import Answer, Branch, Branches
+
+__all__ = ["apply", "arith", "compare", "interpolate", "p_yes"]
+
+
+def interpolate(value: Any) -> str:
+    if isinstance(value, Branches):
+        top = agg.best(value.items)
+        return top.text if top is not None else ""
+    if isinstance(value, Answer):
+        return value.value or ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(value)
+    return str(value)
+
+
+def arith(n: P.Arith, a: Any, b: Any) -> Any:
+    try:
+        match n.operator:
+            case "+":
+                return a + b
+            case "-":
+                return a - b
+            case "*":
+                return a * b
+            case "/":
+                return a // b if isinstance(a, int) and isinstance(b, int) else a / b
+            case "%":
+                return a % b
+    except ZeroDivisionError:
+        raise NodeFailed(f"division by zero in {a!r} {n.operator} {b!r}", n.span) from None
+    raise AssertionError(n.operator)
+
+
+def compare(op: str, a: Any, b: Any) -> bool:
+    match op:
+        case "==":
+            return bool(a == b)
+        case "!=":
+            return bool(a != b)
+        case "<":
+            return bool(a < b)
+        case "<=":
+            return bool(a <= b)
+        case ">":
+            return bool(a > b)
+        case ">=":
+            return bool(a >= b)
+    raise AssertionError(op)
+
+
+def apply(branch: Branch, r: GenResult, budget_cut: bool, stops: list[str], step: str | None) -> None:
+    """Append a generation to its branch and decide whether the branch is finished."""
+    text = r.text
+    branch.ids.extend(r.output_ids)
+    if r.logprobs is not None:
+        branch.logprob = (branch.logprob or 0.0) + sum(r.logprobs)
+        branch.n_tokens += len(r.logprobs)
+    if r.finish == "stop" and isinstance(r.matched, str):
+        if step is not None and r.matched == step and r.matched not in stops:
+            branch.steps.append(text)
+            return
+        if text.endswith(r.matched):
+            text = text[: len(text) - len(r.matched)]
+        branch.steps.append(text)
+        branch.finished, branch.finish_reason = True, "stop"
+        return
+    branch.steps.append(text)
+    branch.finished = True
+    if r.finish == "length":
+        branch.finish_reason = "budget" if budget_cut else "length"
+    elif r.finish == "stop":
+        branch.finish_reason = "eos" if isinstance(r.matched, int) else "stop"
+    else:
+        branch.finish_reason = r.finish
+
+
+def p_yes(r: GenResult) -> float:
+    """P(yes) of a judge's one-token verdict, normalised against P(no)."""
+    yes = no = 0.0
+    for alternatives in (r.top_logprobs or [])[:1]:
+        for token, lp in alternatives.items():
+            word = token.strip().lower()
+            if word == "yes":
+                yes += math.exp(lp)
+            elif word == "no":
+                no += math.exp(lp)
+    if yes + no > 0:
+        return yes / (yes + no)
+    return 1.0 if r.text.strip().lower().startswith("yes") else 0.0
