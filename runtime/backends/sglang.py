@@ -313,9 +313,12 @@ def _stream_error(url: str, error: Any) -> BackendError:
     return BackendError(f"SGLang server at {url} rejected POST /generate: {message}")
 
 
-def _http_error(url: str, what: str, status: int, body: bytes) -> BackendError:
+def _http_error(url: str, what: str, status: int, body: bytes, router: bool = False) -> BackendError:
     message = error_message(body)
-    if status in TRANSIENT_STATUSES:
+    # A router answers 500 when it could not reach the worker it picked (e.g. the worker just
+    # died); another attempt lets it route around the dead worker, so that is worth retrying.
+    upstream = router and status == 500 and b"upstream" in body.lower()
+    if status in TRANSIENT_STATUSES or upstream:
         return TransientBackendError(
             f"SGLang server at {url} answered {what} with HTTP {status}: {message}"
         )
@@ -427,12 +430,20 @@ class SGLangBackend:
                 f"{_HOW_TO_START}"
             )
         tried = []
+        failed: str | None = None  # a 5xx answer: the server is alive but failing
         for path in ("/model_info", "/get_model_info"):
             status, body = await self._probe(url, path, role)
             tried.append(f"GET {path}: HTTP {status}")
             if status == 200:
                 break
+            if status >= 500:
+                failed = f"GET {path}: HTTP {status}: {error_message(body)}"
         else:
+            if failed is not None:
+                raise BackendUnavailable(
+                    f"the {role}server at {url} failed to describe its model ({failed}); if it "
+                    f"is an sglang-router, the worker behind it may be down: see GET {url}/workers"
+                )
             raise BackendUnavailable(
                 f"the {role}server at {url} does not look like SGLang ({', '.join(tried)}); "
                 f"{_HOW_TO_START}"
@@ -523,7 +534,7 @@ class SGLangBackend:
             )
             if resp.status != 200:
                 pending = False
-                raise _http_error(server.url, what, resp.status, await resp.read())
+                raise _http_error(server.url, what, resp.status, await resp.read(), server.router)
             if resp.content_type == "application/json":
                 # A server that ignores "stream": one final object.
                 stream.feed(_decode_chunk(server.url, await resp.read()))
