@@ -31,7 +31,11 @@ def grammar_text() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    # `cache=True`: lark keeps the analysed grammar in the temp dir (keyed by grammar and
+    # options), which makes every later `ttc` start several times faster.
+    return Lark(
+        grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True
+    )
 
 
 def parse(source: str, file: str = "<string>") -> ast.Module:
