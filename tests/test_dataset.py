@@ -109,26 +109,42 @@ def test_is_correct_normalises_numbers() -> None:
     assert extract("so 7.0", "number") == "7" and is_correct(b, "7")
 
 
+def _arith_input(path: Path, n: int) -> None:
+    rows = [json.loads(x) for x in (REPO / "data" / "arith.jsonl").read_text().splitlines()[:n]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+KILL_CASES = {
+    # 40 chains per item, two items at a time: slow enough that the kill lands mid-run.
+    "sim": ([str(SC), "--sim-task", str(TASK), "--arg", "n=40", "--items", "2"], write_input),
+    "local": ([str(REPO / "programs" / "arith_vote.ttc"), "--backend", "local", "--arg", "n=4"], _arith_input),
+}
+
+
 @pytest.mark.slow
-def test_killed_run_loses_no_finished_item_and_resume_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", [pytest.param("sim"), pytest.param("local", marks=pytest.mark.local)])
+def test_killed_run_loses_no_finished_item_and_resume_completes(case: str, tmp_path: Path) -> None:
     """SIGKILL a dataset run mid-way, resume it: every id exactly once."""
+    if case == "local":
+        pytest.importorskip("llama_cpp", reason="the local extra is not installed")
+    program_args, make_input = KILL_CASES[case]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_input(inp, 40)
-    # 40 chains per item and two items at a time: slow enough that the kill lands mid-run.
-    cmd = [sys.executable, "-m", "ttcdsl.cli", "run", str(SC), "--sim-task", str(TASK), "--seed", "5",
-           "--arg", "n=40", "--items", "2", "--input", str(inp), "--output", str(out)]
+    make_input(inp, 40 if case == "sim" else 12)
+    expected = sorted(str(json.loads(x)["id"]) for x in inp.read_text().splitlines())
+    cmd = [sys.executable, "-m", "ttcdsl.cli", "run", *program_args, "--seed", "5",
+           "--input", str(inp), "--output", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") >= 3):
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
     done_before = len(ids(out))
-    assert 0 < done_before < 40, "the kill should land mid-run"
+    assert 0 < done_before < len(expected), "the kill should land mid-run"
     resume = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300, env={**os.environ})
     assert resume.returncode == 0, resume.stderr
     final = ids(out)
-    assert sorted(final) == sorted(f"q{i}" for i in range(40))
+    assert sorted(final) == expected
     assert len(final) == len(set(final))
