@@ -6,26 +6,33 @@ it, so the default test command never needs SGLang.  Servers are started with `t
 launcher (`ttcdsl.commands.serve`) with the CPU recipe, on 127.0.0.1 and a free port, warmed up,
 and always stopped (the whole process group).
 
+Start-up is most of the tier's time, so the session servers the selected tests need are started
+together as soon as collection ends, and modules that need no server run first while they boot.
+``TTC_SGLANG_URLS="main=URL,incremental=URL,reward=URL"`` uses servers already running instead
+(any subset; the others are started): reruns take seconds while writing tests.
+
 Fixtures:
   ``sglang_url``              session: the URL of the main server (default streaming)
-  ``sglang_server``           session: its `SGLangProcess` (for ``log_tail``)
   ``incremental_url``         session: a server with ``--incremental-streaming-output``
   ``reward_url``              session: SmolLM2 with ``--is-embedding`` (a /classify server)
+  ``sglang_servers``          session: every session server's URL by name
   ``start_sglang``            a factory: ``with start_sglang(name, *extra_args) as url: ...``
                               for any other server, started and stopped around a block
-The session servers the selected tests need are started together, once.
   ``start_router``            a factory: ``with start_router(worker_url) as url: ...``
   ``router_url``              module: a real sglang-router in front of the main server
   ``model_dir``               the converted SmolLM2-135M-Instruct folder
   ``load``                    `ServerLoad`: wait until a server is generating / idle
+Server logs go to a temporary folder, kept (and named in failures) when the session fails.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -33,6 +40,7 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import msgspec
 import pytest
 
 from ttcdsl.commands.serve import SGLangProcess, build_launch, free_port, sglang_home
@@ -66,6 +74,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
+    if reason is None:
+        # Modules that need no server first: they run while the servers boot.
+        needy = {item.nodeid.split("::")[0] for item in items if _needs_server(item)}
+        items.sort(key=lambda item: item.nodeid.split("::")[0] in needy)
 
 
 async def _warm_up(url: str) -> None:
@@ -94,16 +106,22 @@ SERVERS: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 # Which URL fixture needs which server.
 URL_FIXTURES = {"sglang_url": "main", "incremental_url": "incremental", "reward_url": "reward"}
+# Fixtures that start servers of their own (and need the main one).
+SERVER_FIXTURES = {*URL_FIXTURES, "start_sglang", "start_router", "router_url"}
 
 
 def _process(log_dir: Path, name: str, *extra: str) -> SGLangProcess:
     spec = build_launch(str(MODEL), port=free_port(), cpu=True, python=str(PYTHON), extra=extra)
-    return SGLangProcess(spec, log_path=log_dir / f"{name}.log")
+    # One torch thread per server.  With several servers (and other work) on two cores, two
+    # threads per server spin at each op's barrier while the other is descheduled: decoding
+    # measured 1-2 tokens/s with two threads against 10 with one, on the same loaded machine.
+    env = {**spec.env, "OMP_NUM_THREADS": os.environ.get("TTC_SGLANG_THREADS", "1")}
+    return SGLangProcess(msgspec.structs.replace(spec, env=env), log_path=log_dir / f"{name}.log")
 
 
-async def _all_ready(servers: dict[str, SGLangProcess]) -> None:
-    """Wait for every server at once, then warm up the generating ones."""
-    started = time.monotonic()
+async def _all_ready(servers: dict[str, SGLangProcess], started: float) -> None:
+    """Wait for every server at once (``started``: when they were launched, for the log), then
+    warm up the generating ones."""
 
     async def ready(name: str, server: SGLangProcess) -> None:
         try:
@@ -119,18 +137,93 @@ async def _all_ready(servers: dict[str, SGLangProcess]) -> None:
             tg.start_soon(ready, name, server)
 
 
+def _stop_all(servers: dict[str, SGLangProcess]) -> None:
+    for server in servers.values():
+        server.terminate()  # all shut down together, then each is waited for
+    for server in servers.values():
+        server.stop()
+
+
 @contextmanager
 def _running(servers: dict[str, SGLangProcess]) -> Iterator[dict[str, SGLangProcess]]:
     try:
+        started = time.monotonic()
         for server in servers.values():
             server.start()
-        anyio.run(_all_ready, servers)
+        anyio.run(_all_ready, servers, started)
         yield servers
     finally:
-        for server in servers.values():
-            server.terminate()  # all shut down together, then each is waited for
-        for server in servers.values():
-            server.stop()
+        _stop_all(servers)
+
+
+def _given_urls() -> dict[str, str]:
+    """``TTC_SGLANG_URLS="main=URL,reward=URL"``: servers already running (e.g. `ttc serve
+    --cpu`, the reward one with ``-- --is-embedding``) that the session uses instead of starting
+    its own; for quick reruns while writing tests."""
+    given = {}
+    for part in filter(None, os.environ.get("TTC_SGLANG_URLS", "").split(",")):
+        name, _, url = part.partition("=")
+        if name.strip() not in SERVERS or not url.strip():
+            raise pytest.UsageError(
+                f"TTC_SGLANG_URLS: expected NAME=URL with NAME in {', '.join(SERVERS)}, got {part!r}"
+            )
+        given[name.strip()] = url.strip().rstrip("/")
+    return given
+
+
+class _Pool:
+    """The session's servers: started as soon as collection knows which ones the selected tests
+    need (so they boot while server-free tests run), waited for on first use, stopped when the
+    session ends."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.urls = _given_urls()
+        self.log_dir = Path(tempfile.mkdtemp(prefix="ttc-sglang-tier-"))
+        self.processes = {name: _process(self.log_dir, name, *SERVERS[name][0])
+                          for name in sorted(wanted - set(self.urls))}
+        self.urls.update({name: server.url for name, server in self.processes.items()})
+        self.ready = False
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        for server in self.processes.values():
+            server.start()
+
+    def wait(self) -> dict[str, str]:
+        if not self.ready:
+            self.ready = True  # once: a failed start fails the first test that needs it
+            anyio.run(_all_ready, self.processes, self.started)
+        return self.urls
+
+    def stop(self, *, keep_logs: bool) -> None:
+        _stop_all(self.processes)
+        if not keep_logs:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+_POOL = pytest.StashKey[_Pool]()
+
+
+def _needs_server(item: pytest.Item) -> bool:
+    return bool(SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _skip_reason() is not None or session.config.option.collectonly:
+        return
+    names = {f for item in session.items for f in getattr(item, "fixturenames", ())}
+    if not names & SERVER_FIXTURES:
+        return
+    wanted = {URL_FIXTURES[f] for f in names & set(URL_FIXTURES)} | {"main"}
+    pool = session.stash[_POOL] = _Pool(wanted)
+    pool.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    pool = session.stash.get(_POOL, None)
+    if pool is not None:
+        pool.stop(keep_logs=exitstatus != 0)
 
 
 @pytest.fixture(scope="session")
@@ -139,40 +232,36 @@ def model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def sglang_servers(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, SGLangProcess]]:
-    """Every server the selected tests need, started together (a start is mostly single-core
-    imports, so two cores start two servers in the time of one) and stopped at the end."""
-    wanted = {URL_FIXTURES[f] for item in request.session.items
-              for f in getattr(item, "fixturenames", ())
-              if f in URL_FIXTURES} | {"main"}
-    log_dir = tmp_path_factory.mktemp("sglang")
-    servers = {name: _process(log_dir, name, *SERVERS[name][0]) for name in sorted(wanted)}
-    with _running(servers):
-        yield servers
+def sglang_servers(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The URL of every server the selected tests need, by name, once they are ready."""
+    pool = request.session.stash.get(_POOL, None)
+    if pool is None:  # requested without being foreseen at collection (getfixturevalue)
+        pool = request.session.stash[_POOL] = _Pool(set(SERVERS))
+        pool.start()
+    return pool.wait()
+
+
+def _server_url(servers: dict[str, str], name: str) -> str:
+    if name not in servers:
+        pytest.fail(f"the {name} SGLang server was not started for this session", pytrace=False)
+    return servers[name]
 
 
 @pytest.fixture(scope="session")
-def sglang_server(sglang_servers: dict[str, SGLangProcess]) -> SGLangProcess:
-    return sglang_servers["main"]
+def sglang_url(sglang_servers: dict[str, str]) -> str:
+    return _server_url(sglang_servers, "main")
 
 
 @pytest.fixture(scope="session")
-def sglang_url(sglang_server: SGLangProcess) -> str:
-    return sglang_server.url
-
-
-@pytest.fixture(scope="session")
-def incremental_url(sglang_servers: dict[str, SGLangProcess]) -> str:
+def incremental_url(sglang_servers: dict[str, str]) -> str:
     """A server started with ``--incremental-streaming-output`` (delta chunks)."""
-    return sglang_servers["incremental"].url
+    return _server_url(sglang_servers, "incremental")
 
 
 @pytest.fixture(scope="session")
-def reward_url(sglang_servers: dict[str, SGLangProcess]) -> str:
+def reward_url(sglang_servers: dict[str, str]) -> str:
     """SmolLM2 served with ``--is-embedding``: answers /classify like a reward model."""
-    return sglang_servers["reward"].url
+    return _server_url(sglang_servers, "reward")
 
 
 @pytest.fixture(scope="session")
