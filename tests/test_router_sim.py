@@ -19,8 +19,11 @@ What the tests pin down:
   route to the survivor; the run completes.  The survivor starts cold, so the prefixes that
   lived on the dead worker are prefilled again.  The router's health check (every 60 s) plays
   no part.  With a single request in flight the breaker does not open within one request's
-  retries, the router answers HTTP 500, and the backend takes that as permanent: the run fails
-  (a strict xfail below, with the start-up variant of the same defect).
+  retries and the router answers HTTP 500 ``call_upstream_request_error``; the backend takes
+  that as transient in router mode, so the next attempts open the breaker and the run still
+  completes.  Start-up through a router whose ``/get_model_info`` worker is dead fails (the
+  router proxies that route to one worker, without failover, until its health check drops the
+  worker) with a message naming the router's error.
 
 Skipped when ``sglang_router`` is not installed (``pip install sglang-router==0.3.2``, part of
 the ``test`` extra).
