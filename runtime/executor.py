@@ -176,6 +176,7 @@ class _Run:
         self.exhausted = False
         self._tokens: dict[str, list[int]] = {}
         self._tokenizing: dict[str, anyio.Event] = {}
+        self._warming: dict[tuple[int, ...], anyio.Event] = {}
         self._t0 = time.monotonic()
         self._rid = 0
         for s in plan.strategies.values():
@@ -259,11 +260,12 @@ class _Run:
                     for i in range(max(0, times)):
                         ctx.loops = (*outer, i)
                         try:
+                            # Tested before every pass: an early stop spends nothing more.
+                            if st.until is not None and await self.ev(ctx, st.until):
+                                break
                             ret = await self.block(ctx, st.body, tg)
                             if ret is not None:
                                 return ret
-                            if st.until is not None and await self.ev(ctx, st.until):
-                                break
                         finally:
                             ctx.loops = outer
         return None
@@ -619,16 +621,26 @@ class _Run:
         return result
 
     async def warm(self, ctx: _Ctx, n: P.Node, ids: tuple[int, ...]) -> None:
-        """Prefill a prompt before its forks are sent.  Done once per `sample` invocation (not
-        once per run), so which node is charged for it never depends on scheduling; a repeated
-        warm-up of a cached prefix costs the server one cached prefill."""
+        """Prefill a prompt before its forks are sent.  Done once per `sample` invocation (so
+        which node is charged never depends on scheduling); a warm-up of ids already being
+        warmed waits for that one first, so the server prefills them once and the second warm-up
+        is a cache hit."""
         if not ids:
             return
-        result = await self._retrying(
-            n, "warm", "", lambda: self.backend.warm(ids),
-            lambda r: {"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens},
-            {"input_tokens": len(ids)},
-        )
+        pending = self._warming.get(ids)
+        if pending is not None:
+            await pending.wait()
+        event = self._warming[ids] = anyio.Event()
+        try:
+            result = await self._retrying(
+                n, "warm", "", lambda: self.backend.warm(ids),
+                lambda r: {"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens},
+                {"input_tokens": len(ids)},
+            )
+        finally:
+            if self._warming.get(ids) is event:
+                del self._warming[ids]
+            event.set()
         self._account(ctx, n.id, 0, result.prompt_tokens, result.cached_tokens)
 
     async def tokenize(self, ctx: _Ctx, n: P.Node, text: str) -> list[int]:

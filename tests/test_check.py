@@ -421,3 +421,18 @@ def test_generated_programs_check_clean(source: str) -> None:
         check(loads(source))
     except CheckErrors as exc:  # pragma: no cover - shows the program on failure
         raise AssertionError(f"{exc.render()}\n--- program ---\n{source}") from None
+
+
+def test_until_sees_only_names_bound_before_the_loop() -> None:
+    from ttcdsl.compiler import compile_source
+    from ttcdsl.errors import CheckErrors
+
+    src = """strategy s(question: text) {
+    repeat 3 until finished(later) {
+        later = sample 1 from question
+    }
+    return later
+}
+"""
+    with pytest.raises(CheckErrors, match="unknown name 'later'"):
+        compile_source(src, "u.ttc")

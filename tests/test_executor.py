@@ -231,3 +231,45 @@ def test_budget_invariant_holds_for_any_backend_behaviour(src: str, budget: int,
     assert root.violations() == []
     assert b.reported == root.spent == r.usage.completion_tokens <= budget
     assert b.in_flight == 0
+
+
+def test_until_is_tested_before_each_pass_so_an_early_stop_spends_nothing() -> None:
+    src = """
+strategy adaptive(question: text) {
+    chains = sample 2 from question with max_tokens = 10
+    repeat 3 until size(chains) >= 2 {
+        chains = chains + sample 2 from question with max_tokens = 10
+    }
+    return chains
+}
+"""
+    b = ScriptedBackend()
+    r = run(src, b)
+    assert len(b.requests) == 2 and len(r.value.items) == 2
+
+
+def test_until_stops_once_its_condition_holds() -> None:
+    src = """
+strategy grow(question: text) {
+    chains = sample 1 from question with max_tokens = 10
+    repeat 5 until size(chains) >= 3 {
+        chains = chains + sample 1 from question with max_tokens = 10
+    }
+    return chains
+}
+"""
+    b = ScriptedBackend()
+    assert len(run(src, b).value.items) == 3 and len(b.requests) == 3
+
+
+def test_a_callers_logprob_scorer_gets_logprobs_for_a_callees_branches() -> None:
+    src = """
+strategy gen(question: text) {
+    return sample 2 from question with max_tokens = 6
+}
+strategy rank(question: text) {
+    return gen(question) | score with logprob
+}
+"""
+    r = run(src)
+    assert all(b.score == -0.5 for b in r.value.items)

@@ -117,3 +117,25 @@ def test_budgets_hold_for_any_generated_program_on_the_sim(source: str, problem:
     entry = plan.strategy()
     if entry.budget is not None:
         assert r.usage.completion_tokens <= entry.budget
+
+
+def test_concurrent_calls_warming_one_prompt_prefill_it_once() -> None:
+    src = """
+strategy sc(question: text) {
+    return vote (sample 3 from "Q: {question}\\n" with max_tokens = 40) on number
+}
+strategy both(question: text) {
+    a = sc(question)
+    b = sc(question)
+    return vote (sample 2 from "{a} or {b}" with max_tokens = 5) on number
+}
+"""
+    plan = compile_source(src, "t.ttc").plan
+    concurrent, sequential = SimBackend(TASK), SimBackend(TASK)
+    run(plan, {"question": QUESTION}, backend=concurrent, seed=1)
+    run(plan, {"question": QUESTION}, backend=sequential, seed=1, sequential=True)
+    # One warm-up per sample invocation, charged deterministically ...
+    assert concurrent.stats.warm_requests == sequential.stats.warm_requests == 3
+    # ... and the second warm-up of the shared prompt waited for the first, so the server
+    # prefilled exactly what the one-at-a-time reference made it prefill.
+    assert concurrent.stats.prefill_tokens == sequential.stats.prefill_tokens

@@ -227,9 +227,10 @@ class _Checker:
             elif isinstance(st, ast.Repeat):
                 self.expect(st.times, ctx.scope, ("int",), "a repeat count")
                 self.positive_literal(st.times, "a repeat count")
-                self.block(st.body, ctx)
+                # `until` is tested before every pass, so it sees only names bound before the loop.
                 if st.until is not None:
                     self.expect(st.until, ctx.scope, ("bool",), "an `until` condition")
+                self.block(st.body, ctx)
             elif isinstance(st, ast.If):
                 self.expect(st.cond, ctx.scope, ("bool",), "an `if` condition")
                 self.block(st.then, ctx)

@@ -35,10 +35,18 @@ def lower(checked: Checked, entry: str | None = None, args: Mapping[str, Any] | 
     elif entry not in program.strategies:
         names = ", ".join(s.name for s in mains)
         raise UsageError(f"no strategy named '{entry}' in {program.main}; it defines: {names}")
+    # Branches flow between strategies (a callee's samples may be scored by its caller), so
+    # token logprobs are requested everywhere as soon as any strategy scores or prunes by them.
+    logprobs = any(
+        (isinstance(e, ast.Score) and e.scorer.kind == "logprob")
+        or (isinstance(e, ast.Prune) and e.by == "logprob")
+        for s in program.strategies.values()
+        for e in walk_exprs(s.body)
+    )
     next_id = 1
     strategies: dict[str, plan.StrategyPlan] = {}
     for name, s in program.strategies.items():
-        lowered = _StrategyLowering(checked, s, next_id).run()
+        lowered = _StrategyLowering(checked, s, next_id, logprobs).run()
         next_id += len(lowered.nodes)
         strategies[name] = lowered
     result = plan.Plan(entry=entry, strategies=strategies)
@@ -46,18 +54,14 @@ def lower(checked: Checked, entry: str | None = None, args: Mapping[str, Any] | 
 
 
 class _StrategyLowering:
-    def __init__(self, checked: Checked, strategy: ast.Strategy, first_id: int) -> None:
+    def __init__(self, checked: Checked, strategy: ast.Strategy, first_id: int, logprobs: bool) -> None:
         self.checked = checked
         self.s = strategy
         self.nodes: list[plan.Node] = []
         self.next_id = first_id
         assigned = {st.name for st in _all_stmts(strategy.body) if isinstance(st, ast.Assign)}
         self.params = {p.name for p in strategy.params} - assigned
-        self.logprobs = any(
-            (isinstance(e, ast.Score) and e.scorer.kind == "logprob")
-            or (isinstance(e, ast.Prune) and e.by == "logprob")
-            for e in walk_exprs(strategy.body)
-        )
+        self.logprobs = logprobs
 
     def run(self) -> plan.StrategyPlan:
         budget = next((st.tokens for st in self.s.body if isinstance(st, ast.BudgetStmt)), None)

@@ -275,7 +275,8 @@ class Bind(StmtBase, tag="bind", frozen=True):
 
 
 class Repeat(StmtBase, tag="repeat", frozen=True):
-    """Run `body` up to `times` times; stop early once `until` (checked after each pass) holds."""
+    """Run `body` up to `times` times; before each pass, stop if `until` holds (so a loop whose
+    condition already holds runs no pass at all)."""
 
     times: Ref
     until: Ref | None

@@ -553,8 +553,9 @@ def assert_budgets(run: CheckedRun, plan: P.Plan | None = None) -> None:
     assert not problems, "budget invariant broken: " + "; ".join(problems)
     reported, spent, usage = run.backend.reported, run.root.spent, run.result.usage.completion_tokens
     assert reported == spent == usage, f"backend reported {reported}, budgets recorded {spent}, run says {usage}"
-    if plan is not None and plan.strategy().budget is not None:
-        assert usage <= plan.strategy().budget, f"{usage} tokens > strategy budget {plan.strategy().budget}"
+    cap = plan.strategy().budget if plan is not None else None
+    if cap is not None:
+        assert usage <= cap, f"{usage} tokens > strategy budget {cap}"
 
 
 @st.composite
