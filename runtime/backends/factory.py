@@ -56,7 +56,11 @@ def make_backend(opts: BackendOptions) -> Backend:
 
         return SGLangBackend(opts.url, reward_url=opts.reward_url, router=opts.router, timeout=opts.timeout_s)
     if kind == "openai":
-        raise UsageError("the openai backend is not available yet; use --backend sglang with SGLang's native API")
+        raise UsageError(
+            "the openai backend is not available: OpenAI-style completions return no token ids, "
+            "so continuations could not be sent as exact tokens; use --backend sglang (SGLang's "
+            "native API) or --backend local"
+        )
     if opts.url is not None:
         raise UsageError("--url is for --backend sglang; the local backend runs the model in-process")
     from ttcdsl.runtime.backends.local import LocalBackend
