@@ -20,7 +20,7 @@ from ttcdsl.runtime.backends.sglang import SGLangBackend
 pytestmark = pytest.mark.anyio
 
 COUNT = "1, 2, 3,"
-CHAT = "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"
+CHAT = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"  # 7 tokens
 EOS = 2  # <|im_end|>
 
 
@@ -81,9 +81,9 @@ async def test_running_out_of_new_tokens_finishes_length(sglang_url: str) -> Non
 async def test_continuing_from_token_ids_equals_one_greedy_run(sglang_url: str) -> None:
     async with SGLangBackend(sglang_url) as backend:
         prompt = await backend.tokenize(COUNT)
-        first = await backend.generate(req(prompt, greedy(10)))
-        second = await backend.generate(req(prompt + first.output_ids, greedy(10)))
-        whole = await backend.generate(req(prompt, greedy(20)))
+        first = await backend.generate(req(prompt, greedy(6)))
+        second = await backend.generate(req(prompt + first.output_ids, greedy(6)))
+        whole = await backend.generate(req(prompt, greedy(12)))
     assert first.output_ids + second.output_ids == whole.output_ids
     assert first.text + second.text == whole.text
     # The continuation's prompt (prompt + first output) was cached by the first request.

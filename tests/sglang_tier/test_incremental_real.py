@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 CASES = {
     "stop": ("1, 2, 3,", Sampling(max_new_tokens=30, temperature=0.0, stop=(" 6",)), False),
-    "eos": ("<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n",
+    "eos": ("<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n",
             Sampling(max_new_tokens=60, temperature=0.0), False),
     "logprobs": ("1, 2, 3,", Sampling(max_new_tokens=6, temperature=0.0), True),
 }
