@@ -517,7 +517,16 @@ class SGLangBackend:
             payload["return_text_in_logprobs"] = True
         stream = _Stream(server.url, sampling.max_new_tokens, request.logprobs,
                          request.top_logprobs)
-        return await self._run_stream(server, payload, rid, stream)
+        result = await self._run_stream(server, payload, rid, stream)
+        if result.finish == "stop" and isinstance(result.matched, str) and result.output_ids:
+            # SGLang cuts the text right after a matched stop string, even inside a token, while
+            # output_ids keep the whole token: take the text of the ids, so a branch's text and
+            # ids stay in step (when the standalone decoding extends SGLang's text, as it does
+            # for byte-level BPE tokenizers; otherwise SGLang's text is kept).
+            whole = await self.detokenize(result.output_ids)
+            if whole.startswith(result.text) and len(whole) > len(result.text):
+                result.text = whole
+        return result
 
     async def _run_stream(
         self, server: _Server, payload: dict[str, Any], rid: str, stream: _Stream

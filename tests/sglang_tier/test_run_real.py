@@ -153,10 +153,6 @@ strategy cut() {{
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime/backends/sglang.py generate(): SGLang's no_stop_trim cuts the text at the end of "
-    "the matched stop string even inside a token while output_ids keep the whole token, so the "
-    "branch text loses the rest of that token (\"The answ is 4.\")"))
 def test_a_step_string_ending_inside_a_token_loses_no_text(folder: Path, sglang_url: str) -> None:
     # The greedy reply is "The answer is 4." in tokens "The", " answer", ...: the step "nsw" is
     # matched inside " answer".  SGLang cuts its text there ("The answ") but keeps the whole
