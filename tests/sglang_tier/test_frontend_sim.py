@@ -139,7 +139,7 @@ def test_forks_sample_different_first_steps_from_one_cached_prefix(
     steps, metas = forks["steps"], forks["step_meta"]
     assert len(steps) == 3 and len(set(steps)) == 3
     for step, meta in zip(steps, metas, strict=True):
-        assert re.match(r"Step 1 of [3-6]: we now have (42|32|41)\. ", step), step
+        assert re.match(r"Step 1 of [3-6]: we now have (42|32|41)\.", step), step
         assert meta["finish_reason"] == {"type": "stop", "matched": "\n\n"}
         # fork() committed the shared prompt first, so every fork finds it cached.
         assert meta["cached_tokens"] == meta["prompt_tokens"] - 1
