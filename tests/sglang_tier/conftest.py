@@ -196,10 +196,13 @@ class _Pool:
             anyio.run(_all_ready, self.processes, self.started)
         return self.urls
 
-    def stop(self, *, keep_logs: bool) -> None:
+    def stop(self, *, keep_logs: bool) -> str | None:
+        """Stop the servers; return the log folder if it is kept (a failed session)."""
         _stop_all(self.processes)
-        if not keep_logs:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
+        if keep_logs and any(self.log_dir.iterdir()):
+            return str(self.log_dir)
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+        return None
 
 
 _POOL = pytest.StashKey[_Pool]()
@@ -217,13 +220,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     wanted = {URL_FIXTURES[f] for f in names & set(URL_FIXTURES)} | {"main"}
     pool = session.stash[_POOL] = _Pool(wanted)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # A terminated session (CI timeout, `kill`) ends like Ctrl-C: pytest_sessionfinish
+        # still runs and stops the servers, which live in sessions of their own.
+        signal.signal(signal.SIGTERM, _interrupt)
     pool.start()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     pool = session.stash.get(_POOL, None)
-    if pool is not None:
-        pool.stop(keep_logs=exitstatus != 0)
+    kept = pool.stop(keep_logs=exitstatus != 0) if pool is not None else None
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if kept and reporter is not None:
+        reporter.write_line(f"[sglang-tier] server logs kept in {kept}")
 
 
 @pytest.fixture(scope="session")
