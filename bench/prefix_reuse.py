@@ -50,7 +50,7 @@ from ttcdsl.args import bind_args
 from ttcdsl.commands.serve import SGLangProcess, build_launch, free_port, sglang_home
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import TTCError
-from ttcdsl.runtime.backend import Backend, BackendInfo, GenRequest, GenResult, WarmResult
+from ttcdsl.runtime.backend import GenRequest, WarmResult
 from ttcdsl.runtime.backends.recording import RecordingBackend
 from ttcdsl.runtime.backends.sglang import SGLangBackend
 from ttcdsl.runtime.executor import RunOptions, run_plan
@@ -109,37 +109,11 @@ def minimum_prefill(inputs: Sequence[Sequence[int]], outputs: Sequence[Sequence[
 # --- one measured run ---------------------------------------------------------------------------
 
 
-class NoWarmUp:
-    """A backend wrapper that skips the prefix warm-up: the naive client."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-
-    async def __aenter__(self) -> NoWarmUp:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.inner.__aexit__(*exc_info)
-
-    @property
-    def info(self) -> BackendInfo:
-        return self.inner.info
-
-    async def tokenize(self, text: str) -> list[int]:
-        return await self.inner.tokenize(text)
-
-    async def detokenize(self, ids: Sequence[int]) -> str:
-        return await self.inner.detokenize(ids)
+class NoWarmUp(RecordingBackend):
+    """The naive client: records like `RecordingBackend` but never sends the prefix warm-up."""
 
     async def warm(self, input_ids: Sequence[int]) -> WarmResult:
         return WarmResult(prompt_tokens=0, cached_tokens=0)
-
-    async def reward(self, texts: Sequence[str]) -> list[float]:
-        return await self.inner.reward(texts)
-
-    async def generate(self, request: GenRequest) -> GenResult:
-        return await self.inner.generate(request)
 
 
 @dataclass
@@ -160,12 +134,11 @@ async def measure(plan: P.Plan, values: dict[str, Any], url: str, *, warm_up: bo
                   budget: int | None) -> Measured:
     """Run ``plan`` once against the server at ``url`` and count its prefill."""
     out = Measured()
-    recording = RecordingBackend(SGLangBackend(url))
-    backend: Backend = recording if warm_up else NoWarmUp(recording)
+    recording = (RecordingBackend if warm_up else NoWarmUp)(SGLangBackend(url))
     options = RunOptions(seed=seed, budget=budget, trace=out.trace.append)
     try:
-        async with backend:
-            await run_plan(plan, backend, values, options)
+        async with recording:
+            await run_plan(plan, recording, values, options)
     except TTCError as exc:
         out.error = str(exc).splitlines()[0]
         return out
