@@ -27,7 +27,7 @@ import aiohttp
 import anyio
 import msgspec
 
-from ttcdsl.commands.serve import free_port
+from ttcdsl.commands.serve import free_port, signal_group, stop_process_group
 
 __all__ = [
     "ServerFailed",
@@ -99,21 +99,14 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group now (a crash, as far as clients can tell)."""
         if self._proc is not None:
-            _signal_group(self._proc.pid, signal.SIGKILL)
+            signal_group(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the process group, SIGKILL what is left after ``grace`` seconds.  Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
         try:
-            if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=grace)
-            _signal_group(proc.pid, signal.SIGKILL)  # children may outlive the leader
-            proc.wait()
+            if self._proc is not None:
+                stop_process_group(self._proc, grace)
         finally:
             if self._out is not None:
                 self._out.close()
@@ -198,6 +191,3 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
     return anyio.run(fetch)
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)

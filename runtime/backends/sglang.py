@@ -522,9 +522,10 @@ class SGLangBackend:
             # SGLang cuts the text right after a matched stop string, even inside a token, while
             # output_ids keep the whole token: take the text of the ids, so a branch's text and
             # ids stay in step (when the standalone decoding extends SGLang's text, as it does
-            # for byte-level BPE tokenizers; otherwise SGLang's text is kept).
-            whole = await self.detokenize(result.output_ids)
-            if whole.startswith(result.text) and len(whole) > len(result.text):
+            # for byte-level BPE tokenizers; otherwise SGLang's text is kept).  Only a real
+            # detokenize route is used: the generate-based fallback would cost a request a step.
+            whole = await self._detokenize_route(tuple(result.output_ids))
+            if whole is not None and whole.startswith(result.text) and len(whole) > len(result.text):
                 result.text = whole
         return result
 
@@ -620,30 +621,36 @@ class SGLangBackend:
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         key = tuple(ids)
-        cached = self._texts.get(key)
-        if cached is not None:
-            return cached
         if not key:
             return ""
-        server = self._active()
-        text: str | None = None
-        if not self._no_detokenize_route:
-            path = "/v1/detokenize" if server.router else "/detokenize"
-            # Special tokens kept: the text of exactly these ids (chat markers included).
-            body = {"tokens": list(key), "skip_special_tokens": False}
-            answer = await self._post_json(server, path, body, _Text, missing_ok=True)
-            if answer is None:
-                self._no_detokenize_route = True
-            else:
-                text = answer.text
+        text = await self._detokenize_route(key)
         if text is None:
             # Per-token texts joined: exact except for characters split across tokens.
             entries = await self._prompt_logprobs(
-                server, {"input_ids": list(key), "return_text_in_logprobs": True}
+                self._active(), {"input_ids": list(key), "return_text_in_logprobs": True}
             )
             text = "".join(piece or "" for _, _, piece in entries)
-        self._texts.put(key, text)
+            self._texts.put(key, text)
         return text
+
+    async def _detokenize_route(self, key: tuple[int, ...]) -> str | None:
+        """The text of `key` from the server's detokenize route (cached), or None when it has
+        none; never falls back to a generate request."""
+        cached = self._texts.get(key)
+        if cached is not None:
+            return cached
+        if self._no_detokenize_route:
+            return None
+        server = self._active()
+        path = "/v1/detokenize" if server.router else "/detokenize"
+        # Special tokens kept: the text of exactly these ids (chat markers included).
+        body = {"tokens": list(key), "skip_special_tokens": False}
+        answer = await self._post_json(server, path, body, _Text, missing_ok=True)
+        if answer is None:
+            self._no_detokenize_route = True
+            return None
+        self._texts.put(key, answer.text)
+        return answer.text
 
     async def _prompt_logprobs(self, server: _Server, prompt: dict[str, Any]) -> list[_LogprobEntry]:
         """The fallback when a server or router has no tokenizer route: a prefill-only generate

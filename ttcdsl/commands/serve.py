@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 import anyio
@@ -242,21 +242,13 @@ class SGLangProcess:
     def terminate(self) -> None:
         """Ask the process group to exit (SIGTERM) without waiting; `stop` then waits."""
         if self._proc is not None and self._proc.poll() is None:
-            _signal_group(self._proc.pid, signal.SIGTERM)
+            signal_group(self._proc.pid, signal.SIGTERM)
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM the process group, SIGKILL whatever is left after ``grace`` seconds."""
-        proc = self._proc
-        if proc is None:
-            return
         try:
-            if proc.poll() is None:
-                _signal_group(proc.pid, signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=grace)
-            # Children (scheduler, detokenizer) can outlive the leader: clear the group.
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+            if self._proc is not None:
+                stop_process_group(self._proc, grace)
         finally:
             if self._log is not None:
                 self._log.close()
@@ -278,9 +270,21 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to the process group led by `pid` (gone already: nothing to do)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def stop_process_group(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM the process group of `proc`, wait up to `grace` seconds, then SIGKILL whatever
+    is left (children such as SGLang's scheduler can outlive the leader).  Idempotent."""
+    if proc.poll() is None:
+        signal_group(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 # --- the sub-command --------------------------------------------------------------------------
