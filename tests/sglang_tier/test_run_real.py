@@ -297,7 +297,9 @@ def test_prm_scores_come_from_the_reward_server(
     assert "reward" in run.kinds()
     prompt = "Question: What is 2 + 2?\nAnswer:"
     expected = anyio.run(classify, reward_url, [prompt + b["text"] for b in scored])
-    assert [b["score"] for b in scored] == pytest.approx(expected, abs=1e-4)
+    # The reward model runs in bf16 on CPU, where a score depends slightly on which texts share
+    # a batch (seen: 4.9e-4 apart), so the tolerance allows a few bf16 steps, no more.
+    assert [b["score"] for b in scored] == pytest.approx(expected, abs=3e-3)
     assert best["score"] == max(b["score"] for b in scored)
 
 
