@@ -300,11 +300,15 @@ def start_router(tmp_path_factory: pytest.TempPathFactory) -> StartRouter:
     def start(worker_url: str) -> Iterator[str]:
         port, metrics = free_port(), free_port()
         log = tmp_path_factory.mktemp("router") / "router.log"
+        # Everything on loopback: the metrics endpoint too, and the tokenizer download the router
+        # attempts for its workers' model goes to a closed local port instead of a model hub.
         argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-                "--port", str(port), "--prometheus-port", str(metrics),
+                "--port", str(port), "--prometheus-host", "127.0.0.1",
+                "--prometheus-port", str(metrics),
                 "--shutdown-grace-period-secs", "1", "--worker-urls", worker_url]
+        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
         with log.open("wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
