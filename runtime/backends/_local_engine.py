@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ttcdsl.errors import BackendError
-from ttcdsl.runtime.backend import FinishKind
+from ttcdsl.runtime.backend import FinishKind, Sampling
 from ttcdsl.runtime.backends._local_sampling import (
     choose_token,
     log_softmax,
@@ -57,13 +57,7 @@ class Job:
     """One request as the engine sees it (``max_new_tokens == 0`` is a prefill-only warm-up)."""
 
     input_ids: Sequence[int]
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    min_p: float = 0.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+    sampling: Sampling
     logprobs: bool = False
     top_logprobs: int = 0
     # Set from the event loop when the awaiting task is cancelled.
@@ -207,7 +201,7 @@ class LlamaEngine:
         n_in = len(job.input_ids)
         if n_in == 0:
             raise BackendError("cannot generate from an empty prompt (0 input tokens)")
-        if n_in >= self.n_ctx and (job.max_new_tokens > 0 or n_in > self.n_ctx):
+        if n_in >= self.n_ctx and (job.sampling.max_new_tokens > 0 or n_in > self.n_ctx):
             raise BackendError(
                 f"the input ({n_in} tokens) does not fit the local model's context of {self.n_ctx} "
                 "tokens (LocalBackend(n_ctx=...) sets it)"
@@ -219,19 +213,19 @@ class LlamaEngine:
         self.requests += 1
         self.prefilled_tokens += n_in - cached
         self.reused_tokens += cached
-        if job.max_new_tokens <= 0:
+        if job.sampling.max_new_tokens <= 0:
             return self._outcome(job, [], "length", None, cached, None, None)
         return self._decode(job, cached)
 
     def _decode(self, job: Job, cached: int) -> Outcome:
-        rng = make_rng(job.seed)
+        rng = make_rng(job.sampling.seed)
         want_lp = job.logprobs or job.top_logprobs > 0
         out: list[int] = []
         lps: list[float] | None = [] if job.logprobs else None
         tops: list[dict[str, float]] | None = [] if job.top_logprobs > 0 else None
         raw = bytearray()
         text_len = 0  # length of the decodable text so far (stop strings are searched after it)
-        longest_stop = max((len(s) for s in job.stop), default=0)
+        longest_stop = max((len(s) for s in job.sampling.stop), default=0)
         finish: FinishKind = "length"
         matched: str | int | None = None
         logits = self._last_logits()
@@ -242,10 +236,10 @@ class LlamaEngine:
             token = choose_token(
                 logits,
                 rng,
-                temperature=job.temperature,
-                top_p=job.top_p,
-                top_k=job.top_k,
-                min_p=job.min_p,
+                temperature=job.sampling.temperature,
+                top_p=job.sampling.top_p,
+                top_k=job.sampling.top_k,
+                min_p=job.sampling.min_p,
             )
             out.append(token)
             self.generated_tokens += 1
@@ -258,15 +252,15 @@ class LlamaEngine:
             if self._is_eog(token):
                 finish, matched = "eos", token
                 break
-            if job.stop:
+            if job.sampling.stop:
                 raw += self._piece(token)
                 text = raw.decode("utf-8", errors="ignore")
-                hit = _first_stop(text, job.stop, max(0, text_len - longest_stop + 1))
+                hit = _first_stop(text, job.sampling.stop, max(0, text_len - longest_stop + 1))
                 text_len = len(text)
                 if hit is not None:
                     finish, matched = "stop", hit
                     break
-            if len(out) >= job.max_new_tokens:
+            if len(out) >= job.sampling.max_new_tokens:
                 break
             if self._llm.n_tokens >= self.n_ctx:
                 break  # the context is full: "length" with fewer tokens than allowed

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ttcdsl.errors import BackendError, BackendUnavailable, ProtocolViolation, UsageError
-from ttcdsl.runtime.backend import BackendInfo, GenRequest, GenResult, WarmResult
+from ttcdsl.runtime.backend import BackendInfo, GenRequest, GenResult, Sampling, WarmResult
 
 if TYPE_CHECKING:  # the engine needs numpy, which only the `local` extra installs
     from ttcdsl.runtime.backends._local_engine import Job, LlamaEngine, Outcome
@@ -235,7 +235,7 @@ class LocalBackend:
     # -- generation --------------------------------------------------------------------------------
 
     async def warm(self, input_ids: Sequence[int]) -> WarmResult:
-        out = await self._run(self._eng.Job(input_ids=tuple(input_ids), max_new_tokens=0))
+        out = await self._run(self._eng.Job(input_ids=tuple(input_ids), sampling=Sampling(max_new_tokens=0)))
         return WarmResult(prompt_tokens=out.prompt_tokens, cached_tokens=out.cached_tokens)
 
     async def generate(self, request: GenRequest) -> GenResult:
@@ -243,15 +243,7 @@ class LocalBackend:
         if s.max_new_tokens < 0:
             raise BackendError(f"max_new_tokens must be >= 0, got {s.max_new_tokens}")
         job = self._eng.Job(
-            input_ids=request.input_ids,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            min_p=s.min_p,
-            seed=s.seed,
-            stop=s.stop,
-            logprobs=request.logprobs,
+            input_ids=request.input_ids, sampling=s, logprobs=request.logprobs,
             top_logprobs=request.top_logprobs,
         )
         out = await self._run(job)
