@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ttcdsl.args import convert, parse_assignments
+from ttcdsl.bounds import annotate
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import UsageError
 from ttcdsl.lower import to_json
@@ -23,21 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    compiled = compile_file(args.file, args.strategy)
+    plan = compile_file(args.file, args.strategy).plan
     given = parse_assignments(args.arg)
     if given:
         # Partial values are fine here: missing parameters keep their defaults (or stay unknown).
-        entry = compiled.plan.strategy()
+        entry = plan.strategy()
         params = {p.name: p for p in entry.params}
         unknown = [k for k in given if k not in params]
         if unknown:
             raise UsageError(f"strategy '{entry.name}' has no parameter {unknown[0]!r} (its parameters: {', '.join(params)})")
         values = {k: convert(params[k], v) for k, v in given.items()}
-        compiled = compile_file(args.file, args.strategy, values)
+        plan = annotate(plan, values)  # only the static bounds depend on the values
     if args.format == "json":
-        sys.stdout.write(to_json(compiled.plan).decode() + "\n")
+        sys.stdout.write(to_json(plan).decode() + "\n")
     elif args.format == "dot":
-        sys.stdout.write(to_dot(compiled.plan))
+        sys.stdout.write(to_dot(plan))
     else:
-        sys.stdout.write(to_text(compiled.plan))
+        sys.stdout.write(to_text(plan))
     return 0
