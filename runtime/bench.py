@@ -27,7 +27,6 @@ Promises:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 import time
@@ -43,6 +42,7 @@ from ttcdsl.errors import RunError, TTCError, UsageError
 from ttcdsl.runtime.backend import Backend
 from ttcdsl.runtime.dataset import Item, is_correct, item_seed
 from ttcdsl.runtime.executor import RunOptions, run_plan
+from ttcdsl.runtime.seeds import derive_seed
 
 __all__ = [
     "BenchProgram",
@@ -301,8 +301,7 @@ def repeat_seed(seed: int, repeat: int) -> int:
     """The run seed of repeat ``repeat`` (repeat 0 keeps ``seed``)."""
     if repeat == 0:
         return seed
-    digest = hashlib.blake2b(f"{seed}|repeat|{repeat}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+    return derive_seed(seed, "repeat", repeat)
 
 
 async def run_bench(

@@ -17,7 +17,6 @@ Promises:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -34,6 +33,7 @@ from ttcdsl.errors import TTCError, UsageError
 from ttcdsl.runtime.aggregate import extract, normalize_number
 from ttcdsl.runtime.backend import Backend
 from ttcdsl.runtime.executor import RunOptions, run_plan
+from ttcdsl.runtime.seeds import derive_seed
 from ttcdsl.runtime.values import Answer, Branches, RunResult, result_to_json
 
 __all__ = ["DatasetSummary", "Item", "is_correct", "read_items", "run_dataset"]
@@ -128,8 +128,7 @@ def is_correct(value: Any, expected: Any) -> bool:
 
 
 def item_seed(run_seed: int, item_id: str) -> int:
-    digest = hashlib.blake2b(f"{run_seed}|item|{item_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+    return derive_seed(run_seed, "item", item_id)
 
 
 async def run_dataset(

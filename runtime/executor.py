@@ -31,7 +31,6 @@ on the server.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import random
 import time
@@ -57,6 +56,7 @@ from ttcdsl.runtime import aggregate as agg
 from ttcdsl.runtime import semantics as sem
 from ttcdsl.runtime.backend import Backend, GenRequest, GenResult, Sampling
 from ttcdsl.runtime.budget import Budget, Reservation, split
+from ttcdsl.runtime.seeds import derive_seed
 from ttcdsl.runtime.values import (
     Branch,
     Branches,
@@ -386,8 +386,7 @@ class _Run:
 
     def _seed(self, ctx: _Ctx, node: int, fork: int, user_seed: int | None) -> int:
         base = self.seed if user_seed is None else user_seed
-        digest = hashlib.blake2b(f"{base}|{ctx.tag()}|{node}|{fork}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") & 0x7FFFFFFF
+        return derive_seed(base, ctx.tag(), node, fork)
 
     def _branch_id(self, ctx: _Ctx, node: int, fork: int) -> str:
         """E.g. ``n9.3`` (fork 3 of node 9), ``n18@2.5`` (in loop iteration 2), ``c4/n7.0``
