@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,33 @@ class Outcome:
     kv_ids: np.ndarray
 
 
+# Model loading patches a module-level function of llama_cpp (below): one load at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _without_extra_buffer_types(lib: Any) -> Iterator[None]:
+    """Load models without llama.cpp's "extra buffer types" (weight repacking for AMX and other
+    CPU kernels).  On CPUs with Intel AMX the repacked path of the pinned llama.cpp crashes with a
+    segmentation fault at the first decode; plain CPU buffers work everywhere and give the same
+    tokens.  `llama_cpp.Llama` offers no argument for it, so the default model parameters it
+    starts from are wrapped for the duration of the load."""
+    low = lib.llama_cpp
+    original = low.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    with _LOAD_LOCK:
+        low.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = original
+
+
 class LlamaEngine:
     """A loaded GGUF model with one KV sequence; see the module doc.  Not thread-safe except
     through `lock`, which every model-touching method takes."""
@@ -89,15 +117,16 @@ class LlamaEngine:
         self._lib: Any = llama_cpp
         self.lock = threading.Lock()
         self.closing = threading.Event()
-        self._llm: Any = llama_cpp.Llama(
-            model_path=str(model_path),
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            logits_all=False,
-            verbose=False,
-        )
+        with _without_extra_buffer_types(llama_cpp):
+            self._llm: Any = llama_cpp.Llama(
+                model_path=str(model_path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                logits_all=False,
+                verbose=False,
+            )
         self.n_ctx: int = int(self._llm.n_ctx())
         self.n_vocab: int = int(self._llm.n_vocab())
         self._vocab = self._llm._model.vocab
