@@ -64,8 +64,6 @@ class GenRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     rid: str
     input_ids: tuple[int, ...]
     sampling: Sampling
-    # The same sequence as text, for logs, traces and backends that only take text.
-    text: str = ""
     # Report the logprob of every generated token.
     logprobs: bool = False
     # Report the top-k alternatives (decoded text -> logprob) at every generated position.

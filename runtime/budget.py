@@ -93,11 +93,6 @@ class Budget:
                 problems.append(f"{b.name}: children spent {below} > own {b.spent}")
         return problems
 
-    @property
-    def exhausted(self) -> bool:
-        avail = self.available()
-        return avail is not None and avail <= 0
-
 
 @dataclass(eq=False)
 class Reservation:

@@ -1,8 +1,10 @@
 """What values mean at run time, as pure functions the executor calls.
 
 `interpolate` turns any value into prompt text (branches: their best branch's text; answers:
-their value); `arith` and `compare` give the operators their meaning (`/` on two ints is floor
-division; division by zero fails the node); `apply` appends one generation to its branch and
+their value) and `fill` a prompt's parts into text; `arith` and `compare` give the operators their
+meaning (`/` on two ints is floor division; division by zero fails the node); `builtin` gives the
+builtins theirs; `const`, `unbound` and `repeat_count` read constants, report a name read before
+it was bound, and check a loop count; `apply` appends one generation to its branch and
 decides whether the branch is finished (a matched `step` string leaves it open, a stop string,
 EOS, the length limit or a budget cut closes it); `p_yes` reads a judge's one-token verdict.
 """
@@ -10,15 +12,32 @@ EOS, the length limit or a budget cut closes it); `p_yes` reads a judge's one-to
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ttcdsl import plan as P
 from ttcdsl.errors import NodeFailed
 from ttcdsl.runtime import aggregate as agg
 from ttcdsl.runtime.backend import GenResult
+from ttcdsl.runtime.budget import Budget
 from ttcdsl.runtime.values import Answer, Branch, Branches
 
-__all__ = ["apply", "arith", "compare", "interpolate", "p_yes"]
+__all__ = [
+    "UNBOUNDED_BUDGET_LEFT",
+    "apply",
+    "arith",
+    "builtin",
+    "compare",
+    "const",
+    "fill",
+    "interpolate",
+    "p_yes",
+    "repeat_count",
+    "unbound",
+]
+
+# What `budget_left()` says when no level of the budget tree has a cap.
+UNBOUNDED_BUDGET_LEFT = 2**31 - 1
 
 
 def interpolate(value: Any) -> str:
@@ -32,6 +51,53 @@ def interpolate(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(value)
     return str(value)
+
+
+def fill(parts: Sequence[str | P.Ref], values: Iterable[Any]) -> str:
+    """A prompt's text: its literal parts, and the values of its references interpolated."""
+    it = iter(values)
+    return "".join(p if isinstance(p, str) else interpolate(next(it)) for p in parts)
+
+
+def const(n: P.Const) -> Any:
+    """A constant's value (a fresh list, so no step can change the plan's)."""
+    return list(n.value) if isinstance(n.value, list) else n.value
+
+
+def unbound(n: P.Param | P.Var) -> NodeFailed:
+    return NodeFailed(f"'{n.name}' has no value here (was the loop or branch that binds it skipped?)", n.span)
+
+
+def repeat_count(times: Any, st: P.Repeat) -> int:
+    """The number of passes of a `repeat` (a negative count runs none)."""
+    if not isinstance(times, int) or isinstance(times, bool):
+        raise NodeFailed(f"repeat count must be an int, got {times!r}", st.span)
+    return max(0, times)
+
+
+def builtin(name: str, args: list[Any], budget: Budget) -> Any:
+    """The value of builtin `name` applied to evaluated `args` in a frame with `budget`."""
+    match name:
+        case "best":
+            top = agg.best(args[0].items)
+            return Branches([top] if top is not None else [])
+        case "active":
+            return Branches([b for b in args[0].items if not b.finished])
+        case "done":
+            return Branches([b for b in args[0].items if b.finished])
+        case "size":
+            return len(args[0].items)
+        case "finished":
+            return all(b.finished for b in args[0].items)
+        case "agreement":
+            return float(args[0].agreement)
+        case "best_score":
+            scores = [b.score for b in args[0].items if b.score is not None]
+            return max(scores) if scores else 0.0
+        case "budget_left":
+            left = budget.available()
+            return UNBOUNDED_BUDGET_LEFT if left is None else left
+    raise AssertionError(name)
 
 
 def arith(n: P.Arith, a: Any, b: Any) -> Any:

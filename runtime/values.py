@@ -94,12 +94,6 @@ class Usage(msgspec.Struct, kw_only=True):
     cached_tokens: int = 0
     requests: int = 0
 
-    def add(self, other: Usage) -> None:
-        self.completion_tokens += other.completion_tokens
-        self.prompt_tokens += other.prompt_tokens
-        self.cached_tokens += other.cached_tokens
-        self.requests += other.requests
-
 
 class NodeUsage(msgspec.Struct, kw_only=True):
     id: int

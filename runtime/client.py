@@ -1,0 +1,235 @@
+"""The model client: every backend call the runtime makes goes through here.
+
+`ModelClient` owns what is the same for every request, whatever step sends it:
+
+* the capacity limiter: every request in flight holds one slot of one `anyio.CapacityLimiter`;
+* retries: `TransientBackendError` is retried with the capped exponential backoff of
+  `RetryPolicy`; any other `BackendError` fails the node with a `NodeFailed` naming its `.ttc`
+  line (and `ProtocolViolation` says the backend broke the protocol);
+* the trace: one `TraceRecord` per attempt, failed attempts included;
+* usage accounting: completion, prompt and cached tokens and requests, charged to the node, to
+  every call node it runs under, and to the run's total (reward calls included);
+* protocol re-checks: a backend that reports more completion tokens than a request was allowed
+  fails the node, whatever the backend itself checked;
+* single flight: a prompt is tokenized once per run even when many forks ask at once, and a
+  prefix warm-up waits for an identical one already in flight (so the server prefills it once and
+  the second one is a cache hit).
+
+Step semantics (what to send, how results change branches) live in `steps.py`; budgets are
+reserved by the steps and settled here when the backend answers.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from ttcdsl import plan as P
+from ttcdsl.errors import BackendError, NodeFailed, ProtocolViolation, TransientBackendError
+from ttcdsl.runtime.backend import Backend, GenRequest, GenResult
+from ttcdsl.runtime.budget import Reservation
+from ttcdsl.runtime.values import NodeUsage, TraceRecord, Usage
+
+__all__ = ["ModelClient", "RetryPolicy", "SingleFlight", "Stats", "op_name"]
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff for transient backend errors."""
+
+    attempts: int = 5
+    base_s: float = 0.2
+    cap_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
+        if self.base_s < 0 or self.cap_s < self.base_s:
+            raise ValueError(f"RetryPolicy needs 0 <= base_s <= cap_s, got {self.base_s}, {self.cap_s}")
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap_s, self.base_s * 2 ** (attempt - 1))
+
+
+@dataclass
+class Stats:
+    """Usage per step node and in total."""
+
+    nodes: dict[int, NodeUsage] = field(default_factory=dict)
+    total: Usage = field(default_factory=Usage)
+
+    def charge(self, node: int, chain: tuple[int, ...], completion: int = 0, prompt: int = 0,
+               cached: int = 0) -> None:
+        """One request's usage, charged to `node`, every call node in `chain`, and the total."""
+        usages: list[NodeUsage | Usage] = [self.nodes[nid] for nid in (node, *chain)]
+        for usage in (*usages, self.total):
+            usage.completion_tokens += completion
+            usage.prompt_tokens += prompt
+            usage.cached_tokens += cached
+            usage.requests += 1
+
+
+class SingleFlight(Generic[K]):
+    """Keyed de-duplication of concurrent async calls.
+
+    `once` runs ``fn`` at most once per key for the life of the object and hands every caller
+    the same value (the first caller computes it; concurrent callers wait).  `after` runs ``fn``
+    for every caller but never two with the same key at once: a caller waits for the one in
+    flight, then runs its own.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[K, Any] = {}
+        self._pending: dict[K, anyio.Event] = {}
+
+    async def once(self, key: K, fn: Callable[[], Awaitable[T]]) -> T:
+        while key not in self._values:
+            if key in self._pending:
+                await self._pending[key].wait()
+                continue
+            async with self._flight(key):
+                self._values[key] = await fn()
+        value: T = self._values[key]
+        return value
+
+    async def after(self, key: K, fn: Callable[[], Awaitable[T]]) -> T:
+        pending = self._pending.get(key)
+        if pending is not None:
+            await pending.wait()
+        async with self._flight(key):
+            return await fn()
+
+    def _flight(self, key: K) -> _Flight[K]:
+        return _Flight(self._pending, key)
+
+
+class _Flight(Generic[K]):
+    """Marks ``key`` in flight for the body of an ``async with``; always wakes the waiters."""
+
+    def __init__(self, pending: dict[K, anyio.Event], key: K) -> None:
+        self._pending, self._key = pending, key
+        self._event = anyio.Event()
+
+    async def __aenter__(self) -> None:
+        self._pending[self._key] = self._event
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._pending.get(self._key) is self._event:
+            del self._pending[self._key]
+        self._event.set()
+
+
+def op_name(n: P.Node) -> str:
+    """The step's keyword as users write it (`sample`, `score`, ...)."""
+    return n.__class__.__name__.lower()
+
+
+class ModelClient:
+    """The runtime's one way to reach a `Backend` (see the module doc)."""
+
+    def __init__(self, backend: Backend, limiter: anyio.CapacityLimiter, retry: RetryPolicy,
+                 stats: Stats, seed: int, trace: Callable[[TraceRecord], None] | None = None) -> None:
+        self.backend = backend
+        self.limiter = limiter
+        self.retry = retry
+        self.stats = stats
+        self._seed = seed
+        self._trace_sink = trace
+        self._t0 = time.monotonic()
+        self._rid = 0
+        self._tokens: SingleFlight[str] = SingleFlight()
+        self._warming: SingleFlight[tuple[int, ...]] = SingleFlight()
+
+    def new_rid(self) -> str:
+        self._rid += 1
+        return f"ttc-{self._seed:x}-{self._rid}-{random.getrandbits(32):08x}"
+
+    # ---- the calls ----
+
+    async def generate(self, n: P.Node, chain: tuple[int, ...], request: GenRequest,
+                       res: Reservation) -> GenResult:
+        """One generation; settles ``res`` with the completion tokens the backend reported."""
+        limit = request.sampling.max_new_tokens
+        try:
+            result = await self._retrying(
+                n, "generate", request.rid, lambda: self.backend.generate(request),
+                lambda r: {"text": r.text, "finish": r.finish, "completion_tokens": r.completion_tokens,
+                           "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens},
+                {"input_tokens": len(request.input_ids), "max_new_tokens": limit,
+                 "seed": request.sampling.seed},
+            )
+            if result.completion_tokens > limit or result.completion_tokens < 0:
+                raise NodeFailed(
+                    f"{op_name(n)}: the backend broke the protocol: it reported {result.completion_tokens} "
+                    f"completion tokens for a request allowed {limit}", n.span,
+                )
+            res.settle(result.completion_tokens)
+        finally:
+            res.release()
+        self.stats.charge(n.id, chain, result.completion_tokens, result.prompt_tokens, result.cached_tokens)
+        return result
+
+    async def warm(self, n: P.Node, chain: tuple[int, ...], ids: tuple[int, ...]) -> None:
+        """Prefill a prompt before its forks are sent (see `SingleFlight.after`)."""
+        if not ids:
+            return
+        result = await self._warming.after(ids, lambda: self._retrying(
+            n, "warm", "", lambda: self.backend.warm(ids),
+            lambda r: {"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens},
+            {"input_tokens": len(ids)},
+        ))
+        self.stats.charge(n.id, chain, 0, result.prompt_tokens, result.cached_tokens)
+
+    async def tokenize(self, n: P.Node, text: str) -> list[int]:
+        """Token ids of a prompt, asked of the backend once per run (not charged as usage)."""
+        return await self._tokens.once(text, lambda: self._retrying(
+            n, "tokenize", "", lambda: self.backend.tokenize(text), lambda r: {"input_tokens": len(r)}, {}
+        ))
+
+    async def reward(self, n: P.Node, chain: tuple[int, ...], texts: Sequence[str]) -> list[float]:
+        """Reward-model scores, one per text."""
+        values = await self._retrying(n, "reward", "", lambda: self.backend.reward(texts), lambda r: {}, {})
+        if len(values) != len(texts):
+            raise NodeFailed(
+                f"{op_name(n)}: the reward model returned {len(values)} scores for {len(texts)} texts", n.span
+            )
+        self.stats.charge(n.id, chain)
+        return values
+
+    # ---- plumbing ----
+
+    def _trace(self, **fields: Any) -> None:
+        if self._trace_sink is not None:
+            self._trace_sink(TraceRecord(**fields))
+
+    async def _retrying(self, n: P.Node, kind: str, rid: str, fn: Callable[[], Awaitable[T]],
+                        describe: Callable[[T], dict[str, Any]], trace: dict[str, Any]) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            t_start = time.monotonic() - self._t0
+            try:
+                async with self.limiter:
+                    value = await fn()
+            except TransientBackendError as exc:
+                self._trace(kind=kind, node=n.id, rid=rid, attempt=attempt, t_start=t_start,
+                            t_end=time.monotonic() - self._t0, error=str(exc), **trace)
+                if attempt >= self.retry.attempts:
+                    raise NodeFailed(f"{op_name(n)} failed after {attempt} attempts: {exc}", n.span) from None
+                await anyio.sleep(self.retry.delay(attempt))
+                continue
+            except ProtocolViolation as exc:
+                raise NodeFailed(f"{op_name(n)}: the backend broke the protocol: {exc}", n.span) from None
+            except BackendError as exc:
+                raise NodeFailed(f"{op_name(n)} failed: {exc}", n.span) from None
+            self._trace(kind=kind, node=n.id, rid=rid, attempt=attempt, t_start=t_start,
+                        t_end=time.monotonic() - self._t0, **trace, **describe(value))
+            return value
