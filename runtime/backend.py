@@ -18,8 +18,13 @@ Conventions every backend follows:
   ``max_new_tokens`` ran out, ``finish="abort"`` when the server aborted the request.
 * ``completion_tokens`` must never exceed ``max_new_tokens``: a backend that sees its model do so
   raises `ProtocolViolation`; the runtime checks it again.
-* Cancelling the awaiting task must stop the generation on the server (close the stream, abort
-  by rid) and must not leak the request.
+* ``GenRequest.stream`` asks for the tokens as they come (a step that decides mid-generation);
+  without it a backend should use its cheapest path (one non-streamed response).  Either way the
+  result is the same `GenResult`.
+* Cancelling the awaiting task must stop the generation on the server (close the stream or the
+  connection, abort by rid) and must not leak the request.
+* A backend that can send several generations in one round trip also implements
+  `BatchBackend.generate_batch`; the runtime uses it for the forks of a step.
 * Transient failures raise `TransientBackendError` (the runtime retries with backoff); anything
   else raises `BackendError` with a message a user can act on.
 """
@@ -29,16 +34,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, Protocol, runtime_checkable
 
+import anyio
 import msgspec
 
 __all__ = [
     "Backend",
     "BackendInfo",
+    "BatchBackend",
     "FinishKind",
     "GenRequest",
     "GenResult",
     "Sampling",
     "WarmResult",
+    "first_failure",
 ]
 
 FinishKind = Literal["stop", "eos", "length", "abort"]
@@ -68,6 +76,8 @@ class GenRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     logprobs: bool = False
     # Report the top-k alternatives (decoded text -> logprob) at every generated position.
     top_logprobs: int = 0
+    # Stream the generation (only for requests that need a decision mid-generation).
+    stream: bool = False
 
 
 class GenResult(msgspec.Struct, omit_defaults=True):
@@ -136,3 +146,28 @@ class Backend(Protocol):
         score judges its newest step).  Backends without a reward model raise `BackendError`
         saying which flag provides one."""
         ...
+
+
+@runtime_checkable
+class BatchBackend(Backend, Protocol):
+    """A `Backend` that can send several generations in one round trip."""
+
+    @property
+    def batches(self) -> bool:
+        """Whether `generate_batch` sends one round trip right now (e.g. not through a router
+        that rejects batches); when False the runtime sends the requests one by one."""
+        ...
+
+    async def generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """Run the requests as one batch; results in request order.  A failure of the batch
+        raises as `generate` would (the caller retries the whole batch)."""
+        ...
+
+
+def first_failure(group: BaseException) -> BaseException:
+    """The first real error inside an anyio task group's exception group (not the cancellation
+    of its siblings that it caused)."""
+    while isinstance(group, BaseExceptionGroup):
+        inner = [e for e in group.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
+        group = (inner or list(group.exceptions))[0]
+    return group

@@ -13,7 +13,12 @@
   fails the node, whatever the backend itself checked;
 * single flight: a prompt is tokenized once per run even when many forks ask at once, and a
   prefix warm-up waits for an identical one already in flight (so the server prefills it once and
-  the second one is a cache hit).
+  the second one is a cache hit);
+* the lean fork path (`generate_many`): the forks of a step go out in as few round trips as the
+  backend allows.  A `BatchBackend` that batches gets as many forks in one batch request as there
+  are free limiter slots (a batch holds one slot per fork until it returns); the forks left over
+  go one request each as slots free, through at most ``concurrency`` worker tasks, so a waiting
+  fork is a list entry, not an idle task.
 
 Step semantics (what to send, how results change branches) live in `steps.py`; budgets are
 reserved by the steps and settled here when the backend answers.
@@ -23,7 +28,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -31,7 +38,7 @@ import anyio
 
 from ttcdsl import plan as P
 from ttcdsl.errors import BackendError, NodeFailed, ProtocolViolation, TransientBackendError
-from ttcdsl.runtime.backend import Backend, GenRequest, GenResult
+from ttcdsl.runtime.backend import Backend, BatchBackend, GenRequest, GenResult, first_failure
 from ttcdsl.runtime.budget import Reservation
 from ttcdsl.runtime.values import NodeUsage, TraceRecord, Usage
 
@@ -157,46 +164,100 @@ class ModelClient:
     async def generate(self, n: P.Node, chain: tuple[int, ...], request: GenRequest,
                        res: Reservation) -> GenResult:
         """One generation; settles ``res`` with the completion tokens the backend reported."""
-        limit = request.sampling.max_new_tokens
-        try:
-            result = await self._retrying(
-                n, "generate", request.rid, lambda: self.backend.generate(request),
-                lambda r: {"text": r.text, "finish": r.finish, "completion_tokens": r.completion_tokens,
-                           "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens},
-                {"input_tokens": len(request.input_ids), "max_new_tokens": limit,
-                 "seed": request.sampling.seed},
-            )
-            if result.completion_tokens > limit or result.completion_tokens < 0:
-                raise NodeFailed(
-                    f"{op_name(n)}: the backend broke the protocol: it reported {result.completion_tokens} "
-                    f"completion tokens for a request allowed {limit}", n.span,
-                )
-            res.settle(result.completion_tokens)
-        finally:
-            res.release()
-        self.stats.charge(n.id, chain, result.completion_tokens, result.prompt_tokens, result.cached_tokens)
+        (result,) = await self._generations(n, chain, [request], [res], 1,
+                                            lambda: self._one(request))
         return result
+
+    async def generate_many(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                            reservations: Sequence[Reservation]) -> list[GenResult]:
+        """The forks of one step (see the module doc); results in request order."""
+        results: list[GenResult | None] = [None] * len(requests)
+        backend = self.backend
+        batch = 0
+        if (len(requests) > 1 and isinstance(backend, BatchBackend) and backend.batches
+                and not any(r.stream for r in requests)):
+            batch = min(len(requests), int(self.limiter.available_tokens))
+        rest = iter(range(batch if batch > 1 else 0, len(requests)))
+
+        async def batched() -> None:
+            assert isinstance(backend, BatchBackend)
+            part = list(requests[:batch])
+            done = await self._generations(n, chain, part, reservations[:batch], batch,
+                                           lambda: backend.generate_batch(part))
+            results[:batch] = done
+
+        async def worker() -> None:
+            for i in rest:
+                results[i] = await self.generate(n, chain, requests[i], reservations[i])
+
+        workers = min(len(requests) - (batch if batch > 1 else 0), max(1, int(self.limiter.total_tokens)))
+        try:
+            async with anyio.create_task_group() as tg:
+                if batch > 1:
+                    tg.start_soon(batched)
+                for _ in range(workers):
+                    tg.start_soon(worker)
+        except BaseExceptionGroup as group:
+            raise first_failure(group) from None
+        return [r for r in results if r is not None]
+
+    async def _one(self, request: GenRequest) -> list[GenResult]:
+        return [await self.backend.generate(request)]
+
+    async def _generations(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                           reservations: Sequence[Reservation], slots: int,
+                           send: Callable[[], Awaitable[list[GenResult]]]) -> list[GenResult]:
+        """Send generations (one, or a batch holding ``slots`` limiter slots), check what came
+        back against each request's allowance, settle the reservations and charge the usage."""
+        try:
+            results = await self._retrying(
+                n, "generate", [r.rid for r in requests], send,
+                lambda rs: [{"text": r.text, "finish": r.finish, "completion_tokens": r.completion_tokens,
+                             "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens} for r in rs],
+                [{"input_tokens": len(r.input_ids), "max_new_tokens": r.sampling.max_new_tokens,
+                  "seed": r.sampling.seed} for r in requests],
+                slots,
+            )
+            if len(results) != len(requests):
+                raise NodeFailed(f"{op_name(n)}: the backend broke the protocol: it answered "
+                                 f"{len(requests)} requests with {len(results)} results", n.span)
+            for request, result, res in zip(requests, results, reservations):
+                limit = request.sampling.max_new_tokens
+                if result.completion_tokens > limit or result.completion_tokens < 0:
+                    raise NodeFailed(
+                        f"{op_name(n)}: the backend broke the protocol: it reported {result.completion_tokens} "
+                        f"completion tokens for a request allowed {limit}", n.span,
+                    )
+                res.settle(result.completion_tokens)
+        finally:
+            for res in reservations:
+                res.release()
+        for result in results:
+            self.stats.charge(n.id, chain, result.completion_tokens, result.prompt_tokens, result.cached_tokens)
+        return results
 
     async def warm(self, n: P.Node, chain: tuple[int, ...], ids: tuple[int, ...]) -> None:
         """Prefill a prompt before its forks are sent (see `SingleFlight.after`)."""
         if not ids:
             return
         result = await self._warming.after(ids, lambda: self._retrying(
-            n, "warm", "", lambda: self.backend.warm(ids),
-            lambda r: {"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens},
-            {"input_tokens": len(ids)},
+            n, "warm", [""], lambda: self.backend.warm(ids),
+            lambda r: [{"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens}],
+            [{"input_tokens": len(ids)}],
         ))
         self.stats.charge(n.id, chain, 0, result.prompt_tokens, result.cached_tokens)
 
     async def tokenize(self, n: P.Node, text: str) -> list[int]:
         """Token ids of a prompt, asked of the backend once per run (not charged as usage)."""
         return await self._tokens.once(text, lambda: self._retrying(
-            n, "tokenize", "", lambda: self.backend.tokenize(text), lambda r: {"input_tokens": len(r)}, {}
+            n, "tokenize", [""], lambda: self.backend.tokenize(text),
+            lambda r: [{"input_tokens": len(r)}], [{}],
         ))
 
     async def reward(self, n: P.Node, chain: tuple[int, ...], texts: Sequence[str]) -> list[float]:
         """Reward-model scores, one per text."""
-        values = await self._retrying(n, "reward", "", lambda: self.backend.reward(texts), lambda r: {}, {})
+        values = await self._retrying(n, "reward", [""], lambda: self.backend.reward(texts),
+                                      lambda r: [{}], [{}])
         if len(values) != len(texts):
             raise NodeFailed(
                 f"{op_name(n)}: the reward model returned {len(values)} scores for {len(texts)} texts", n.span
@@ -206,22 +267,31 @@ class ModelClient:
 
     # ---- plumbing ----
 
-    def _trace(self, **fields: Any) -> None:
-        if self._trace_sink is not None:
-            self._trace_sink(TraceRecord(**fields))
+    def _trace(self, n: P.Node, kind: str, rids: list[str], attempt: int, t_start: float,
+               fields: list[dict[str, Any]], error: str | None = None) -> None:
+        """One trace record per request of an attempt (a batch has several)."""
+        if self._trace_sink is None:
+            return
+        t_end = time.monotonic() - self._t0
+        for rid, extra in zip(rids, fields):
+            record = TraceRecord(kind=kind, node=n.id, rid=rid, attempt=attempt, t_start=t_start,
+                                 t_end=t_end, **extra)
+            if error is not None:
+                record.error = error
+            self._trace_sink(record)
 
-    async def _retrying(self, n: P.Node, kind: str, rid: str, fn: Callable[[], Awaitable[T]],
-                        describe: Callable[[T], dict[str, Any]], trace: dict[str, Any]) -> T:
+    async def _retrying(self, n: P.Node, kind: str, rids: list[str], fn: Callable[[], Awaitable[T]],
+                        describe: Callable[[T], list[dict[str, Any]]], trace: list[dict[str, Any]],
+                        slots: int = 1) -> T:
         attempt = 0
         while True:
             attempt += 1
             t_start = time.monotonic() - self._t0
             try:
-                async with self.limiter:
+                async with self._slots(slots):
                     value = await fn()
             except TransientBackendError as exc:
-                self._trace(kind=kind, node=n.id, rid=rid, attempt=attempt, t_start=t_start,
-                            t_end=time.monotonic() - self._t0, error=str(exc), **trace)
+                self._trace(n, kind, rids, attempt, t_start, trace, error=str(exc))
                 if attempt >= self.retry.attempts:
                     raise NodeFailed(f"{op_name(n)} failed after {attempt} attempts: {exc}", n.span) from None
                 await anyio.sleep(self.retry.delay(attempt))
@@ -230,6 +300,37 @@ class ModelClient:
                 raise NodeFailed(f"{op_name(n)}: the backend broke the protocol: {exc}", n.span) from None
             except BackendError as exc:
                 raise NodeFailed(f"{op_name(n)} failed: {exc}", n.span) from None
-            self._trace(kind=kind, node=n.id, rid=rid, attempt=attempt, t_start=t_start,
-                        t_end=time.monotonic() - self._t0, **trace, **describe(value))
+            self._trace(n, kind, rids, attempt, t_start,
+                        [{**t, **d} for t, d in zip(trace, describe(value))])
             return value
+
+    @asynccontextmanager
+    async def _slots(self, k: int) -> AsyncIterator[None]:
+        """Hold ``k`` slots of the limiter.  Batches take theirs one at a time under a lock
+        shared by every client of the limiter, so two batches never deadlock each holding part
+        of what they need."""
+        if k == 1:
+            async with self.limiter:
+                yield
+            return
+        held: list[object] = []
+        try:
+            async with _batch_lock(self.limiter):
+                for _ in range(k):
+                    token = object()
+                    await self.limiter.acquire_on_behalf_of(token)
+                    held.append(token)
+            yield
+        finally:
+            for token in held:
+                self.limiter.release_on_behalf_of(token)
+
+
+_BATCH_LOCKS: weakref.WeakKeyDictionary[anyio.CapacityLimiter, anyio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _batch_lock(limiter: anyio.CapacityLimiter) -> anyio.Lock:
+    lock = _BATCH_LOCKS.get(limiter)
+    if lock is None:
+        lock = _BATCH_LOCKS[limiter] = anyio.Lock()
+    return lock

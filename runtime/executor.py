@@ -28,10 +28,10 @@ import anyio
 
 from ttcdsl import plan as P
 from ttcdsl.errors import RunError, TTCError
-from ttcdsl.runtime.backend import Backend
+from ttcdsl.runtime.backend import Backend, first_failure
 from ttcdsl.runtime.budget import Budget
 from ttcdsl.runtime.client import ModelClient, RetryPolicy, Stats, op_name
-from ttcdsl.runtime.interpreter import Interpreter, first_error
+from ttcdsl.runtime.interpreter import Interpreter
 from ttcdsl.runtime.reference import Reference
 from ttcdsl.runtime.steps import RunState
 from ttcdsl.runtime.values import NodeUsage, RunResult, TraceRecord
@@ -96,7 +96,7 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
             raise
         raise RunError(f"the run timed out after {opts.timeout_s:g} s (raise --timeout)") from None
     except BaseExceptionGroup as eg:
-        err = first_error(eg)
+        err = first_failure(eg)
         if isinstance(err, TTCError):
             raise err from None
         raise

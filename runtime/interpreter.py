@@ -31,11 +31,12 @@ import anyio.abc
 from ttcdsl import plan as P
 from ttcdsl.errors import NodeFailed
 from ttcdsl.runtime import semantics as sem
-from ttcdsl.runtime.budget import Budget
+from ttcdsl.runtime.backend import GenRequest, GenResult, first_failure
+from ttcdsl.runtime.budget import Budget, Reservation
 from ttcdsl.runtime.steps import Frame, RunState, run_step
 from ttcdsl.runtime.values import Branches
 
-__all__ = ["Interpreter", "first_error"]
+__all__ = ["Interpreter"]
 
 T = TypeVar("T")
 
@@ -65,14 +66,6 @@ class _Return:
         self.value = value
 
 
-def first_error(group: BaseException) -> BaseException:
-    """anyio task groups raise exception groups; surface the first real error."""
-    while isinstance(group, BaseExceptionGroup):
-        inner = [e for e in group.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
-        group = (inner or list(group.exceptions))[0]
-    return group
-
-
 class Interpreter:
     """Runs strategies of `plan` concurrently (see the module doc)."""
 
@@ -93,8 +86,12 @@ class Interpreter:
                 for i in range(len(thunks)):
                     tg.start_soon(one, i)
         except BaseExceptionGroup as eg:
-            raise first_error(eg) from None
+            raise first_failure(eg) from None
         return results
+
+    async def generate(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                       reservations: Sequence[Reservation]) -> list[GenResult]:
+        return await self.state.client.generate_many(n, chain, requests, reservations)
 
     # ---- frames and statements ----
 
@@ -115,7 +112,7 @@ class Interpreter:
                 # usage does not depend on scheduling.
                 ret = await self._block(frame, s.body, tg)
         except BaseExceptionGroup as eg:
-            raise first_error(eg) from None
+            raise first_failure(eg) from None
         if ret is None:
             raise NodeFailed(f"strategy '{name}' ended without returning a value", s.span)
         return ret.value

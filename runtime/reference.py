@@ -1,7 +1,7 @@
 """The sequential reference interpreter: the oracle for the concurrent one.
 
 It evaluates a plan the plainest way there is: statements in order, a binding evaluated before
-the next statement starts, operands left to right, the forks of a step one after another.  No
+the next statement starts, operands left to right, the forks of a step one after another, one request each.  No
 task groups, no slots, no snapshots: names map to values.  It shares with the concurrent
 interpreter only the meaning of values (`semantics.py`) and of steps (`steps.py`), never its
 scheduling code, so when both give the same results on the same deterministic backend, the
@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 from ttcdsl import plan as P
 from ttcdsl.errors import NodeFailed
 from ttcdsl.runtime import semantics as sem
-from ttcdsl.runtime.budget import Budget
+from ttcdsl.runtime.backend import GenRequest, GenResult
+from ttcdsl.runtime.budget import Budget, Reservation
 from ttcdsl.runtime.steps import Frame, RunState, run_step
 from ttcdsl.runtime.values import Branches
 
@@ -36,6 +37,10 @@ class Reference:
 
     async def gather(self, thunks: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
         return [await t() for t in thunks]
+
+    async def generate(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                       reservations: Sequence[Reservation]) -> list[GenResult]:
+        return [await self.state.client.generate(n, chain, r, res) for r, res in zip(requests, reservations)]
 
     async def call(self, name: str, args: Mapping[str, Any], budget: Budget, key: str,
                    chain: tuple[int, ...]) -> Any:

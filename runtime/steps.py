@@ -34,7 +34,7 @@ from ttcdsl.bounds import DEFAULT_MAX_TOKENS, JUDGE_TOKENS
 from ttcdsl.errors import NodeFailed
 from ttcdsl.runtime import aggregate as agg
 from ttcdsl.runtime import semantics as sem
-from ttcdsl.runtime.backend import GenRequest, Sampling
+from ttcdsl.runtime.backend import GenRequest, GenResult, Sampling
 from ttcdsl.runtime.budget import Budget, Reservation, split
 from ttcdsl.runtime.client import ModelClient, Stats, op_name
 from ttcdsl.runtime.seeds import derive_seed
@@ -102,6 +102,11 @@ class Evaluator(Protocol):
     async def call(self, name: str, args: Mapping[str, Any], budget: Budget, key: str,
                    chain: tuple[int, ...]) -> Any:
         """Run strategy `name` with bound `args` as a new frame and return its value."""
+        ...
+
+    async def generate(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                       reservations: Sequence[Reservation]) -> list[GenResult]:
+        """The generations of one step (each settles its reservation), results in order."""
         ...
 
 
@@ -218,8 +223,9 @@ class _Generation:
 
 async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
                           forks: list[tuple[Branch, int]], settings: dict[str, Any]) -> None:
-    """One request per fork, each continuing its branch's exact tokens; the node's remaining
-    budget is split fairly across the forks (`budget.split`) before any is sent."""
+    """One request per fork, each continuing its branch's exact tokens, sent together through
+    the interpreter (`Evaluator.generate`); the node's remaining budget is split fairly across the
+    forks (`budget.split`) before any is sent."""
     if not forks:
         return
     state = ev.state
@@ -236,21 +242,19 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
             continue
         work.append((branch, fork, tokens, budget.reserve(tokens)))
 
-    def one(branch: Branch, fork: int, tokens: int, res: Reservation) -> Callable[[], Awaitable[None]]:
-        async def go() -> None:
-            sampling = msgspec.structs.replace(
+    requests = [
+        GenRequest(
+            rid=state.client.new_rid(), input_ids=(*branch.prompt_ids, *branch.ids),
+            sampling=msgspec.structs.replace(
                 gen.base, max_new_tokens=tokens, seed=_seed(state, frame, n.id, fork, gen.seed)
-            )
-            request = GenRequest(
-                rid=state.client.new_rid(), input_ids=(*branch.prompt_ids, *branch.ids),
-                sampling=sampling, logprobs=n.logprobs,
-            )
-            result = await state.client.generate(n, frame.chain, request, res)
-            sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
-
-        return go
-
-    await ev.gather([one(*w) for w in work])
+            ),
+            logprobs=n.logprobs,
+        )
+        for branch, fork, tokens, _ in work
+    ]
+    results = await ev.generate(n, frame.chain, requests, [res for *_, res in work])
+    for (branch, _, tokens, _), result in zip(work, results):
+        sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
 
 
 # ---- score and its scorers ----
@@ -305,21 +309,26 @@ async def _judge(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -
     if any(a < JUDGE_TOKENS for a in alloc):
         state.exhausted = True
 
-    def one(i: int, res: Reservation) -> Callable[[], Awaitable[None]]:
-        async def go() -> None:
-            text = "".join(items[i].text if isinstance(p, P.BranchText) else p for p in filled)
-            ids = await state.client.tokenize(n, text)
-            request = GenRequest(
-                rid=state.client.new_rid(), input_ids=tuple(ids),
+    graded = [i for i, a in enumerate(alloc) if a >= JUDGE_TOKENS]
+    reservations = [budget.reserve(alloc[i]) for i in graded]
+    try:
+        texts = ["".join(items[i].text if isinstance(p, P.BranchText) else p for p in filled) for i in graded]
+        ids = await ev.gather([partial(state.client.tokenize, n, text) for text in texts])
+        requests = [
+            GenRequest(
+                rid=state.client.new_rid(), input_ids=tuple(prompt),
                 sampling=Sampling(max_new_tokens=JUDGE_TOKENS, temperature=0.0,
                                   seed=_seed(state, frame, n.id, i, None)),
                 top_logprobs=JUDGE_TOP_LOGPROBS,
             )
-            scores[i] = sem.p_yes(await state.client.generate(n, frame.chain, request, res))
-
-        return go
-
-    await ev.gather([one(i, budget.reserve(a)) for i, a in enumerate(alloc) if a >= JUDGE_TOKENS])
+            for i, prompt in zip(graded, ids)
+        ]
+        results = await ev.generate(n, frame.chain, requests, reservations)
+    finally:
+        for res in reservations:
+            res.release()
+    for i, result in zip(graded, results):
+        scores[i] = sem.p_yes(result)
     return scores
 
 

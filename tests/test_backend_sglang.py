@@ -298,7 +298,7 @@ async def test_generate_sends_exact_ids_sampling_and_a_fresh_rid(fake: FakeSGLan
         await backend.generate(request(sampling=sampling))
     first, second = fake.bodies("/generate")
     assert first["input_ids"] == list(COUNT_IDS)
-    assert first["stream"] is True and "text" not in first
+    assert first["stream"] is False and "text" not in first  # streamed only when asked
     assert first["sampling_params"] == {
         "max_new_tokens": 30, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05,
         "no_stop_trim": True, "stop": [" 6"], "sampling_seed": 7,
@@ -767,3 +767,137 @@ async def test_cancelling_aborts_the_request_in_the_simulator() -> None:
             tg.cancel_scope.cancel()
         await until(lambda: engine.stats.in_flight == 0)
     assert engine.stats.aborted == 1
+
+
+# --- the lean path: plain answers, batches, the stop-inside-a-token repair ------------------------
+
+
+def plain(text: str, ids: list[int], matched: str | int | None = " 6", *, kind: str = "stop",
+          prompt: int = 8, cached: int = 7) -> dict[str, Any]:
+    """A non-streamed /generate answer shaped like SGLang's (21_generate_stop_str)."""
+    finish: dict[str, Any] = {"type": kind, "matched": matched}
+    return {"text": text, "output_ids": ids, "meta_info": {
+        "finish_reason": finish, "prompt_tokens": prompt, "completion_tokens": len(ids),
+        "cached_tokens": cached}}
+
+
+async def test_a_plain_answer_reads_like_the_recorded_one(fake: FakeSGLang) -> None:
+    fake.routes["/generate"] = reply(recorded("21_generate_stop_str"))
+    async with SGLangBackend(fake.url) as backend:
+        result = await backend.generate(request())
+    assert (result.text, result.output_ids, result.finish, result.matched) == (
+        " 4, 5,", [216, 36, 28, 216, 37, 28, 216, 38], "stop", " 6")
+    assert (result.prompt_tokens, result.cached_tokens, result.completion_tokens) == (8, 7, 8)
+
+
+async def test_a_streaming_request_asks_for_a_stream(fake: FakeSGLang) -> None:
+    async with SGLangBackend(fake.url) as backend:
+        streamed = await backend.generate(request(stream=True))
+        fake.routes["/generate"] = json_reply(
+            plain(streamed.text, streamed.output_ids, streamed.matched))
+        whole = await backend.generate(request())
+    first, second = fake.bodies("/generate")
+    assert first["stream"] is True and second["stream"] is False
+    assert (streamed.text, streamed.output_ids) == (whole.text, whole.output_ids)
+
+
+async def test_a_batch_is_one_request_with_per_fork_parameters(fake: FakeSGLang) -> None:
+    answers = [plain(" 4,", [216, 36, 28]), plain(" 4, 5,", [216, 36, 28, 216, 37, 28])]
+    fake.routes["/generate"] = json_reply(answers)
+    forks = [request(sampling=Sampling(max_new_tokens=10 + i, temperature=0.5, seed=100 + i,
+                                       stop=(" 6",)))
+             for i in range(2)]
+    async with SGLangBackend(fake.url) as backend:
+        assert backend.batches
+        results = await backend.generate_batch(forks)
+    (body,) = fake.bodies("/generate")
+    assert body["input_ids"] == [list(COUNT_IDS)] * 2 and body["stream"] is False
+    assert [p["sampling_seed"] for p in body["sampling_params"]] == [100, 101]
+    assert [p["max_new_tokens"] for p in body["sampling_params"]] == [10, 11]
+    assert len(set(body["rid"])) == 2 and "return_logprob" not in body
+    assert [r.text for r in results] == [" 4,", " 4, 5,"]
+
+
+async def test_a_batch_asks_for_logprobs_per_element(fake: FakeSGLang) -> None:
+    fake.routes["/generate"] = json_reply([plain(" 4,", [216, 36, 28])] * 2)
+    async with SGLangBackend(fake.url) as backend:
+        with pytest.raises(BackendError, match="logprobs"):
+            await backend.generate_batch([request(logprobs=True), request()])
+    (body,) = fake.bodies("/generate")
+    assert body["return_logprob"] == [True, False]
+    assert body["logprob_start_len"] == [-1, -1]
+
+
+async def test_a_batch_answer_of_the_wrong_length_breaks_the_protocol(fake: FakeSGLang) -> None:
+    fake.routes["/generate"] = json_reply([plain(" 4,", [216, 36, 28])])
+    async with SGLangBackend(fake.url) as backend:
+        with pytest.raises(ProtocolViolation, match="batch of 2 with 1 results"):
+            await backend.generate_batch([request(), request()])
+
+
+async def test_a_streamed_batch_is_read_by_index(fake: FakeSGLang) -> None:
+    chunks = [dict(plain(" 4, 5,", [216, 36, 28, 216, 37, 28]), index=1),
+              dict(plain(" 4,", [216, 36, 28]), index=0)]
+    fake.routes["/generate"] = fake.stream([msgspec.json.encode(c) for c in chunks] + [b"[DONE]"])
+    async with SGLangBackend(fake.url) as backend:
+        results = await backend.generate_batch([request(), request()])
+    assert [r.text for r in results] == [" 4,", " 4, 5,"]
+
+
+async def test_cancelling_a_batch_aborts_every_rid(fake: FakeSGLang) -> None:
+    started = anyio.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        started.set()
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    fake.routes["/generate"] = hang
+    async with SGLangBackend(fake.url) as backend, anyio.create_task_group() as tg:
+        tg.start_soon(backend.generate_batch, [request(), request(), request()])
+        await started.wait()
+        tg.cancel_scope.cancel()
+    with anyio.fail_after(10):
+        while len(fake.aborted) < 3:
+            await anyio.sleep(0.01)
+    assert sorted(fake.aborted) == sorted(fake.bodies("/generate")[0]["rid"])
+
+
+async def test_through_a_router_a_batch_goes_one_request_per_fork(
+    fake_router: FakeSGLang,
+) -> None:
+    fake_router.routes["/generate"] = json_reply(plain(" 4,", [216, 36, 28]))
+    async with SGLangBackend(fake_router.url) as backend:
+        assert not backend.batches
+        results = await backend.generate_batch([request(), request()])
+    bodies = fake_router.bodies("/generate")
+    assert len(bodies) == 2 and all(isinstance(b["input_ids"][0], int) for b in bodies)
+    assert [r.text for r in results] == [" 4,", " 4,"]
+
+
+def detokenizer(texts: dict[tuple[int, ...], str]) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = msgspec.json.decode(await request.read())
+        return web.json_response({"text": texts[tuple(body["tokens"])]})
+
+    return handler
+
+
+async def test_a_step_string_inside_a_token_gets_the_rest_of_the_token(fake: FakeSGLang) -> None:
+    # SGLang cut "The answer" after the stop string "nsw"; the ids keep the whole " answer".
+    fake.routes["/generate"] = json_reply(plain("The answ", [504, 3575], "nsw"))
+    fake.routes["/detokenize"] = detokenizer({(3575,): " answer", (504, 3575): "The answer"})
+    async with SGLangBackend(fake.url) as backend:
+        result = await backend.generate(request())
+    assert result.text == "The answer"
+
+
+async def test_a_step_ending_on_its_token_costs_no_round_trip_once_the_token_is_known(
+    fake: FakeSGLang,
+) -> None:
+    fake.routes["/generate"] = json_reply(plain("Step one.\n\n", [9, 10, 11], "\n\n"))
+    fake.routes["/detokenize"] = detokenizer({(11,): "\n\n"})
+    async with SGLangBackend(fake.url) as backend:
+        for _ in range(3):
+            assert (await backend.generate(request())).text == "Step one.\n\n"
+    assert fake.bodies("/detokenize") == [{"tokens": [11], "skip_special_tokens": False}]

@@ -12,9 +12,10 @@ What the tests pin down:
   spaces); forks are sent after a warm-up of their exact prefix, so they match it completely and
   land on the worker that prefilled it, and every fork is served from the cache except its last
   prompt token.  The backend detects the router and never posts ``/abort_request``.
-* failover: SIGKILL of the worker serving a run.  Streams it was serving are cut mid-response
-  (the router ends its chunked body early); the backend reports a lost connection
-  (`TransientBackendError`), the executor retries, the router's own retries (5 per request)
+* failover: SIGKILL of the worker serving a run.  Plain requests it held have no answer started,
+  so the router retries them on its own; streams it was serving are cut mid-response (the router
+  ends its chunked body early), the backend reports a lost connection
+  (`TransientBackendError`) and the executor retries.  The router's own retries (5 per request)
   find the dead worker refusing connections until its circuit breaker opens (10 failures), then
   route to the survivor; the run completes.  The survivor starts cold, so the prefixes that
   lived on the dead worker are prefilled again.  The router's health check (every 60 s) plays
@@ -198,10 +199,13 @@ def test_a_worker_killed_with_forks_in_flight_fails_over_and_the_run_completes(
     _finished(done, out, err)
 
     records = _read_trace(trace)
+    # Plain (non-streamed) requests the dead worker held had no answer started, so the router
+    # retries them upstream itself; a request whose answer was under way fails at the client.
+    # Either way every fork of the run finished, and each failed attempt was retried under the
+    # same request id until one succeeded.
     failed = [r for r in records if "error" in r]
-    assert failed, "the killed worker had requests in flight; some attempt must have failed"
-    # Each failed attempt was retried under the same request id and a later attempt succeeded.
     succeeded = {r["rid"] for r in records if r["kind"] == "generate" and "error" not in r}
+    assert len(succeeded) == len({r["rid"] for r in records if r["kind"] == "generate"})
     for r in failed:
         assert r["kind"] == "generate" and "SGLang" in r["error"], r
         assert r["rid"] in succeeded, r

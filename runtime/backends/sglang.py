@@ -5,20 +5,27 @@
 * start-up (``async with``): ``GET /health``, then ``/model_info`` (``/get_model_info`` on older
   servers and on sglang-router); anything unreachable or not SGLang raises `BackendUnavailable`
   with one line naming the URL, what was tried and how to start a server.
-* `generate` streams ``POST /generate`` with the exact ``input_ids``, a fresh ``rid`` per call and
+* `generate` sends ``POST /generate`` with the exact ``input_ids``, a fresh ``rid`` per call and
   ``no_stop_trim`` (the text keeps a matched stop string, so text and ``output_ids`` stay in
-  step).  It reads both stream flavours: cumulative chunks (SGLang's default) and deltas
-  (``--incremental-streaming-output``).  More tokens than ``max_new_tokens`` is a
+  step).  It streams only when the request asks for it (`GenRequest.stream`); otherwise the answer
+  is one JSON object decoded by msgspec, with no per-token work.  It reads whatever the server
+  sends: one object, or a stream in either flavour (cumulative chunks, SGLang's default, or deltas
+  with ``--incremental-streaming-output``).  More tokens than ``max_new_tokens`` is a
   `ProtocolViolation`.
-* cancelling the awaiting task closes the stream (SGLang then aborts the request) and, talking to
-  a server directly, also posts ``/abort_request`` for the rid, shielded and with a short timeout.
+* `generate_batch` sends the forks of a step as one batch request (lists of ``input_ids``,
+  per-fork sampling parameters and seeds, and rids; a JSON list back in order) when talking to a
+  server directly; through a router, which rejects batches, one request per fork.
+* cancelling the awaiting task drops the connection (SGLang then aborts the request: at once for a
+  stream, within its disconnect poll for a plain request) and, talking to a server directly, also
+  posts ``/abort_request`` for every rid, shielded and with a short timeout.
 * errors: HTTP 429/502/503/504, connection resets and stalls raise `TransientBackendError` (the
   caller retries); every other failure raises `BackendError` carrying the server's own message.
 * router mode (``router=True``, or detected because ``GET /workers`` answers, which a SGLang
   worker does not): single-prompt requests only, ``/v1/tokenize`` and ``/v1/embeddings``, no
   ``/abort_request`` (the router has none; closing the stream is the abort).
 
-It never sends batches or ``n``: the runtime forks, and warms a shared prefix first with `warm`.
+It never sends ``n`` (every fork has its own seed): the runtime forks, and warms a shared prefix
+first with `warm`.
 It does not retry: retries belong to the caller.  What real servers send is pinned by the
 recordings in tests/fixtures/sglang/ and checked against the engine by tests/sglang_tier/.
 """
@@ -41,7 +48,14 @@ from ttcdsl.errors import (
     TransientBackendError,
     UsageError,
 )
-from ttcdsl.runtime.backend import BackendInfo, FinishKind, GenRequest, GenResult, WarmResult
+from ttcdsl.runtime.backend import (
+    BackendInfo,
+    FinishKind,
+    GenRequest,
+    GenResult,
+    WarmResult,
+    first_failure,
+)
 from ttcdsl.runtime.backends._http import error_message, iter_sse_data, one_line
 
 __all__ = ["SGLangBackend"]
@@ -91,6 +105,8 @@ class _Chunk(msgspec.Struct):
     output_ids: list[int] | None = None
     meta_info: _Meta | None = None
     error: Any = None
+    # The batch element a streamed chunk belongs to (absent for a single request).
+    index: int | None = None
 
 
 class _ModelInfo(msgspec.Struct):
@@ -121,6 +137,12 @@ class _EmbeddingList(msgspec.Struct):
 
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
+_batch_decoder = msgspec.json.Decoder(list[_Chunk])
+# What SGLang assumes for a batch element that does not ask for logprobs.
+_LOGPROB_DEFAULTS: dict[str, Any] = {
+    "return_logprob": False, "logprob_start_len": -1, "top_logprobs_num": 0,
+    "return_text_in_logprobs": False,
+}
 _info_decoder = msgspec.json.Decoder(_ModelInfo)
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -205,7 +227,8 @@ class _Stream:
         out_lp = meta.output_token_logprobs or []
         out_top = meta.output_top_logprobs or []
         if mode == "cumulative":
-            self.text, self.ids = chunk.text, list(ids)
+            # Each decoded chunk is fresh: keep its lists rather than copying them.
+            self.text, self.ids = chunk.text, ids
             self.logprobs, self.top = list(out_lp), list(out_top)
         else:
             self.text += chunk.text
@@ -227,8 +250,11 @@ class _Stream:
         if total is None:
             # An older server that does not count: SGLang's default is cumulative.
             return self.mode or "cumulative"
-        cumulative = len(ids) == total and ids[: len(self.ids)] == self.ids
-        delta = len(self.ids) + len(ids) == total
+        # Compared by counts and by the last id seen (not the whole list: that would be
+        # quadratic in the output length, chunk after chunk).
+        seen_len = len(self.ids)
+        cumulative = len(ids) == total and len(ids) >= seen_len and ids[seen_len - 1] == self.ids[-1]
+        delta = seen_len + len(ids) == total
         seen: Literal["cumulative", "delta"] | None
         seen = "cumulative" if cumulative else "delta" if delta else None
         if seen is None or (self.mode is not None and seen != self.mode):
@@ -485,57 +511,78 @@ class SGLangBackend:
 
     # -- generation --------------------------------------------------------------------------------
 
+    @property
+    def batches(self) -> bool:
+        """Forks go out as one batch request on a direct server; a router rejects batches."""
+        return not self._active().router
+
     async def generate(self, request: GenRequest) -> GenResult:
         server = self._active()
-        sampling = request.sampling
-        params: dict[str, Any] = {
-            "max_new_tokens": sampling.max_new_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "top_k": sampling.top_k,
-            "min_p": sampling.min_p,
-            # Keep a matched stop string in the text, so text and output_ids stay in step.
-            "no_stop_trim": True,
-        }
-        if sampling.stop:
-            params["stop"] = list(sampling.stop)
-        if sampling.seed is not None:
-            params["sampling_seed"] = sampling.seed
-        rid = _new_rid(request.rid)
+        rid, payload = _payload(request)
+        payload["stream"] = request.stream
+        (result,) = await self._run(server, payload, [rid], [_reader(server.url, request)])
+        return await self._whole_text(result)
+
+    async def generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
+        """The requests as one ``POST /generate`` with lists of ``input_ids``, sampling
+        parameters and rids (one round trip; SGLang answers a JSON list in request order).
+        Through a router, which rejects batches, the requests go one by one concurrently."""
+        if not requests:
+            return []
+        server = self._active()
+        if server.router or len(requests) == 1:
+            results: list[GenResult | None] = [None] * len(requests)
+
+            async def one(i: int) -> None:
+                results[i] = await self.generate(requests[i])
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i in range(len(requests)):
+                        tg.start_soon(one, i)
+            except BaseExceptionGroup as group:
+                raise first_failure(group) from None
+            return [r for r in results if r is not None]
+        parts = [_payload(r) for r in requests]
+        rids = [rid for rid, _ in parts]
         payload: dict[str, Any] = {
-            "input_ids": list(request.input_ids),
-            "sampling_params": params,
-            "rid": rid,
-            "stream": True,
+            "input_ids": [p["input_ids"] for _, p in parts],
+            "sampling_params": [p["sampling_params"] for _, p in parts],
+            "rid": rids,
+            "stream": False,
         }
-        if request.logprobs or request.top_logprobs:
-            payload["return_logprob"] = True
-            # -1: logprobs of the output only; a start inside the prompt would cap prefix reuse.
-            payload["logprob_start_len"] = -1
-        if request.top_logprobs:
-            payload["top_logprobs_num"] = request.top_logprobs
-            payload["return_text_in_logprobs"] = True
-        stream = _Stream(server.url, sampling.max_new_tokens, request.logprobs,
-                         request.top_logprobs)
-        result = await self._run_stream(server, payload, rid, stream)
-        if result.finish == "stop" and isinstance(result.matched, str) and result.output_ids:
-            # SGLang cuts the text right after a matched stop string, even inside a token, while
-            # output_ids keep the whole token: take the text of the ids, so a branch's text and
-            # ids stay in step (when the standalone decoding extends SGLang's text, as it does
-            # for byte-level BPE tokenizers; otherwise SGLang's text is kept).  Only a real
-            # detokenize route is used: the generate-based fallback would cost a request a step.
-            whole = await self._detokenize_route(tuple(result.output_ids))
-            if whole is not None and whole.startswith(result.text) and len(whole) > len(result.text):
-                result.text = whole
+        for key in ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"):
+            if any(key in p for _, p in parts):
+                payload[key] = [p.get(key, _LOGPROB_DEFAULTS[key]) for _, p in parts]
+        readers = [_reader(server.url, r) for r in requests]
+        return [await self._whole_text(r) for r in await self._run(server, payload, rids, readers)]
+
+    async def _whole_text(self, result: GenResult) -> GenResult:
+        """SGLang cuts the text right after a matched stop string, even inside a token, while
+        output_ids keep the whole token.  Repair the text so a branch's text and ids stay in step:
+        when the text ends with the last token's own text nothing was cut (the usual case, and
+        the token's text is cached, so no round trip); otherwise the text is that of all the ids.
+        Only a real detokenize route is used (the generate-based fallback would cost a request a
+        step)."""
+        if result.finish != "stop" or not isinstance(result.matched, str) or not result.output_ids:
+            return result
+        piece = await self._detokenize_route((result.output_ids[-1],))
+        if piece is None or (piece and "\ufffd" not in piece and result.text.endswith(piece)):
+            return result
+        whole = await self._detokenize_route(tuple(result.output_ids))
+        if whole is not None and whole.startswith(result.text) and len(whole) > len(result.text):
+            result.text = whole
         return result
 
-    async def _run_stream(
-        self, server: _Server, payload: dict[str, Any], rid: str, stream: _Stream
-    ) -> GenResult:
+    async def _run(
+        self, server: _Server, payload: dict[str, Any], rids: list[str], readers: list[_Stream]
+    ) -> list[GenResult]:
+        """POST /generate and read the answer, whatever its shape: one JSON object, a JSON list
+        (a batch), or a stream of chunks (with an ``index`` per batch element)."""
         session = self._active_session()
         what = "POST /generate"
         # Until the server has answered, or after it started generating, an interruption leaves
-        # a request to abort; a rejected request (an HTTP error status) leaves none.
+        # requests to abort; a rejected request (an HTTP error status) leaves none.
         pending = True
         resp: aiohttp.ClientResponse | None = None
         try:
@@ -546,16 +593,33 @@ class SGLangBackend:
                 pending = False
                 raise _http_error(server.url, what, resp.status, await resp.read(), server.router)
             if resp.content_type == "application/json":
-                # A server that ignores "stream": one final object.
-                stream.feed(_decode_chunk(server.url, await resp.read()))
+                body = await resp.read()
+                if len(readers) == 1:
+                    readers[0].feed(_decode(server.url, body, _chunk_decoder))
+                else:
+                    chunks = _decode(server.url, body, _batch_decoder)
+                    if len(chunks) != len(readers):
+                        raise ProtocolViolation(
+                            f"SGLang server at {server.url} answered a batch of {len(readers)} "
+                            f"with {len(chunks)} results"
+                        )
+                    for reader, chunk in zip(readers, chunks):
+                        reader.feed(chunk)
             else:
                 async for data in iter_sse_data(resp.content):
                     if data.strip() == b"[DONE]":
                         break
-                    stream.feed(_decode_chunk(server.url, data))
-            result = stream.result()
+                    chunk = _decode(server.url, data, _chunk_decoder)
+                    index = chunk.index or 0
+                    if not 0 <= index < len(readers):
+                        raise ProtocolViolation(
+                            f"SGLang server at {server.url} streamed a chunk for batch element "
+                            f"{index} of {len(readers)}"
+                        )
+                    readers[index].feed(chunk)
+            results = [reader.result() for reader in readers]
             pending = False
-            return result
+            return results
         except TimeoutError:  # first: aiohttp's timeouts are ClientErrors too
             raise _stall_error(server.url, what, self._timeout) from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -567,24 +631,29 @@ class SGLangBackend:
                 else:
                     resp.release()
             if pending:
-                await self._abort(server, rid)
+                await self._abort(server, rids)
 
-    async def _abort(self, server: _Server, rid: str) -> None:
-        """Best-effort ``/abort_request`` after an interrupted request, shielded from the
-        cancellation that caused it.  Closing the stream already aborts on SGLang 0.5, so a
-        failure here is not an error; routers have no such route."""
+    async def _abort(self, server: _Server, rids: list[str]) -> None:
+        """Best-effort ``/abort_request`` for every rid of an interrupted request, shielded from
+        the cancellation that caused it.  Closing the connection already aborts on SGLang 0.5,
+        so a failure here is not an error; routers have no such route."""
         if server.router or self._session is None or self._session.closed:
             return
-        with anyio.move_on_after(self._abort_timeout, shield=True):
+        session = self._session
+
+        async def one(rid: str) -> None:
             try:
-                async with self._session.post(
-                    server.url + "/abort_request",
-                    data=msgspec.json.encode({"rid": rid}),
-                    headers=_JSON,
+                async with session.post(
+                    server.url + "/abort_request", data=msgspec.json.encode({"rid": rid}), headers=_JSON
                 ) as resp:
                     await resp.read()
             except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
+
+        with anyio.move_on_after(self._abort_timeout, shield=True):
+            async with anyio.create_task_group() as tg:
+                for rid in rids:
+                    tg.start_soon(one, rid)
 
     async def warm(self, input_ids: Sequence[int]) -> WarmResult:
         server = self._active()
@@ -593,9 +662,9 @@ class SGLangBackend:
             "input_ids": list(input_ids),
             "sampling_params": {"max_new_tokens": 0},
             "rid": rid,
-            "stream": True,
+            "stream": False,
         }
-        result = await self._run_stream(server, payload, rid, _Stream(server.url, 0, False, 0))
+        (result,) = await self._run(server, payload, [rid], [_Stream(server.url, 0, False, 0)])
         return WarmResult(prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens)
 
     # -- tokens ------------------------------------------------------------------------------------
@@ -758,13 +827,45 @@ def _new_rid(prefix: str) -> str:
     return f"{prefix}-{suffix}" if prefix else suffix
 
 
-def _decode_chunk(url: str, data: bytes) -> _Chunk:
+def _decode(url: str, data: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
     try:
-        return _chunk_decoder.decode(data)
+        return decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ProtocolViolation(
-            f"SGLang server at {url} sent a /generate chunk that is not SGLang's: {exc}"
+            f"SGLang server at {url} sent a /generate answer that is not SGLang's: {exc}"
         ) from None
+
+
+def _payload(request: GenRequest) -> tuple[str, dict[str, Any]]:
+    """The rid and /generate body of one request (without ``stream``)."""
+    sampling = request.sampling
+    params: dict[str, Any] = {
+        "max_new_tokens": sampling.max_new_tokens,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "min_p": sampling.min_p,
+        # Keep a matched stop string in the text, so text and output_ids stay in step.
+        "no_stop_trim": True,
+    }
+    if sampling.stop:
+        params["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        params["sampling_seed"] = sampling.seed
+    rid = _new_rid(request.rid)
+    payload: dict[str, Any] = {"input_ids": list(request.input_ids), "sampling_params": params, "rid": rid}
+    if request.logprobs or request.top_logprobs:
+        payload["return_logprob"] = True
+        # -1: logprobs of the output only; a start inside the prompt would cap prefix reuse.
+        payload["logprob_start_len"] = -1
+    if request.top_logprobs:
+        payload["top_logprobs_num"] = request.top_logprobs
+        payload["return_text_in_logprobs"] = True
+    return rid, payload
+
+
+def _reader(url: str, request: GenRequest) -> _Stream:
+    return _Stream(url, request.sampling.max_new_tokens, request.logprobs, request.top_logprobs)
 
 
 def _connection_error(url: str, what: str, exc: BaseException) -> TransientBackendError:
