@@ -214,8 +214,8 @@ class ModelClient:
                 n, "generate", [r.rid for r in requests], send,
                 lambda rs: [{"text": r.text, "finish": r.finish, "completion_tokens": r.completion_tokens,
                              "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens} for r in rs],
-                [{"input_tokens": len(r.input_ids), "max_new_tokens": r.sampling.max_new_tokens,
-                  "seed": r.sampling.seed} for r in requests],
+                lambda: [{"input_tokens": len(r.input_ids), "max_new_tokens": r.sampling.max_new_tokens,
+                          "seed": r.sampling.seed} for r in requests],
                 slots,
             )
             if len(results) != len(requests):
@@ -243,7 +243,7 @@ class ModelClient:
         result = await self._warming.after(ids, lambda: self._retrying(
             n, "warm", [""], lambda: self.backend.warm(ids),
             lambda r: [{"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens}],
-            [{"input_tokens": len(ids)}],
+            lambda: [{"input_tokens": len(ids)}],
         ))
         self.stats.charge(n.id, chain, 0, result.prompt_tokens, result.cached_tokens)
 
@@ -251,13 +251,13 @@ class ModelClient:
         """Token ids of a prompt, asked of the backend once per run (not charged as usage)."""
         return await self._tokens.once(text, lambda: self._retrying(
             n, "tokenize", [""], lambda: self.backend.tokenize(text),
-            lambda r: [{"input_tokens": len(r)}], [{}],
+            lambda r: [{"input_tokens": len(r)}], lambda: [{}],
         ))
 
     async def reward(self, n: P.Node, chain: tuple[int, ...], texts: Sequence[str]) -> list[float]:
         """Reward-model scores, one per text."""
         values = await self._retrying(n, "reward", [""], lambda: self.backend.reward(texts),
-                                      lambda r: [{}], [{}])
+                                      lambda r: [{}], lambda: [{}])
         if len(values) != len(texts):
             raise NodeFailed(
                 f"{op_name(n)}: the reward model returned {len(values)} scores for {len(texts)} texts", n.span
@@ -270,8 +270,7 @@ class ModelClient:
     def _trace(self, n: P.Node, kind: str, rids: list[str], attempt: int, t_start: float,
                fields: list[dict[str, Any]], error: str | None = None) -> None:
         """One trace record per request of an attempt (a batch has several)."""
-        if self._trace_sink is None:
-            return
+        assert self._trace_sink is not None
         t_end = time.monotonic() - self._t0
         for rid, extra in zip(rids, fields):
             record = TraceRecord(kind=kind, node=n.id, rid=rid, attempt=attempt, t_start=t_start,
@@ -281,9 +280,13 @@ class ModelClient:
             self._trace_sink(record)
 
     async def _retrying(self, n: P.Node, kind: str, rids: list[str], fn: Callable[[], Awaitable[T]],
-                        describe: Callable[[T], list[dict[str, Any]]], trace: list[dict[str, Any]],
-                        slots: int = 1) -> T:
+                        describe: Callable[[T], list[dict[str, Any]]],
+                        trace: Callable[[], list[dict[str, Any]]], slots: int = 1) -> T:
+        """``fn()`` under ``slots`` limiter slots, retried on transient errors.  ``trace`` and
+        ``describe`` give each request's trace fields before and after; they are only called
+        when the run writes a trace."""
         attempt = 0
+        tracing = self._trace_sink is not None
         while True:
             attempt += 1
             t_start = time.monotonic() - self._t0
@@ -291,7 +294,8 @@ class ModelClient:
                 async with self._slots(slots):
                     value = await fn()
             except TransientBackendError as exc:
-                self._trace(n, kind, rids, attempt, t_start, trace, error=str(exc))
+                if tracing:
+                    self._trace(n, kind, rids, attempt, t_start, trace(), error=str(exc))
                 if attempt >= self.retry.attempts:
                     raise NodeFailed(f"{op_name(n)} failed after {attempt} attempts: {exc}", n.span) from None
                 await anyio.sleep(self.retry.delay(attempt))
@@ -300,8 +304,9 @@ class ModelClient:
                 raise NodeFailed(f"{op_name(n)}: the backend broke the protocol: {exc}", n.span) from None
             except BackendError as exc:
                 raise NodeFailed(f"{op_name(n)} failed: {exc}", n.span) from None
-            self._trace(n, kind, rids, attempt, t_start,
-                        [{**t, **d} for t, d in zip(trace, describe(value))])
+            if tracing:
+                self._trace(n, kind, rids, attempt, t_start,
+                            [{**t, **d} for t, d in zip(trace(), describe(value))])
             return value
 
     @asynccontextmanager
@@ -310,8 +315,14 @@ class ModelClient:
         shared by every client of the limiter, so two batches never deadlock each holding part
         of what they need."""
         if k == 1:
-            async with self.limiter:
+            try:
+                self.limiter.acquire_nowait()  # a free slot: no trip through the event loop
+            except anyio.WouldBlock:
+                await self.limiter.acquire()
+            try:
                 yield
+            finally:
+                self.limiter.release()
             return
         held: list[object] = []
         try:

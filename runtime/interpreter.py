@@ -58,6 +58,14 @@ class _Slot:
         await self._event.wait()
         return self._value
 
+    @property
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def value(self) -> Any:
+        return self._value
+
 
 class _Return:
     __slots__ = ("value",)
@@ -166,16 +174,16 @@ class Interpreter:
                 return await slot.get()
             case P.Prompt():
                 refs = [r for r in n.parts if isinstance(r, P.Ref)]
-                return sem.fill(n.parts, await self._all(frame, refs))
+                return sem.fill(n.parts, await self.ev_all(frame, refs))
             case P.ListOf():
-                return [sem.interpolate(v) for v in await self._all(frame, n.items)]
+                return [sem.interpolate(v) for v in await self.ev_all(frame, n.items)]
             case P.Arith():
-                return sem.arith(n, *await self._all(frame, [n.left, n.right]))
+                return sem.arith(n, *await self.ev_all(frame, [n.left, n.right]))
             case P.Union():
-                a, b = await self._all(frame, [n.left, n.right])
+                a, b = await self.ev_all(frame, [n.left, n.right])
                 return Branches([*a.items, *b.items])
             case P.Compare():
-                return sem.compare(n.operator, *await self._all(frame, [n.left, n.right]))
+                return sem.compare(n.operator, *await self.ev_all(frame, [n.left, n.right]))
             case P.Logic():
                 left = bool(await self.ev(frame, n.left))
                 if left == (n.operator == "or"):
@@ -186,8 +194,27 @@ class Interpreter:
             case P.Neg():
                 return -(await self.ev(frame, n.operand))
             case P.Builtin():
-                return sem.builtin(n.name, await self._all(frame, n.args), frame.budget)
+                return sem.builtin(n.name, await self.ev_all(frame, n.args), frame.budget)
         return await run_step(self, frame, n)
 
-    async def _all(self, frame: Frame, refs: Sequence[P.Ref]) -> list[Any]:
-        return await self.gather([partial(self.ev, frame, r) for r in refs])
+    async def ev_all(self, frame: Frame, refs: Sequence[P.Ref]) -> list[Any]:
+        """The values of `refs`, concurrently; constants and names already bound are read in
+        place, so only what must wait gets a task (usually none, or one awaited inline)."""
+        values: list[Any] = [None] * len(refs)
+        later: list[int] = []
+        for i, ref in enumerate(refs):
+            n = frame.nodes[ref.node]
+            if isinstance(n, P.Const):
+                values[i] = sem.const(n)
+                continue
+            if isinstance(n, (P.Param, P.Var)):
+                slot = frame.env.get(n.name)
+                if slot is not None and slot.ready:
+                    values[i] = slot.value
+                    continue
+            later.append(i)
+        if later:
+            done = await self.gather([partial(self.ev, frame, refs[i]) for i in later])
+            for i, value in zip(later, done):
+                values[i] = value
+        return values

@@ -38,6 +38,9 @@ class Reference:
     async def gather(self, thunks: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
         return [await t() for t in thunks]
 
+    async def ev_all(self, frame: Frame, refs: Sequence[P.Ref]) -> list[Any]:
+        return [await self.ev(frame, r) for r in refs]
+
     async def generate(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
                        reservations: Sequence[Reservation]) -> list[GenResult]:
         return [await self.state.client.generate(n, chain, r, res) for r, res in zip(requests, reservations)]

@@ -99,6 +99,10 @@ class Evaluator(Protocol):
         """Run the thunks (concurrently or in order) and return their values in order."""
         ...
 
+    async def ev_all(self, frame: Frame, refs: Sequence[P.Ref]) -> list[Any]:
+        """The values of several plan nodes, in order."""
+        ...
+
     async def call(self, name: str, args: Mapping[str, Any], budget: Budget, key: str,
                    chain: tuple[int, ...]) -> Any:
         """Run strategy `name` with bound `args` as a new frame and return its value."""
@@ -129,12 +133,12 @@ def _count(value: Any, n: P.Node) -> int:
 
 
 async def _both(ev: Evaluator, frame: Frame, a: P.Ref, b: P.Ref) -> list[Any]:
-    return await ev.gather([partial(ev.ev, frame, a), partial(ev.ev, frame, b)])
+    return await ev.ev_all(frame, [a, b])
 
 
 async def _settings(ev: Evaluator, frame: Frame, s: P.Settings) -> dict[str, Any]:
     keys = [k for k in s.__struct_fields__ if getattr(s, k) is not None]
-    values = await ev.gather([partial(ev.ev, frame, getattr(s, k)) for k in keys])
+    values = await ev.ev_all(frame, [getattr(s, k) for k in keys])
     return dict(zip(keys, values))
 
 
@@ -300,7 +304,7 @@ async def _judge(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -
     """The model answers the filled template with one token; the score is P(yes)."""
     template = n.scorer.template or []
     refs = [p for p in template if isinstance(p, P.Ref)]
-    values = iter(await ev.gather([partial(ev.ev, frame, r) for r in refs]))
+    values = iter(await ev.ev_all(frame, refs))
     filled = [p if isinstance(p, (str, P.BranchText)) else sem.interpolate(next(values)) for p in template]
     state = ev.state
     budget = _node_budget(frame, n)
@@ -374,7 +378,7 @@ async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
 
 async def call(ev: Evaluator, frame: Frame, n: P.Call) -> Any:
     names = list(n.args)
-    values = await ev.gather([partial(ev.ev, frame, n.args[k]) for k in names])
+    values = await ev.ev_all(frame, [n.args[k] for k in names])
     budget = frame.budget.child(n.budget, f"call {n.strategy.name}") if n.budget is not None else frame.budget
     with ev.state.measure(n):
         return await ev.call(n.strategy.name, dict(zip(names, values)), budget,
