@@ -11,17 +11,33 @@ Documented orders (tests pin them):
   ties going to the value whose first supporter came first.  ``agreement`` is the winner's share
   of all non-abstaining support (0 when everyone abstains), ``support`` its count or weight.
 * `best` is the highest-scored branch (ties: first); with no scores, the first branch.
+* `settled` is the stopping rule of an anytime vote (`vote ... until ...`), asked each time a
+  branch finishes; `leader_confidence` is its posterior rule.
+* `resample` draws branch indices with replacement in proportion to weights (`weights` turns
+  scores into them), systematically or independently (multinomial).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Sequence
 
 from ttcdsl.runtime.values import Answer, Branch
 
-__all__ = ["aggregate", "best", "extract", "normalize_number", "prune", "vote"]
+__all__ = [
+    "aggregate",
+    "best",
+    "extract",
+    "leader_confidence",
+    "normalize_number",
+    "prune",
+    "resample",
+    "settled",
+    "vote",
+    "weights",
+]
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 _BOXED = "\\boxed{"
@@ -163,3 +179,95 @@ def best(branches: Sequence[Branch]) -> Branch | None:
     if not branches:
         return None
     return _ordered(branches, "score")[0]
+
+
+# ---- anytime voting ----
+
+
+def leader_confidence(leader: int, runner_up: int) -> float:
+    """The posterior probability that the leading answer is more likely than the runner-up,
+    given ``leader`` and ``runner_up`` votes: with a uniform prior, the two answers' relative
+    frequency p has posterior Beta(leader + 1, runner_up + 1), and this is P(p > 1/2).  This is
+    the Beta stopping criterion of Adaptive-Consistency (Aggarwal et al., 2023,
+    arXiv:2305.11860), the one its authors recommend; other answers do not enter it.
+
+    For integer a, b: P(Beta(a, b) <= x) = P(Binomial(a + b - 1, x) >= a), so with
+    n = leader + runner_up + 1 the value is P(Binomial(n, 1/2) <= leader), an exact finite sum.
+    """
+    if leader < 0 or runner_up < 0:
+        raise ValueError("vote counts must be >= 0")
+    n = leader + runner_up + 1
+    # sum_{k <= leader} C(n, k) / 2^n, computed in integers (exact for any count).
+    return sum(math.comb(n, k) for k in range(leader + 1)) / 2**n
+
+
+def settled(answer: Answer, rule: str, threshold: float, min_votes: int) -> bool:
+    """Whether an anytime vote may stop with ``answer`` (the vote over the branches finished so
+    far).  Nothing is settled before ``min_votes`` branches voted (abstentions do not count).
+    ``agreement``: the leader's share of the votes is at least ``threshold``.  ``confidence``:
+    `leader_confidence` of the two leading counts is at least ``threshold``."""
+    counts = sorted(answer.votes.values(), reverse=True)
+    if answer.value is None or sum(counts) < min_votes:
+        return False
+    if rule == "agreement":
+        return answer.agreement >= threshold
+    if rule == "confidence":
+        runner_up = counts[1] if len(counts) > 1 else 0.0
+        return leader_confidence(round(counts[0]), round(runner_up)) >= threshold
+    raise ValueError(f"unknown stopping rule {rule!r}")
+
+
+# ---- resampling ----
+
+
+def weights(branches: Sequence[Branch], temperature: float | None) -> list[float]:
+    """Resampling weights from scores.  With a ``temperature``: softmax(score / temperature).
+    Without: the scores themselves (negative ones count as 0).  Unscored branches weigh 0; when
+    no branch has a positive weight, all weigh the same."""
+    scores = [b.score for b in branches]
+    known = [s for s in scores if s is not None]
+    if temperature is not None:
+        if temperature <= 0:
+            raise ValueError("the softmax temperature must be > 0")
+        top = max(known, default=0.0)
+        raw = [0.0 if s is None else math.exp((s - top) / temperature) for s in scores]
+    else:
+        raw = [0.0 if s is None else max(0.0, s) for s in scores]
+    total = sum(raw)
+    if total <= 0 or not math.isfinite(total):
+        return [1.0 / len(branches)] * len(branches) if branches else []
+    return [w / total for w in raw]
+
+
+def resample(probabilities: Sequence[float], n: int, method: str, rng: random.Random) -> list[int]:
+    """``n`` indices drawn with replacement with the given probabilities (which sum to 1), in
+    ascending order.  ``systematic``: one uniform offset u in [0, 1/n) and the points
+    u + i/n, each taking the index whose cumulative-probability interval contains it (every
+    index is drawn floor(n p) or ceil(n p) times: low variance).  ``multinomial``: n independent
+    draws."""
+    if n < 0:
+        raise ValueError("the number of draws must be >= 0")
+    if n == 0 or not probabilities:
+        return []
+    cumulative: list[float] = []
+    running = 0.0
+    for p in probabilities:
+        running += p
+        cumulative.append(running)
+    # Rounding can leave the sum just under 1: the last index with any probability takes the rest.
+    last = max(i for i, p in enumerate(probabilities) if p > 0) if running > 0 else len(cumulative) - 1
+    cumulative[last] = float("inf")
+    if method == "systematic":
+        offset = rng.random() / n
+        points = [offset + i / n for i in range(n)]
+    elif method == "multinomial":
+        points = sorted(rng.random() for _ in range(n))
+    else:
+        raise ValueError(f"unknown resampling method {method!r}")
+    out: list[int] = []
+    j = 0
+    for point in points:
+        while cumulative[j] <= point:
+            j += 1
+        out.append(j)
+    return out

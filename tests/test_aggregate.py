@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import math
+import random
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ttcdsl.runtime.aggregate import aggregate, best, extract, normalize_number, prune, vote
+from ttcdsl.runtime.aggregate import (
+    aggregate,
+    best,
+    extract,
+    leader_confidence,
+    normalize_number,
+    prune,
+    resample,
+    settled,
+    vote,
+    weights,
+)
 from ttcdsl.runtime.values import Branch
 
 
@@ -123,3 +138,82 @@ def test_best_is_highest_score_else_first() -> None:
     assert best([a, b]) is b
     assert best([br(bid="x"), br(bid="y")]).id == "x"  # type: ignore[union-attr]
     assert best([]) is None
+
+
+# --- anytime voting: the stopping rules ------------------------------------------------------------
+
+
+def _beta_tail_numeric(a: int, b: int, steps: int = 20000) -> float:
+    """P(X > 1/2) for X ~ Beta(a, b), by the midpoint rule (an independent check)."""
+    norm = math.gamma(a) * math.gamma(b) / math.gamma(a + b)
+    h = 0.5 / steps
+    return sum(((0.5 + (i + 0.5) * h) ** (a - 1)) * ((0.5 - (i + 0.5) * h) ** (b - 1))
+               for i in range(steps)) * h / norm
+
+
+@given(st.integers(0, 30), st.integers(0, 30))
+def test_leader_confidence_is_the_beta_posterior_tail(leader: int, runner_up: int) -> None:
+    exact = leader_confidence(leader, runner_up)
+    assert exact == pytest.approx(_beta_tail_numeric(leader + 1, runner_up + 1), abs=1e-6)
+    assert exact + leader_confidence(runner_up, leader) == pytest.approx(1.0)
+    assert leader_confidence(leader + 1, runner_up) > exact
+
+
+def test_leader_confidence_known_values() -> None:
+    assert leader_confidence(0, 0) == 0.5
+    assert leader_confidence(3, 0) == 1 - 0.5**4  # Beta(4, 1): P(X > 1/2) = 1 - (1/2)^4
+    assert leader_confidence(10, 10) == 0.5
+
+
+def test_settled_waits_for_min_votes_and_ignores_abstentions() -> None:
+    votes = vote([br("The answer is 4"), br("no number"), br("so 4")], "number")
+    assert not settled(votes, "agreement", 0.9, min_votes=3)
+    assert settled(votes, "agreement", 0.9, min_votes=2)
+    split = vote([br("4"), br("5"), br("4")], "number")
+    assert not settled(split, "agreement", 0.7, min_votes=1)
+    assert settled(split, "agreement", 0.6, min_votes=1)
+    assert settled(vote([br("4")] * 5, "number"), "confidence", 0.95, min_votes=1)
+    assert not settled(vote([br("4")] * 3, "number"), "confidence", 0.95, min_votes=1)
+    assert not settled(vote([br("none")], "number"), "agreement", 0.0, min_votes=0)
+
+
+# --- resampling ----------------------------------------------------------------------------------
+
+probabilities = st.lists(st.floats(0, 10), min_size=1, max_size=12).filter(lambda w: sum(w) > 0).map(
+    lambda w: [x / sum(w) for x in w])
+
+
+@given(probabilities, st.integers(0, 64), st.integers(0, 2**32))
+def test_systematic_resampling_draws_each_index_floor_or_ceil_of_its_share(
+    probs: list[float], n: int, seed: int
+) -> None:
+    drawn = resample(probs, n, "systematic", random.Random(seed))
+    assert len(drawn) == n and drawn == sorted(drawn)
+    for i, p in enumerate(probs):
+        # floor(n p) or ceil(n p) copies: never a whole copy away from its share.
+        assert abs(drawn.count(i) - n * p) < 1 + 1e-6
+
+
+@given(probabilities, st.integers(0, 64), st.integers(0, 2**32))
+def test_multinomial_resampling_never_draws_an_impossible_index(
+    probs: list[float], n: int, seed: int
+) -> None:
+    drawn = resample(probs, n, "multinomial", random.Random(seed))
+    assert len(drawn) == n and drawn == sorted(drawn)
+    assert all(probs[i] > 0 for i in drawn)
+
+
+def test_multinomial_resampling_follows_the_probabilities() -> None:
+    drawn = resample([0.2, 0.8], 20000, "multinomial", random.Random(7))
+    assert drawn.count(1) / 20000 == pytest.approx(0.8, abs=0.02)
+
+
+def test_weights_from_scores() -> None:
+    branches = [br(score=1.0), br(score=3.0), br(score=None), br(score=-1.0)]
+    assert weights(branches, None) == [0.25, 0.75, 0.0, 0.0]
+    soft = weights(branches, 1.0)
+    assert soft[2] == 0.0 and sum(soft) == pytest.approx(1.0)
+    assert soft[1] / soft[0] == pytest.approx(math.e**2)
+    assert weights([br(), br()], None) == [0.5, 0.5]
+    with pytest.raises(ValueError, match="temperature"):
+        weights(branches, 0.0)
