@@ -822,10 +822,13 @@ async def test_a_batch_asks_for_logprobs_per_element(fake: FakeSGLang) -> None:
     fake.routes["/generate"] = json_reply([plain(" 4,", [216, 36, 28])] * 2)
     async with SGLangBackend(fake.url) as backend:
         with pytest.raises(BackendError, match="logprobs"):
-            await backend.generate_batch([request(logprobs=True), request()])
+            await backend.generate_batch([request(logprobs=True), request(top_logprobs=3)])
     (body,) = fake.bodies("/generate")
-    assert body["return_logprob"] == [True, False]
+    assert body["return_logprob"] == [True, True]
     assert body["logprob_start_len"] == [-1, -1]
+    assert body["top_logprobs_num"] == [0, 3]
+    # One flag for the whole batch: SGLang 0.5.23 rejects a list here (the real-engine tier).
+    assert body["return_text_in_logprobs"] is True
 
 
 async def test_a_batch_answer_of_the_wrong_length_breaks_the_protocol(fake: FakeSGLang) -> None:

@@ -141,7 +141,6 @@ _batch_decoder = msgspec.json.Decoder(list[_Chunk])
 # What SGLang assumes for a batch element that does not ask for logprobs.
 _LOGPROB_DEFAULTS: dict[str, Any] = {
     "return_logprob": False, "logprob_start_len": -1, "top_logprobs_num": 0,
-    "return_text_in_logprobs": False,
 }
 _info_decoder = msgspec.json.Decoder(_ModelInfo)
 _K = TypeVar("_K")
@@ -551,9 +550,12 @@ class SGLangBackend:
             "rid": rids,
             "stream": False,
         }
-        for key in ("return_logprob", "logprob_start_len", "top_logprobs_num", "return_text_in_logprobs"):
+        for key in ("return_logprob", "logprob_start_len", "top_logprobs_num"):
             if any(key in p for _, p in parts):
                 payload[key] = [p.get(key, _LOGPROB_DEFAULTS[key]) for _, p in parts]
+        # A single flag for the whole batch (SGLang 0.5.23 rejects a list here).
+        if any(p.get("return_text_in_logprobs") for _, p in parts):
+            payload["return_text_in_logprobs"] = True
         readers = [_reader(server.url, r) for r in requests]
         return [await self._whole_text(r) for r in await self._run(server, payload, rids, readers)]
 
