@@ -201,6 +201,35 @@ class ModelClient:
             raise first_failure(group) from None
         return [r for r in results if r is not None]
 
+    async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                             reservations: Sequence[Reservation],
+                             enough: Callable[[int, GenResult], bool]) -> list[GenResult | None]:
+        """The forks of an anytime step: one request each (no batch, so each result arrives as
+        its generation ends), ``enough(i, result)`` asked after every result; once it says yes,
+        every request still running is cancelled (the backend aborts it on the server) and
+        every reservation not settled is refunded at every level.  Results in request order,
+        None for a request aborted or never sent."""
+        results: list[GenResult | None] = [None] * len(requests)
+        pending = iter(range(len(requests)))
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def worker() -> None:
+                    for i in pending:
+                        results[i] = result = await self.generate(n, chain, requests[i], reservations[i])
+                        if enough(i, result):
+                            tg.cancel_scope.cancel()
+                            return
+
+                for _ in range(min(len(requests), max(1, int(self.limiter.total_tokens)))):
+                    tg.start_soon(worker)
+        except BaseExceptionGroup as group:
+            raise first_failure(group) from None
+        finally:
+            for res in reservations:
+                res.release()
+        return results
+
     async def _one(self, request: GenRequest) -> list[GenResult]:
         return [await self.backend.generate(request)]
 
