@@ -1,7 +1,7 @@
 """Stage 3 (`ttcdsl.lower` -> `ttcdsl.plan`): golden plans for every core form, what lowering
 makes of names, prompts, `+` and defaults, and that plans round-trip through JSON.
 
-Golden files: `tests/fixtures/plans/NAME.ttc` -> `NAME.plan.json` (`ttcdsl.lower.to_json` of the
+Golden files: `tests/fixtures/plans/NAME.ttc` -> `NAME.plan.json` (`ttcdsl.plan.to_json` of the
 plan compiled from inside that folder, so spans read `NAME.ttc`).  After an intended change,
 regenerate them with
 
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from ttcdsl import plan as P
 from ttcdsl.compiler import compile_file, compile_source
 from ttcdsl.errors import UsageError
-from ttcdsl.lower import to_json
+from ttcdsl.plan import to_json
 from ttcdsl.testing import programs
 
 PLANS = Path(__file__).resolve().parent / "fixtures" / "plans"

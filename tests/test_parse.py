@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ttcdsl import ast
 from ttcdsl.compiler import compile_source
 from ttcdsl.errors import CheckErrors, TTCSyntaxError
-from ttcdsl.parse import MAX_DEPTH, dedent_triple, parse, parse_template
+from ttcdsl.parse import MAX_DEPTH, dedent_triple, parse
 from ttcdsl.testing import grammar_programs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def test_strings_keep_interpolations_and_literal_braces_raw() -> None:
     (ret,) = body('strategy s(q: text) { return "{q} {{x}} \\"y\\" \\\\ \\n" }')
     assert isinstance(ret, ast.Return)
     assert ret.value == ast.StrLit('{q} {{x}} "y" \\ \n')
-    assert parse_template('{q} {{x}}') == [("q", 0), " {x}"]
+    assert ret.value.template == ast.Template((ast.Interp("q", 0), ' {x} "y" \\ \n'))
 
 
 def test_calls_keep_positional_keyword_arguments_and_call_budget() -> None:

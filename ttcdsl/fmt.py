@@ -37,6 +37,7 @@ from lark import Lark, Token
 from ttcdsl import ast
 from ttcdsl.parse import dedent_triple, grammar_text, parse, unescape
 from ttcdsl.span import NO_SPAN
+from ttcdsl.vocabulary import SCORERS
 
 __all__ = ["INDENT", "format_module", "format_source"]
 
@@ -699,6 +700,6 @@ def _budget_parts(budget: int | None, clause_before: bool, optional: str) -> lis
 
 
 def _scorer(s: ast.Scorer) -> str:
-    if s.kind in ("judge", "verifier"):
+    if SCORERS[s.kind].argument is not None:
         return f"{s.kind}({_one_line(s.arg or '')})"
     return s.kind
