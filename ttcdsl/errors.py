@@ -36,7 +36,6 @@ __all__ = [
     "TTCSyntaxError",
     "TransientBackendError",
     "UsageError",
-    "render_at",
 ]
 
 
@@ -60,10 +59,10 @@ class SourceError(TTCError):
 
     def render(self) -> str:
         """`FILE:LINE:COL: error: MESSAGE`, then the source line and a caret under the column."""
-        return render_at(self.span, self.source, self.severity, self.message)
+        return _render_at(self.span, self.source, self.severity, self.message)
 
 
-def render_at(span: Span, source: str | None, severity: str, message: str) -> str:
+def _render_at(span: Span, source: str | None, severity: str, message: str) -> str:
     """How every error with a place is shown: `FILE:LINE:COL: SEVERITY: MESSAGE`, then (when the
     source text is known) the line, indented, and carets under the span's part of it."""
     head = f"{span}: {severity}: {message}"
@@ -131,7 +130,7 @@ class NodeFailed(RunError):
     def render(self) -> str:
         if self.span is None:
             return f"error: {self.message}"
-        return render_at(self.span, self.source, "error", self.message)
+        return _render_at(self.span, self.source, "error", self.message)
 
 
 class BackendError(TTCError):
