@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 from lark import Lark, Token
 
@@ -441,7 +441,7 @@ class _Formatter:
         head = value
         while _piped(head):
             chain.append(head)
-            head = head.branches  # type: ignore[union-attr]
+            head = head.branches
         indent = len(prefix) - len(prefix.lstrip(" "))
         if not chain:
             return _wrap(prefix + self.sub(value, _PIPE, follow).text, indent)
@@ -510,7 +510,7 @@ class _Formatter:
                 return _Out(f"-{sep}{operand.text}", _FACTOR, operand.absorbs)
             case ast.Sample() | ast.Expand() | ast.Score() | ast.Prune() | ast.Vote():
                 if _piped(e):
-                    left = self.sub(e.branches, _PIPE, frozenset({"|"}))  # type: ignore[union-attr]
+                    left = self.sub(e.branches, _PIPE, frozenset({"|"}))
                     step = self.pipe_step(e, follow)
                     return _Out(f"{left.text} | {step.text}", _PIPE, step.absorbs)
                 return self.seq(_step_parts(e, with_input=True), follow, _ATOM)
@@ -629,7 +629,7 @@ def _first_token(part: Any) -> str:
     return "STRING" if word.startswith('"') else word
 
 
-def _piped(e: ast.Expr) -> bool:
+def _piped(e: ast.Expr) -> TypeGuard[ast.Expand | ast.Score | ast.Prune | ast.Vote]:
     return isinstance(e, (ast.Expand, ast.Score, ast.Prune, ast.Vote)) and e.piped
 
 

@@ -26,6 +26,8 @@ from ttcdsl.vocabulary import (
     JUDGE_BRANCH,
     PRUNE_NEEDS_LOGPROBS,
     SCORERS,
+    VALUE_TYPES,
+    ValueType,
 )
 
 __all__ = ["lower"]
@@ -86,7 +88,7 @@ class _StrategyLowering:
             nodes=self.nodes,
             body=body,
             span=self.s.span,
-            returns=self.checked.returns.get(self.s.name, "branches"),  # type: ignore[arg-type]
+            returns=_value_type(self.checked.returns.get(self.s.name, "branches")),
             budget=budget,
         )
 
@@ -222,6 +224,13 @@ class _StrategyLowering:
         if SCORERS[scorer.kind].argument == "target":
             return plan.Scorer(scorer.kind, target=scorer.arg)
         return plan.Scorer(scorer.kind)
+
+
+def _value_type(name: str) -> ValueType:
+    for t in VALUE_TYPES:
+        if t == name:
+            return t
+    raise AssertionError(f"the checker passed a strategy that returns {name!r}")
 
 
 def _literal(e: ast.Expr) -> Any:

@@ -12,7 +12,7 @@ import re
 import textwrap
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import Any, TypeAlias
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
@@ -27,6 +27,7 @@ from ttcdsl.vocabulary import (
     PRUNE_GROUPS,
     PRUNE_ORDERS,
     RESERVED_NAMES,
+    TypeName,
     or_list,
 )
 
@@ -142,6 +143,15 @@ def _tok_span(file: str, tok: Token) -> Span:
     )
 
 
+# The grammar's TYPE terminal reads exactly these words (tests/test_parse.py checks it).
+_PARAM_TYPE: dict[str, TypeName] = {t: t for t in PARAM_TYPES}
+
+# A step written after `|`: its class and its fields but the input (the value on the left).
+_PipeStep: TypeAlias = tuple[
+    type[ast.Expand] | type[ast.Score] | type[ast.Prune] | type[ast.Vote], dict[str, Any]
+]
+
+
 def _settings(clause: Any) -> tuple[ast.Setting, ...]:
     return tuple(clause) if clause is not None else ()
 
@@ -182,7 +192,7 @@ class _Builder(Transformer[Token, Any]):
         return str(tok)
 
     def param(self, meta: Any, name: Token, type_: Token, default: Any) -> ast.Param:
-        return ast.Param(self._name(name), str(type_), default, self._s(meta))  # type: ignore[arg-type]
+        return ast.Param(self._name(name), _PARAM_TYPE[str(type_)], default, self._s(meta))
 
     @v_args(meta=True, inline=False)
     def block(self, meta: Any, stmts: list[Any]) -> tuple[ast.Stmt, ...]:
@@ -207,7 +217,7 @@ class _Builder(Transformer[Token, Any]):
 
     # ---- expressions ----
 
-    def pipe(self, meta: Any, left: ast.Expr, step: Any) -> ast.Expr:
+    def pipe(self, meta: Any, left: ast.Expr, step: _PipeStep) -> ast.Expr:
         # The step's span is its own (`| prune keep 2` on its line), not the whole pipeline's,
         # so an error or a runtime failure names the line of that step.
         kind, fields = step
@@ -288,16 +298,16 @@ class _Builder(Transformer[Token, Any]):
         kind, pattern = on if on is not None else (None, None)
         return ast.Vote(branches, kind, pattern, weighted is not None, span=self._s(meta))
 
-    def pexpand(self, meta: Any, count: Any, settings: Any, budget: Any) -> tuple[Any, dict[str, Any]]:
+    def pexpand(self, meta: Any, count: Any, settings: Any, budget: Any) -> _PipeStep:
         return ast.Expand, {"count": count, "settings": _settings(settings), "budget": budget, "span": self._s(meta)}
 
-    def pscore(self, meta: Any, scorer: Any, agg: Any, budget: Any) -> tuple[Any, dict[str, Any]]:
+    def pscore(self, meta: Any, scorer: Any, agg: Any, budget: Any) -> _PipeStep:
         return ast.Score, {"scorer": scorer, "agg": agg, "budget": budget, "span": self._s(meta)}
 
-    def pprune(self, meta: Any, keep: Any, by: Any, per: Any) -> tuple[Any, dict[str, Any]]:
+    def pprune(self, meta: Any, keep: Any, by: Any, per: Any) -> _PipeStep:
         return ast.Prune, {"keep": keep, "by": by, "per": per, "span": self._s(meta)}
 
-    def pvote(self, meta: Any, on: Any, weighted: Any) -> tuple[Any, dict[str, Any]]:
+    def pvote(self, meta: Any, on: Any, weighted: Any) -> _PipeStep:
         kind, pattern = on if on is not None else (None, None)
         return ast.Vote, {"on": kind, "pattern": pattern, "weighted": weighted is not None, "span": self._s(meta)}
 

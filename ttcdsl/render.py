@@ -18,7 +18,10 @@ def describe(nodes: dict[int, P.Node], ref: P.Ref | None) -> str:
     if ref is None:
         return "-"
     n = nodes[ref.node]
-    d = lambda r: describe(nodes, r)  # noqa: E731
+
+    def d(r: P.Ref | None) -> str:
+        return describe(nodes, r)
+
     match n:
         case P.Const():
             return json.dumps(n.value) if isinstance(n.value, (str, list)) else str(n.value).lower() if isinstance(n.value, bool) else str(n.value)
@@ -44,7 +47,9 @@ def describe(nodes: dict[int, P.Node], ref: P.Ref | None) -> str:
 
 
 def _params(nodes: dict[int, P.Node], n: P.Node) -> str:
-    d = lambda r: describe(nodes, r)  # noqa: E731
+    def d(r: P.Ref | None) -> str:
+        return describe(nodes, r)
+
     match n:
         case P.Sample():
             head = f"{d(n.count)} from {d(n.prompt)}"

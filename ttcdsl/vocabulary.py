@@ -39,6 +39,7 @@ __all__ = [
     "SAMPLING_KEYS",
     "SCORERS",
     "STEP_KINDS",
+    "VALUE_TYPES",
     "Aggregation",
     "BuiltinName",
     "BuiltinSig",
@@ -64,6 +65,7 @@ ValueType: TypeAlias = Literal["text", "int", "float", "bool", "branches", "answ
 """What an expression can evaluate to (the checker's types, a strategy's return type)."""
 
 PARAM_TYPES: tuple[TypeName, ...] = get_args(TypeName)
+VALUE_TYPES: tuple[ValueType, ...] = get_args(ValueType)
 NUMERIC: tuple[ValueType, ...] = ("int", "float")
 
 # ---- steps ----
