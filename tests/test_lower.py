@@ -20,6 +20,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from ttcdsl import ast
 from ttcdsl import plan as P
 from ttcdsl.compiler import compile_file, compile_source
 from ttcdsl.errors import UsageError
@@ -73,6 +74,40 @@ def test_golden_fixtures_cover_every_core_form() -> None:
         "vote.on=number", "vote.on=boxed", "vote.on=line", "vote.on=regex", "vote.weighted=True",
         "sample.budget", "expand.budget", "score.budget", "call.budget",
     }
+
+
+def test_each_template_is_parsed_once_between_check_and_lower(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real = ast.parse_template
+
+    def counting(value: str) -> ast.Template:
+        seen.append(value)
+        return real(value)
+
+    monkeypatch.setattr(ast, "parse_template", counting)
+    compile_source(textwrap.dedent("""\
+        strategy s(question: text, hint: text = "none") {
+            p = "Q: {question} ({hint})"
+            b = sample 2 from p with stop = ["\\n\\n", "END"] | score with judge("Is {branch} right for {question}?")
+            return b
+        }
+    """))
+    assert sorted(seen) == sorted(["none", "Q: {question} ({hint})", "\n\n", "END", "Is {branch} right for {question}?"])
+
+
+def test_refs_walk_every_input_of_a_node_in_field_order() -> None:
+    nodes = entry_nodes("""\
+        strategy s(question: text) {
+            b = sample 2 from question with max_tokens = 8, seed = 3
+            return score b with judge("{question}: {branch}?") budget 20
+        }
+    """)
+    by_id = {n.id: n for n in nodes}
+    sample = next(n for n in nodes if isinstance(n, P.Sample))
+    assert [by_id[r.node].op for r in P.refs(sample)] == ["const", "param", "const", "const"]
+    score = next(n for n in nodes if isinstance(n, P.Score))
+    assert [by_id[r.node].op for r in P.refs(score)] == ["var", "param"]
+    assert isinstance(score, P.Budgeted) and score.budget == 20 and score.op == "score"
 
 
 def entry_nodes(source: str) -> list[P.Node]:

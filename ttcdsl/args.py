@@ -52,11 +52,9 @@ def convert(param: P.ParamSpec, value: Any, where: str = "--arg") -> Any:
         raise UsageError(f"{where} {param.name}={value!r}: expected {'an' if t == 'int' else 'a'} {t}") from None
 
 
-def bind_args(strategy: P.StrategyPlan, given: Mapping[str, Any], where: str = "--arg",
-              ignore_unknown: bool = False) -> dict[str, Any]:
+def bind_args(strategy: P.StrategyPlan, given: Mapping[str, Any], where: str = "--arg") -> dict[str, Any]:
     """Values for every parameter: given ones converted, defaults filled in, missing ones named."""
-    if not ignore_unknown:
-        _reject_unknown(strategy, given)
+    _reject_unknown(strategy, given)
     out: dict[str, Any] = {}
     for p in strategy.params:
         if p.name in given:

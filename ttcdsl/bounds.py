@@ -173,10 +173,10 @@ class _Interp:
                 return n.value
             case plan.Param() | plan.Var():
                 return self.env.get(n.name, UNKNOWN)
-            case plan.Prompt():
-                for part in n.parts:
-                    if isinstance(part, plan.Ref):
-                        self.ev(part)
+            case plan.Prompt() | plan.Compare() | plan.Logic() | plan.Vote():
+                # Unknown until run time; the inputs still count for what they spend.
+                for r in plan.refs(n):
+                    self.ev(r)
                 return UNKNOWN
             case plan.ListOf():
                 return [self.ev(i) for i in n.items]
@@ -185,10 +185,6 @@ class _Interp:
             case plan.Union():
                 a, b = self.ev(n.left), self.ev(n.right)
                 return _Branches(_add(_size(a), _size(b)), _add(_roots(a), _roots(b)))
-            case plan.Compare() | plan.Logic():
-                self.ev(n.left)
-                self.ev(n.right)
-                return UNKNOWN
             case plan.Not() | plan.Neg():
                 v = self.ev(n.operand)
                 if isinstance(n, plan.Neg) and isinstance(v, (int, float)):
@@ -222,9 +218,8 @@ class _Interp:
                 return _Branches(_mul(size, count), _roots(branches))
             case plan.Score():
                 branches = self.ev(n.branches)
-                for piece in n.scorer.template or ():
-                    if isinstance(piece, plan.Ref):
-                        self.ev(piece)
+                for r in plan.refs(n.scorer):
+                    self.ev(r)
                 cost = _mul(_size(branches), SCORERS[n.scorer.kind].tokens_per_branch)
                 self.note(n, cost, n.budget)
                 return branches
@@ -236,9 +231,6 @@ class _Interp:
                 if cap is not None:
                     size = cap if size is None else min(cap, size)
                 return _Branches(size, roots)
-            case plan.Vote():
-                self.ev(n.branches)
-                return UNKNOWN
         raise AssertionError(n)
 
     def max_tokens(self, settings: plan.Settings) -> int | None:

@@ -11,8 +11,8 @@ The plan knows nothing about execution.  The six step nodes (the five steps and 
 `Step`s; those that spend tokens (`sample`, `expand`, `score`, a call) are also `Budgeted`: an
 optional `budget` of their own and a static `Bound` on their completion tokens, filled in by
 `ttcdsl.bounds.annotate`.  `Step` and `Budgeted` are plain mixins, not Struct bases, so each node
-keeps its own field order in the JSON.  `refs(node)` yields the nodes a node reads and
-`statements(body)` every statement of a body, nested ones included.
+keeps its own field order in the JSON.  `refs(node)` yields the nodes a node reads (the walker:
+a plan is a flat table, so this is all the iteration it needs).
 
 Schema evolution follows msgspec's rules: new fields get defaults, nothing is renamed, and
 ``PLAN_VERSION`` increases when a reader must know.  `encode`/`decode` are the only entry points;
@@ -83,7 +83,6 @@ __all__ = [
     "decode",
     "encode",
     "refs",
-    "statements",
     "to_json",
 ]
 
@@ -411,7 +410,7 @@ def decode(data: bytes | str) -> Plan:
 # ---- walkers ----
 
 
-def refs(node: Node) -> Iterator[Ref]:
+def refs(node: Node | Scorer | Settings) -> Iterator[Ref]:
     """The nodes `node` reads, in field order: operands, items, arguments, prompt and template
     parts, settings."""
     for name in node.__struct_fields__:
@@ -428,16 +427,5 @@ def _refs_in(value: object) -> Iterator[Ref]:
         for item in value.values():
             yield from _refs_in(item)
     elif isinstance(value, (Settings, Scorer)):
-        for name in value.__struct_fields__:
-            yield from _refs_in(getattr(value, name))
+        yield from refs(value)
 
-
-def statements(body: list[Stmt]) -> Iterator[Stmt]:
-    """Every statement of `body` and of the blocks nested in it, in order."""
-    for st in body:
-        yield st
-        if isinstance(st, Repeat):
-            yield from statements(st.body)
-        elif isinstance(st, If):
-            yield from statements(st.then)
-            yield from statements(st.orelse)
