@@ -5,7 +5,7 @@ Golden files: `tests/fixtures/plans/NAME.ttc` -> `NAME.plan.json` (`ttcdsl.plan.
 plan compiled from inside that folder, so spans read `NAME.ttc`).  After an intended change,
 regenerate them with
 
-    TTC_UPDATE_GOLDEN=1 /work/venv/bin/python -m pytest tests/test_lower.py
+    TTC_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_lower.py
 
 and review the diff: the golden files are the specification of lowering.
 """

@@ -1,4 +1,5 @@
-"""Strategy arguments from the command line (`--arg NAME=VALUE`) and from dataset lines.
+"""Strategy arguments from the command line (`--arg NAME=VALUE`), from dataset lines, and for
+the static bounds of `ttc plan --arg`.
 
 Values are converted to the parameter's declared type; every mistake is one `UsageError` naming
 the parameter and what it expects.

@@ -5,7 +5,8 @@ return type and a topological order of strategies, callees first) or raises `Che
 *all* problems found, in source order.  It checks names (parameters, bindings, interpolations,
 strategies, builtins), types (e.g. `vote` needs branches, `expand` cannot take an answer),
 sampling keys and values, literal counts and budgets, regex patterns, calls between strategies
-(arguments, recursion) and that every strategy returns a value.
+(arguments, recursion) and that every strategy returns a value.  Builtin signatures and sampling
+keys (types, ranges) come from `ttcdsl.vocabulary`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Stage 1: source text -> `ast.Module`.
+"""The parser, one file at a time (stage 1, `ttcdsl.program.loads`, runs it on a file and its
+imports): source text -> `ast.Module`.
 
 `parse(source, file)` is a pure function.  It either returns a frozen AST whose every node carries
 its `Span`, or raises `TTCSyntaxError` for the *first* thing it cannot read, saying what was
