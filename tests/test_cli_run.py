@@ -85,11 +85,41 @@ def test_user_mistakes_get_one_line_and_a_status(args: list[str], message: str, 
     assert len(err.strip().splitlines()) == 1
 
 
-def test_a_failing_node_names_the_ttc_line_without_a_traceback(tmp_path: Path) -> None:
+VERIFY = 'strategy p(question: text) {\n    return sample 2 from question | score with verifier("os:nope")\n}\n'
+VERIFY_FAILED = (
+    "error: verifier('os:nope') runs your Python code: allow it with --allow-verifier\n"
+    '        return sample 2 from question | score with verifier("os:nope")\n'
+    "                                        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+)
+
+
+def test_a_failing_node_shows_its_ttc_line_and_caret_without_a_traceback(tmp_path: Path) -> None:
     prog = tmp_path / "p.ttc"
-    prog.write_text('strategy p(question: text) {\n    return sample 2 from question | score with verifier("os:nope")\n}\n')
+    prog.write_text(VERIFY)
     r = subprocess.run([sys.executable, "-m", "ttcdsl.cli", "run", str(prog), "--sim-task", TASK, "--arg", "question=x"],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1
-    assert "Traceback" not in r.stderr
-    assert f"{prog}:2:" in r.stderr and "--allow-verifier" in r.stderr
+    assert (r.returncode, r.stderr) == (1, f"{prog}:2:37: {VERIFY_FAILED}")
+
+
+def test_a_failure_inside_an_imported_strategy_shows_the_imported_line(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "lib.ttc").write_text(VERIFY)
+    main_file = tmp_path / "main.ttc"
+    main_file.write_text('import "lib.ttc"\nstrategy m(question: text) {\n    return p(question)\n}\n')
+    assert main(["run", str(main_file), "--sim-task", TASK, "--arg", "question=x"]) == 1
+    assert capsys.readouterr().err == f"{tmp_path / 'lib.ttc'}:2:37: {VERIFY_FAILED}"
+
+
+def test_dataset_mode_reports_each_failed_item_on_one_line_and_writes_none(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    prog, inp, out = tmp_path / "p.ttc", tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    prog.write_text(VERIFY)
+    inp.write_text('{"id": "a", "question": "x"}\n{"id": "b", "question": "y"}\n')
+    assert main(["run", str(prog), "--sim-task", TASK, "--input", str(inp), "--output", str(out)]) == 1
+    errors = sorted(line for line in capsys.readouterr().err.splitlines() if line.startswith("error:"))
+    message = "verifier('os:nope') runs your Python code: allow it with --allow-verifier"
+    assert errors == [
+        f"error: item a (line 1): {prog}:2:37: {message}",
+        f"error: item b (line 2): {prog}:2:37: {message}",
+    ]
+    assert out.read_text() == ""  # failed items are not written, so --resume retries them

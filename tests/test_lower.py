@@ -1,11 +1,11 @@
 """Stage 3 (`ttcdsl.lower` -> `ttcdsl.plan`): golden plans for every core form, what lowering
 makes of names, prompts, `+` and defaults, and that plans round-trip through JSON.
 
-Golden files: `tests/fixtures/plans/NAME.ttc` -> `NAME.plan.json` (`ttcdsl.lower.to_json` of the
+Golden files: `tests/fixtures/plans/NAME.ttc` -> `NAME.plan.json` (`ttcdsl.plan.to_json` of the
 plan compiled from inside that folder, so spans read `NAME.ttc`).  After an intended change,
 regenerate them with
 
-    TTC_UPDATE_GOLDEN=1 /work/venv/bin/python -m pytest tests/test_lower.py
+    TTC_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_lower.py
 
 and review the diff: the golden files are the specification of lowering.
 """
@@ -20,10 +20,11 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from ttcdsl import ast
 from ttcdsl import plan as P
 from ttcdsl.compiler import compile_file, compile_source
 from ttcdsl.errors import UsageError
-from ttcdsl.lower import to_json
+from ttcdsl.plan import to_json
 from ttcdsl.testing import programs
 
 PLANS = Path(__file__).resolve().parent / "fixtures" / "plans"
@@ -73,6 +74,40 @@ def test_golden_fixtures_cover_every_core_form() -> None:
         "vote.on=number", "vote.on=boxed", "vote.on=line", "vote.on=regex", "vote.weighted=True",
         "sample.budget", "expand.budget", "score.budget", "call.budget",
     }
+
+
+def test_each_template_is_parsed_once_between_check_and_lower(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real = ast.parse_template
+
+    def counting(value: str) -> ast.Template:
+        seen.append(value)
+        return real(value)
+
+    monkeypatch.setattr(ast, "parse_template", counting)
+    compile_source(textwrap.dedent("""\
+        strategy s(question: text, hint: text = "none") {
+            p = "Q: {question} ({hint})"
+            b = sample 2 from p with stop = ["\\n\\n", "END"] | score with judge("Is {branch} right for {question}?")
+            return b
+        }
+    """))
+    assert sorted(seen) == sorted(["none", "Q: {question} ({hint})", "\n\n", "END", "Is {branch} right for {question}?"])
+
+
+def test_refs_walk_every_input_of_a_node_in_field_order() -> None:
+    nodes = entry_nodes("""\
+        strategy s(question: text) {
+            b = sample 2 from question with max_tokens = 8, seed = 3
+            return score b with judge("{question}: {branch}?") budget 20
+        }
+    """)
+    by_id = {n.id: n for n in nodes}
+    sample = next(n for n in nodes if isinstance(n, P.Sample))
+    assert [by_id[r.node].op for r in P.refs(sample)] == ["const", "param", "const", "const"]
+    score = next(n for n in nodes if isinstance(n, P.Score))
+    assert [by_id[r.node].op for r in P.refs(score)] == ["var", "param"]
+    assert isinstance(score, P.Budgeted) and score.budget == 20 and score.op == "score"
 
 
 def entry_nodes(source: str) -> list[P.Node]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ttcdsl import ast
 from ttcdsl.compiler import compile_source
 from ttcdsl.errors import CheckErrors, TTCSyntaxError
-from ttcdsl.parse import MAX_DEPTH, dedent_triple, parse, parse_template
+from ttcdsl.parse import MAX_DEPTH, dedent_triple, parse
 from ttcdsl.testing import grammar_programs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def test_strings_keep_interpolations_and_literal_braces_raw() -> None:
     (ret,) = body('strategy s(q: text) { return "{q} {{x}} \\"y\\" \\\\ \\n" }')
     assert isinstance(ret, ast.Return)
     assert ret.value == ast.StrLit('{q} {{x}} "y" \\ \n')
-    assert parse_template('{q} {{x}}') == [("q", 0), " {x}"]
+    assert ret.value.template == ast.Template((ast.Interp("q", 0), ' {x} "y" \\ \n'))
 
 
 def test_calls_keep_positional_keyword_arguments_and_call_budget() -> None:
@@ -158,6 +158,42 @@ def test_every_node_knows_its_line_and_column() -> None:
     assert (assign.span.line, assign.span.col, assign.span.end_line) == (3, 5, 4)
     assert (sample.span.line, sample.span.col) == (3, 9)
     assert (ret.span.line, ret.span.col) == (5, 5)
+
+
+def test_walkers_visit_children_in_source_order() -> None:
+    (strategy,) = parse(textwrap.dedent("""\
+        strategy s(q: text, n: int = 2) {
+            b = sample n from q with max_tokens = 8 | score with prm
+            repeat 2 until finished(b) {
+                if size(b) > 1 { b = prune b keep 1 } else { b = best(b) }
+            }
+            return vote b
+        }
+    """)).strategies
+    assign = strategy.body[0]
+    assert isinstance(assign, ast.Assign) and isinstance(assign.value, ast.Score)
+    sample = assign.value.branches
+    assert isinstance(sample, ast.Sample)
+    assert list(ast.children(sample)) == [sample.count, sample.prompt, *sample.settings]
+    assert [type(n).__name__ for n in ast.walk(assign)] == [
+        "Assign", "Score", "Sample", "Name", "Name", "Setting", "IntLit", "Scorer",
+    ]
+    assert [type(st).__name__ for st in ast.statements(strategy.body)] == [
+        "Assign", "Repeat", "If", "Assign", "Assign", "Return",
+    ]
+    names = [e.id for e in ast.expressions(strategy.body) if isinstance(e, ast.Name)]
+    assert names == ["n", "q", "b", "b", "b", "b", "b"]
+    assert [type(n).__name__ for n in ast.walk(strategy)][:4] == ["Strategy", "Param", "Param", "IntLit"]
+
+
+def test_a_strings_template_is_parsed_on_first_use_and_kept() -> None:
+    lit = ast.StrLit("Q: {q} {{x}}")
+    assert lit.template is lit.template
+    assert lit.template == ast.Template(("Q: ", ast.Interp("q", 3), " {x}"))
+    assert (lit.template.names, lit.template.is_literal, lit.template.text) == (["q"], False, "Q:  {x}")
+    assert ast.parse_template("a } b") == ast.Template((), "a lone '}' in a string: write }} for a literal brace")
+    assert ast.Scorer("judge", "{branch}").template == ast.Template((ast.Interp("branch", 0),))
+    assert ast.Scorer("verifier", "m:f").template is None
 
 
 def test_library_programs_and_fixtures_parse() -> None:

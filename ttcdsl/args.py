@@ -1,4 +1,5 @@
-"""Strategy arguments from the command line (`--arg NAME=VALUE`) and from dataset lines.
+"""Strategy arguments from the command line (`--arg NAME=VALUE`), from dataset lines, and for
+the static bounds of `ttc plan --arg`.
 
 Values are converted to the parameter's declared type; every mistake is one `UsageError` naming
 the parameter and what it expects.
@@ -12,7 +13,7 @@ from typing import Any
 from ttcdsl import plan as P
 from ttcdsl.errors import UsageError
 
-__all__ = ["bind_args", "convert", "parse_assignments"]
+__all__ = ["bind_args", "bind_known", "convert", "parse_assignments"]
 
 
 def parse_assignments(items: Iterable[str], flag: str = "--arg") -> dict[str, str]:
@@ -52,15 +53,9 @@ def convert(param: P.ParamSpec, value: Any, where: str = "--arg") -> Any:
         raise UsageError(f"{where} {param.name}={value!r}: expected {'an' if t == 'int' else 'a'} {t}") from None
 
 
-def bind_args(strategy: P.StrategyPlan, given: Mapping[str, Any], where: str = "--arg",
-              ignore_unknown: bool = False) -> dict[str, Any]:
+def bind_args(strategy: P.StrategyPlan, given: Mapping[str, Any], where: str = "--arg") -> dict[str, Any]:
     """Values for every parameter: given ones converted, defaults filled in, missing ones named."""
-    params = {p.name: p for p in strategy.params}
-    if not ignore_unknown:
-        unknown = [k for k in given if k not in params]
-        if unknown:
-            names = ", ".join(params) or "none"
-            raise UsageError(f"strategy '{strategy.name}' has no parameter {unknown[0]!r} (its parameters: {names})")
+    _reject_unknown(strategy, given)
     out: dict[str, Any] = {}
     for p in strategy.params:
         if p.name in given:
@@ -70,3 +65,21 @@ def bind_args(strategy: P.StrategyPlan, given: Mapping[str, Any], where: str = "
         else:
             raise UsageError(f"strategy '{strategy.name}' needs {p.name} ({p.type}): pass {where} {p.name}=VALUE")
     return out
+
+
+def bind_known(strategy: P.StrategyPlan, given: Mapping[str, Any], where: str = "--arg") -> dict[str, Any]:
+    """The given values converted, and nothing else: for the static bounds, where a parameter
+    without a value keeps its default (or stays unknown)."""
+    _reject_unknown(strategy, given)
+    params = {p.name: p for p in strategy.params}
+    return {k: convert(params[k], v, where) for k, v in given.items()}
+
+
+def _reject_unknown(strategy: P.StrategyPlan, given: Mapping[str, Any]) -> None:
+    names = [p.name for p in strategy.params]
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        raise UsageError(
+            f"strategy '{strategy.name}' has no parameter {unknown[0]!r} "
+            f"(its parameters: {', '.join(names) or 'none'})"
+        )

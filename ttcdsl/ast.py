@@ -3,14 +3,26 @@
 Every node carries a `Span` (where it came from).  Spans are excluded from equality, so two ASTs
 compare equal when they mean the same program, wherever it was written: the formatter's
 round-trip property (`parse(format(m)) == m`) relies on that.  Lark objects never appear here.
+
+Also here, because every stage after the parser needs them:
+
+* `Template`: a string's `{name}` interpolations, parsed once per string (`StrLit.template`,
+  `Scorer.template` for a judge) and read by the checker and by lowering;
+* walkers: `children(node)` yields a node's direct sub-nodes in source order, `walk(node)` every
+  node under it (itself first), `expressions(node)` and `statements(body)` the expressions and
+  statements among them.  Stages iterate with these instead of recursing by hand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Literal, TypeAlias
 
 from ttcdsl.span import NO_SPAN, Span
+from ttcdsl.vocabulary import Aggregation, Extractor, PruneGroup, PruneOrder, ScorerKind, TypeName
 
 __all__ = [
     "Assign",
@@ -26,6 +38,7 @@ __all__ = [
     "If",
     "Import",
     "IntLit",
+    "Interp",
     "KwArg",
     "ListLit",
     "Module",
@@ -43,10 +56,79 @@ __all__ = [
     "Stmt",
     "StrLit",
     "Strategy",
+    "Template",
     "Vote",
+    "children",
+    "expressions",
+    "parse_template",
+    "statements",
+    "walk",
 ]
 
-TypeName = Literal["text", "int", "float", "bool"]
+# ---- string templates ----
+
+
+@dataclass(frozen=True)
+class Interp:
+    """`{name}` in a string: the name and its offset in the string's value."""
+
+    name: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class Template:
+    """A string's value as literal text and interpolations (`{{` and `}}` already read as single
+    braces).  `error` says what is wrong with a stray or empty brace; `parts` is then empty."""
+
+    parts: tuple[str | Interp, ...]
+    error: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.parts if isinstance(p, Interp)]
+
+    @property
+    def is_literal(self) -> bool:
+        """No interpolation (and no error): the string is just its `text`."""
+        return self.error is None and not self.names
+
+    @property
+    def text(self) -> str:
+        """The literal parts joined: the string's text when `is_literal`."""
+        return "".join(p for p in self.parts if isinstance(p, str))
+
+
+_INTERP = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_template(value: str) -> Template:
+    """Split a string's value into literal text and `{name}` interpolations."""
+    parts: list[str | Interp] = []
+    literal: list[str] = []
+    pos = 0
+    for m in _INTERP.finditer(value):
+        literal.append(value[pos : m.start()])
+        pos = m.end()
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            literal.append(token[0])
+        elif m.group(1) is not None:
+            name = m.group(1).strip()
+            if not _NAME.fullmatch(name):
+                return Template((), f"'{{{m.group(1)}}}' is not an interpolation: write {{name}} "
+                                    "with a defined name, or {{ and }} for literal braces")
+            if "".join(literal):
+                parts.append("".join(literal))
+            literal = []
+            parts.append(Interp(name, m.start()))
+        else:
+            return Template((), f"a lone '{token}' in a string: write {token}{token} for a literal brace")
+    literal.append(value[pos:])
+    if "".join(literal):
+        parts.append("".join(literal))
+    return Template(tuple(parts))
 
 
 # ---- expressions ----
@@ -72,6 +154,11 @@ class StrLit:
     value: str
     triple: bool = False
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+    @cached_property
+    def template(self) -> Template:
+        """`value` parsed as a template, once per string."""
+        return parse_template(self.value)
 
 
 @dataclass(frozen=True)
@@ -159,9 +246,16 @@ class Setting:
 
 @dataclass(frozen=True)
 class Scorer:
-    kind: Literal["prm", "logprob", "judge", "verifier"]
+    """`prm`, `logprob`, `judge("template")` or `verifier("module:function")`."""
+
+    kind: ScorerKind
     arg: str | None = None
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+    @cached_property
+    def template(self) -> Template | None:
+        """A judge's template, parsed once; None for the other scorers."""
+        return parse_template(self.arg) if self.kind == "judge" and self.arg is not None else None
 
 
 @dataclass(frozen=True)
@@ -187,7 +281,7 @@ class Expand:
 class Score:
     branches: Expr
     scorer: Scorer
-    agg: Literal["last", "min", "mean", "prod"] | None = None
+    agg: Aggregation | None = None
     budget: int | None = None
     piped: bool = False
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
@@ -197,8 +291,8 @@ class Score:
 class Prune:
     branches: Expr
     keep: Expr
-    by: Literal["score", "logprob", "length"] | None = None
-    per: Literal["root", "parent"] | None = None
+    by: PruneOrder | None = None
+    per: PruneGroup | None = None
     piped: bool = False
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
@@ -206,7 +300,7 @@ class Prune:
 @dataclass(frozen=True)
 class Vote:
     branches: Expr
-    on: Literal["number", "boxed", "line", "regex"] | None = None
+    on: Extractor | None = None
     pattern: str | None = None
     weighted: bool = False
     piped: bool = False
@@ -232,7 +326,6 @@ Expr: TypeAlias = (
     | Prune
     | Vote
 )
-STEPS = (Sample, Expand, Score, Prune, Vote)
 
 # ---- statements ----
 
@@ -306,3 +399,67 @@ class Module:
     imports: tuple[Import, ...]
     strategies: tuple[Strategy, ...]
     file: str = field(default="<string>", compare=False)
+
+
+Node: TypeAlias = Expr | Stmt | KwArg | Setting | Scorer | Param | Strategy | Import | Module
+"""Anything `walk` visits."""
+
+# ---- walkers ----
+
+_STMT_TYPES = (BudgetStmt, Assign, Repeat, If, Return)
+_NODE_TYPES = (
+    IntLit, FloatLit, StrLit, BoolLit, Name, ListLit, BinOp, Compare, BoolOp, Not, Neg, Call,
+    Sample, Expand, Score, Prune, Vote, *_STMT_TYPES, KwArg, Setting, Scorer, Param, Strategy,
+    Import, Module,
+)
+# The fields of each node class that can hold sub-nodes (a node or a tuple of nodes), in
+# declaration order, which is source order for every node.
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls) if f.name not in ("span", "file"))
+    for cls in _NODE_TYPES
+}
+
+
+def children(node: Node) -> Iterator[Node]:
+    """The direct sub-nodes of `node`, in source order."""
+    for name in _CHILD_FIELDS[type(node)]:
+        value = getattr(node, name)
+        if isinstance(value, tuple):
+            yield from (v for v in value if isinstance(v, _NODE_TYPES))
+        elif isinstance(value, _NODE_TYPES):
+            yield value
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """`node` and every node under it, depth first, in source order."""
+    stack: list[Node] = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(list(children(current))))
+
+
+def expressions(node: Node | tuple[Stmt, ...]) -> Iterator[Expr]:
+    """Every expression under `node` (or under every statement of a body), in source order."""
+    roots = node if isinstance(node, tuple) else (node,)
+    for root in roots:
+        for n in walk(root):
+            if isinstance(n, _EXPR_TYPES):
+                yield n
+
+
+def statements(body: tuple[Stmt, ...]) -> Iterator[Stmt]:
+    """Every statement of `body` and of the blocks nested in it, in source order."""
+    for st in body:
+        yield st
+        if isinstance(st, Repeat):
+            yield from statements(st.body)
+        elif isinstance(st, If):
+            yield from statements(st.then)
+            yield from statements(st.orelse)
+
+
+_EXPR_TYPES = (
+    IntLit, FloatLit, StrLit, BoolLit, Name, ListLit, BinOp, Compare, BoolOp, Not, Neg, Call,
+    Sample, Expand, Score, Prune, Vote,
+)

@@ -11,8 +11,9 @@ all runs (``total``), each *before* the step's own budget caps it.  `None` means
 on something only known at run time.
 
 The unit is the backend's completion tokens.  A `sample`/`expand` without `max_tokens` is bounded
-by `DEFAULT_MAX_TOKENS` per request, as the runtime enforces; a `judge` costs `JUDGE_TOKENS` per
-branch; `prm`, `logprob` and `verifier` scorers cost no completion tokens.
+by `DEFAULT_MAX_TOKENS` per request, as the runtime enforces; a scorer costs its
+`tokens_per_branch` (`ttcdsl.vocabulary.SCORERS`: `JUDGE_TOKENS` for a judge, nothing for `prm`,
+`logprob` and `verifier`).  Both constants live in `ttcdsl.vocabulary` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from typing import Any
 import msgspec
 
 from ttcdsl import plan
+from ttcdsl.vocabulary import DEFAULT_MAX_TOKENS, JUDGE_TOKENS, SCORERS
 
 __all__ = ["DEFAULT_MAX_TOKENS", "JUDGE_TOKENS", "annotate", "worst_case"]
 
-DEFAULT_MAX_TOKENS = 256
-JUDGE_TOKENS = 1
 _MAX_ITERATIONS = 10_000
 
 
@@ -173,10 +173,10 @@ class _Interp:
                 return n.value
             case plan.Param() | plan.Var():
                 return self.env.get(n.name, UNKNOWN)
-            case plan.Prompt():
-                for part in n.parts:
-                    if isinstance(part, plan.Ref):
-                        self.ev(part)
+            case plan.Prompt() | plan.Compare() | plan.Logic() | plan.Vote():
+                # Unknown until run time; the inputs still count for what they spend.
+                for r in plan.refs(n):
+                    self.ev(r)
                 return UNKNOWN
             case plan.ListOf():
                 return [self.ev(i) for i in n.items]
@@ -185,10 +185,6 @@ class _Interp:
             case plan.Union():
                 a, b = self.ev(n.left), self.ev(n.right)
                 return _Branches(_add(_size(a), _size(b)), _add(_roots(a), _roots(b)))
-            case plan.Compare() | plan.Logic():
-                self.ev(n.left)
-                self.ev(n.right)
-                return UNKNOWN
             case plan.Not() | plan.Neg():
                 v = self.ev(n.operand)
                 if isinstance(n, plan.Neg) and isinstance(v, (int, float)):
@@ -222,10 +218,9 @@ class _Interp:
                 return _Branches(_mul(size, count), _roots(branches))
             case plan.Score():
                 branches = self.ev(n.branches)
-                for piece in n.scorer.template or ():
-                    if isinstance(piece, plan.Ref):
-                        self.ev(piece)
-                cost = _mul(_size(branches), JUDGE_TOKENS) if n.scorer.kind == "judge" else 0
+                for r in plan.refs(n.scorer):
+                    self.ev(r)
+                cost = _mul(_size(branches), SCORERS[n.scorer.kind].tokens_per_branch)
                 self.note(n, cost, n.budget)
                 return branches
             case plan.Prune():
@@ -236,9 +231,6 @@ class _Interp:
                 if cap is not None:
                     size = cap if size is None else min(cap, size)
                 return _Branches(size, roots)
-            case plan.Vote():
-                self.ev(n.branches)
-                return UNKNOWN
         raise AssertionError(n)
 
     def max_tokens(self, settings: plan.Settings) -> int | None:
@@ -296,14 +288,16 @@ def worst_case(p: plan.Plan, name: str, args: Mapping[str, Any] | None = None) -
 
 
 def annotate(p: plan.Plan, args: Mapping[str, Any]) -> plan.Plan:
-    """Return `p` with `bound` filled in on every step and `worst` on every strategy."""
+    """Stage 4: return `p` with `bound` filled in on every `Budgeted` step and `worst` on every
+    strategy.  `args` are values (already of their parameters' types) for the entry strategy's
+    parameters; every other parameter counts with its default, or as unknown.  Pure."""
     strategies: dict[str, plan.StrategyPlan] = {}
     for name, s in p.strategies.items():
         interp = _Interp(p, record=True)
         worst = interp.strategy(name, args if name == p.entry else {})
         nodes: list[plan.Node] = []
         for node in s.nodes:
-            if isinstance(node, (plan.Sample, plan.Expand, plan.Score, plan.Call)):
+            if isinstance(node, plan.Budgeted):
                 st = interp.stats.get(node.id)
                 bound = plan.Bound(st[0], st[1], st[2]) if st else plan.Bound(0, 0, 0)
                 node = msgspec.structs.replace(node, bound=bound)

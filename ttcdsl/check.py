@@ -5,7 +5,8 @@ return type and a topological order of strategies, callees first) or raises `Che
 *all* problems found, in source order.  It checks names (parameters, bindings, interpolations,
 strategies, builtins), types (e.g. `vote` needs branches, `expand` cannot take an answer),
 sampling keys and values, literal counts and budgets, regex patterns, calls between strategies
-(arguments, recursion) and that every strategy returns a value.
+(arguments, recursion) and that every strategy returns a value.  Builtin signatures and sampling
+keys (types, ranges) come from `ttcdsl.vocabulary`.
 """
 
 from __future__ import annotations
@@ -17,26 +18,12 @@ from dataclasses import dataclass, field
 
 from ttcdsl import ast
 from ttcdsl.errors import CheckError, CheckErrors
-from ttcdsl.parse import parse_template
 from ttcdsl.program import Program
 from ttcdsl.span import Span
+from ttcdsl.vocabulary import BUILTINS, JUDGE_BRANCH, NUMERIC, SAMPLING_KEYS, SCORERS
 
-__all__ = ["BUILTINS", "SAMPLING_KEYS", "Checked", "check"]
+__all__ = ["Checked", "check"]
 
-# name -> (argument types, result type)
-BUILTINS: dict[str, tuple[tuple[str, ...], str]] = {
-    "best": (("branches",), "branches"),
-    "active": (("branches",), "branches"),
-    "done": (("branches",), "branches"),
-    "size": (("branches",), "int"),
-    "finished": (("branches",), "bool"),
-    "agreement": (("answer",), "float"),
-    "best_score": (("branches",), "float"),
-    "budget_left": ((), "int"),
-}
-
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "step")
-_NUMERIC = ("int", "float")
 _ERR = "error"  # the type of an expression that already failed; suppresses follow-up errors
 
 
@@ -162,7 +149,7 @@ class _Checker:
                         f"the default of '{p.name}' is {_article(t)}, but the parameter is {_article(p.type)}",
                         p.default.span,
                     )
-                elif isinstance(p.default, ast.StrLit) and parse_template_names(p.default.value):
+                elif isinstance(p.default, ast.StrLit) and p.default.template.names:
                     self.error(f"the default of '{p.name}' cannot interpolate names", p.default.span)
             elif seen_default:
                 self.error(
@@ -268,7 +255,7 @@ class _Checker:
             case ast.BoolLit():
                 return "bool"
             case ast.StrLit():
-                self.template(e, scope, extra=())
+                self.template(e.template, e.span, scope, extra=())
                 return "text"
             case ast.Name():
                 if e.id in scope:
@@ -287,7 +274,7 @@ class _Checker:
                 if _ERR in (lt, rt):
                     return "bool"
                 ordered = e.op not in ("==", "!=")
-                ok = (lt in _NUMERIC and rt in _NUMERIC) or (not ordered and lt == rt and lt in ("text", "bool"))
+                ok = (lt in NUMERIC and rt in NUMERIC) or (not ordered and lt == rt and lt in ("text", "bool"))
                 if not ok:
                     self.error(f"cannot compare {_article(lt)} with {_article(rt)} using '{e.op}'", e.span)
                 return "bool"
@@ -347,7 +334,7 @@ class _Checker:
         lt, rt = self.expr(e.left, scope), self.expr(e.right, scope)
         if _ERR in (lt, rt):
             return _ERR
-        if lt in _NUMERIC and rt in _NUMERIC:
+        if lt in NUMERIC and rt in NUMERIC:
             return "int" if lt == rt == "int" else "float"
         if e.op == "+" and lt == rt and lt in ("text", "branches"):
             return lt
@@ -363,7 +350,7 @@ class _Checker:
 
     def call(self, e: ast.Call, scope: dict[str, str]) -> str:
         if e.func in BUILTINS:
-            params, result = BUILTINS[e.func]
+            params, result = BUILTINS[e.func].params, BUILTINS[e.func].result
             if e.kwargs:
                 self.error(f"{e.func}() takes no keyword arguments", e.kwargs[0].span)
             if e.budget is not None:
@@ -418,55 +405,29 @@ class _Checker:
             if s.key in seen:
                 self.error(f"sampling key '{s.key}' is given twice", s.span)
             seen.add(s.key)
-            if s.key not in SAMPLING_KEYS:
+            key = SAMPLING_KEYS.get(s.key)
+            if key is None:
                 hint = _suggest(s.key, SAMPLING_KEYS) or f"; expected one of {', '.join(SAMPLING_KEYS)}"
                 self.error(f"unknown sampling key '{s.key}'{hint}", s.span)
                 self.expr(s.value, scope)
                 continue
-            if s.key == "stop":
-                self.expect(s.value, scope, ("text", "list"), "`stop`")
-            elif s.key == "step":
-                self.expect(s.value, scope, ("text",), "`step`")
-                if isinstance(s.value, ast.StrLit) and not s.value.value:
-                    self.error("`step` cannot be an empty string", s.value.span)
-            elif s.key in ("max_tokens", "top_k", "seed"):
-                self.expect(s.value, scope, ("int",), f"`{s.key}`")
-            else:
-                self.expect(s.value, scope, ("float",), f"`{s.key}`")
-            self._setting_range(s)
-
-    def _setting_range(self, s: ast.Setting) -> None:
-        v = _literal_number(s.value)
-        if v is None:
-            return
-        bad = {
-            "max_tokens": v < 1,
-            "temperature": v < 0,
-            "top_p": not 0 < v <= 1,
-            "min_p": not 0 <= v <= 1,
-            "top_k": v == 0 or v < -1,
-        }.get(s.key, False)
-        if bad:
-            rule = {
-                "max_tokens": "at least 1",
-                "temperature": "at least 0",
-                "top_p": "in (0, 1]",
-                "min_p": "in [0, 1]",
-                "top_k": "-1 (no limit) or at least 1",
-            }[s.key]
-            self.error(f"`{s.key}` must be {rule}, got {v:g}", s.value.span)
+            self.expect(s.value, scope, key.types, f"`{s.key}`")
+            if s.key == "step" and isinstance(s.value, ast.StrLit) and not s.value.value:
+                self.error("`step` cannot be an empty string", s.value.span)
+            v = _literal_number(s.value)
+            if v is not None and key.valid is not None and not key.valid(v):
+                self.error(f"`{s.key}` must be {key.rule}, got {v:g}", s.value.span)
 
     def step_budget(self, budget: int | None, span: Span) -> None:
         if budget is not None and budget <= 0:
             self.error("a budget must be at least 1 token", span)
 
     def scorer(self, scorer: ast.Scorer, scope: dict[str, str]) -> None:
-        if scorer.kind == "judge" and scorer.arg is not None:
-            lit = ast.StrLit(scorer.arg, False, scorer.span)
-            self.template(lit, scope, extra=("branch",))
-            if "{branch}" not in scorer.arg.replace(" ", ""):
+        if scorer.template is not None:
+            self.template(scorer.template, scorer.span, scope, extra=(JUDGE_BRANCH,))
+            if scorer.template.error is None and JUDGE_BRANCH not in scorer.template.names:
                 self.error("a judge template must show the graded branch: put {branch} in it", scorer.span)
-        elif scorer.kind == "verifier" and scorer.arg is not None and not re.fullmatch(
+        elif SCORERS[scorer.kind].argument == "target" and scorer.arg is not None and not re.fullmatch(
             r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", scorer.arg
         ):
             self.error(
@@ -474,22 +435,18 @@ class _Checker:
                 scorer.span,
             )
 
-    def template(self, lit: ast.StrLit, scope: dict[str, str], extra: tuple[str, ...]) -> None:
-        try:
-            parts = parse_template(lit.value)
-        except ValueError as exc:
-            self.error(str(exc.args[0]), lit.span)
+    def template(self, template: ast.Template, span: Span, scope: dict[str, str], extra: tuple[str, ...]) -> None:
+        if template.error is not None:
+            self.error(template.error, span)
             return
-        for part in parts:
-            if isinstance(part, tuple):
-                name = part[0]
-                if name in extra:
-                    continue
-                if name not in scope:
-                    hint = _suggest(name, [*scope, *extra])
-                    self.error(f"unknown name '{name}' in {{{name}}}{hint or '; a prompt can use parameters and names assigned above'}", lit.span)
-                elif scope[name] == "list":
-                    self.error(f"'{name}' is a list and cannot be interpolated into text", lit.span)
+        for name in template.names:
+            if name in extra:
+                continue
+            if name not in scope:
+                hint = _suggest(name, [*scope, *extra])
+                self.error(f"unknown name '{name}' in {{{name}}}{hint or '; a prompt can use parameters and names assigned above'}", span)
+            elif scope[name] == "list":
+                self.error(f"'{name}' is a list and cannot be interpolated into text", span)
 
 
 @dataclass
@@ -497,13 +454,6 @@ class _Ctx:
     strategy: ast.Strategy
     scope: dict[str, str]
     returns: list[str] = field(default_factory=list)
-
-
-def parse_template_names(value: str) -> list[str]:
-    try:
-        return [p[0] for p in parse_template(value) if isinstance(p, tuple)]
-    except ValueError:
-        return []
 
 
 def _assignable(value: str, target: str) -> bool:
@@ -536,27 +486,9 @@ def _always_returns(stmts: Sequence[ast.Stmt]) -> bool:
     return False
 
 
-def walk_exprs(node: object) -> Iterable[ast.Expr]:
-    """Every expression under a statement, expression, setting or tuple, depth first."""
-    if isinstance(node, tuple):
-        for item in node:
-            yield from walk_exprs(item)
-        return
-    if isinstance(node, (ast.Setting, ast.KwArg)):
-        yield from walk_exprs(node.value)
-        return
-    if not hasattr(node, "__dataclass_fields__") or isinstance(node, (ast.Scorer, ast.Strategy, ast.Module)):
-        return
-    if not isinstance(node, (ast.BudgetStmt, ast.Assign, ast.Repeat, ast.If, ast.Return, ast.Param)):
-        yield node  # type: ignore[misc]
-    for name in node.__dataclass_fields__:
-        if name != "span":
-            yield from walk_exprs(getattr(node, name))
-
-
 def _called(s: ast.Strategy, strategies: dict[str, ast.Strategy]) -> list[tuple[str, Span]]:
     return [
         (e.func, e.span)
-        for e in walk_exprs(s.body)
+        for e in ast.expressions(s.body)
         if isinstance(e, ast.Call) and e.func in strategies and e.func not in BUILTINS
     ]

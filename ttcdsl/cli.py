@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ttcdsl.errors import CheckErrors, SourceError, TTCError, UsageError
+from ttcdsl.errors import CheckErrors, NodeFailed, SourceError, TTCError, UsageError
 
 __all__ = ["main"]
 
@@ -35,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"ttcdsl.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"ttcdsl.commands.{name}":
-                continue  # a command not built yet in this checkout
-            raise
-        module.register(sub)
+        importlib.import_module(f"ttcdsl.commands.{name}").register(sub)
     return parser
 
 
@@ -57,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc.render(), file=sys.stderr)
         return 1
     except TTCError as exc:
-        print(f"ttc: error: {exc}", file=sys.stderr)
+        # A node that failed at run time is shown at its .ttc line, as `ttc check` shows errors.
+        located = isinstance(exc, NodeFailed) and exc.span is not None
+        print(exc.render() if located else f"ttc: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ttc: interrupted", file=sys.stderr)

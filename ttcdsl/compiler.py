@@ -1,11 +1,16 @@
-"""The whole front half as one pipeline: source -> parse -> check -> lower -> Plan.
+"""The front half as one pipeline: `.ttc` source -> `Plan` plus warnings.
 
-    program = load(path)          # parse the file and its imports   (ttcdsl.program, ttcdsl.parse)
-    checked = check(program)      # names, types, budgets; all errors (ttcdsl.check)
-    plan    = lower(checked, ...) # plan graph + static bounds         (ttcdsl.lower, ttcdsl.bounds)
+`compile_source` runs the five stages in order; each is a pure function in its own module whose
+docstring states its contract:
 
-`compile_file` returns the plan and the warnings (`CheckWarning`: a step or strategy whose static
-worst case exceeds its budget, so the runtime will split or cut it).
+    loads            text -> Program       parse the file and its imports (ttcdsl.program)
+    check            Program -> Checked    names, types, budgets; every error (ttcdsl.check)
+    lower            Checked -> Plan       the plan graph, bounds not yet set (ttcdsl.lower)
+    annotate         Plan -> Plan          static worst-case tokens per step (ttcdsl.bounds)
+    budget_warnings  Plan -> warnings      worst cases above budgets (ttcdsl.budget_warnings)
+
+Errors come out as raised: `TTCSyntaxError` (first syntax error), `CheckErrors` (all semantic
+errors), `UsageError` (unreadable file, unknown entry, bad argument value).
 """
 
 from __future__ import annotations
@@ -16,62 +21,47 @@ from pathlib import Path
 from typing import Any
 
 from ttcdsl import plan as P
+from ttcdsl.args import bind_known
+from ttcdsl.bounds import annotate
+from ttcdsl.budget_warnings import budget_warnings
 from ttcdsl.check import check
-from ttcdsl.errors import CheckWarning
+from ttcdsl.errors import CheckWarning, NodeFailed
 from ttcdsl.lower import lower
-from ttcdsl.program import Program, load, loads
+from ttcdsl.program import Program, loads, read_source
 
-__all__ = ["Compiled", "compile_file", "compile_source", "warnings"]
+__all__ = ["Compiled", "compile_file", "compile_source"]
 
 
 @dataclass
 class Compiled:
+    """A compiled program: the plan to run, the warnings to show, and the `Program` (its source
+    texts let a run failure show its `.ttc` line: `locate`)."""
+
     program: Program
     plan: P.Plan
     warnings: list[CheckWarning]
 
-
-def compile_file(path: str | Path, entry: str | None = None, args: Mapping[str, Any] | None = None) -> Compiled:
-    return _compile(load(path), entry, args)
+    def locate(self, exc: NodeFailed) -> NodeFailed:
+        """`exc` with the source text of the file it names, so `render()` shows line and caret."""
+        if exc.span is not None:
+            exc.source = self.program.source_of(exc.span.file)
+        return exc
 
 
 def compile_source(text: str, file: str = "<string>", entry: str | None = None,
                    args: Mapping[str, Any] | None = None, base: Path | None = None) -> Compiled:
-    return _compile(loads(text, file, base), entry, args)
+    """Compile `text` (named `file`; imports resolve relative to `base`).  `entry` picks the
+    strategy a run starts with (default: the last one of the file); `args` are values for its
+    parameters (strings from a command line or typed values), used only by the static bounds."""
+    program = loads(text, file, base)
+    checked = check(program)
+    plan = lower(checked, entry)
+    plan = annotate(plan, bind_known(plan.strategy(), args or {}))
+    warnings = budget_warnings(plan, program.sources)
+    return Compiled(program, plan, warnings)
 
 
-def _compile(program: Program, entry: str | None, args: Mapping[str, Any] | None) -> Compiled:
-    plan = lower(check(program), entry, args)
-    return Compiled(program, plan, warnings(plan, program))
-
-
-def warnings(plan: P.Plan, program: Program) -> list[CheckWarning]:
-    """Steps and strategies whose static worst case exceeds their budget."""
-    out: list[CheckWarning] = []
-    for s in plan.strategies.values():
-        src = program.source_of(s.span.file)
-        for n in s.nodes:
-            bound = getattr(n, "bound", None)
-            budget = getattr(n, "budget", None)
-            if bound is None or budget is None:
-                continue
-            if bound.per_call is None:
-                out.append(CheckWarning(
-                    f"{n.__class__.__name__.lower()} has budget {budget} but its worst case is "
-                    "only known at run time", n.span, src))
-            elif bound.per_call > budget:
-                op = n.__class__.__name__.lower()
-                effect = (
-                    "the callee may end early with a partial result" if op == "call"
-                    else "its requests will share the budget fairly and may be cut short"
-                )
-                out.append(CheckWarning(
-                    f"worst case of this {op} is {bound.per_call} tokens per call, above its "
-                    f"budget of {budget}: {effect}", n.span, src))
-        if s.budget is not None and (s.worst is None or s.worst > s.budget):
-            worst = "unbounded" if s.worst is None else f"{s.worst} tokens"
-            out.append(CheckWarning(
-                f"worst case of strategy '{s.name}' is {worst}, above its budget of {s.budget} "
-                "tokens: a run may end early with a partial result", s.span, src))
-    out.sort(key=lambda w: (w.span.file, w.span.line, w.span.col))
-    return out
+def compile_file(path: str | Path, entry: str | None = None,
+                 args: Mapping[str, Any] | None = None) -> Compiled:
+    """`compile_source` of a file; its imports resolve relative to its folder."""
+    return compile_source(read_source(path), str(path), entry, args, base=Path(path).parent)

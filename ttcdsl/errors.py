@@ -7,7 +7,7 @@
     ├── CheckErrors               every semantic error of a program, reported together
     ├── UsageError                a bad command-line argument, argument value or input file
     ├── RunError                  the runtime could not finish a node
-    │   └── NodeFailed            a node failed permanently; names the .ttc line
+    │   └── NodeFailed            a node failed permanently; shows its .ttc line like a SourceError
     └── BackendError              a model server or model misbehaved
         ├── BackendUnavailable    start-up failed: says what was tried and how to fix it
         ├── TransientBackendError worth retrying (connection reset, 429, 502, 503)
@@ -59,18 +59,24 @@ class SourceError(TTCError):
 
     def render(self) -> str:
         """`FILE:LINE:COL: error: MESSAGE`, then the source line and a caret under the column."""
-        head = f"{self.span.file}:{self.span.line}:{self.span.col}: {self.severity}: {self.message}"
-        if self.source is None:
-            return head
-        lines = self.source.splitlines()
-        if not 1 <= self.span.line <= len(lines):
-            return head
-        text = lines[self.span.line - 1].expandtabs(4)
-        width = 1
-        if self.span.end_line == self.span.line and self.span.end_col > self.span.col:
-            width = self.span.end_col - self.span.col
-        caret = " " * (self.span.col - 1) + "^" * max(1, min(width, len(text) - self.span.col + 1))
-        return f"{head}\n    {text}\n    {caret}"
+        return _render_at(self.span, self.source, self.severity, self.message)
+
+
+def _render_at(span: Span, source: str | None, severity: str, message: str) -> str:
+    """How every error with a place is shown: `FILE:LINE:COL: SEVERITY: MESSAGE`, then (when the
+    source text is known) the line, indented, and carets under the span's part of it."""
+    head = f"{span}: {severity}: {message}"
+    if source is None:
+        return head
+    lines = source.splitlines()
+    if not 1 <= span.line <= len(lines):
+        return head
+    text = lines[span.line - 1].expandtabs(4)
+    width = 1
+    if span.end_line == span.line and span.end_col > span.col:
+        width = span.end_col - span.col
+    caret = " " * (span.col - 1) + "^" * max(1, min(width, len(text) - span.col + 1))
+    return f"{head}\n    {text}\n    {caret}"
 
 
 class TTCSyntaxError(SourceError):
@@ -109,12 +115,22 @@ class RunError(TTCError):
 
 
 class NodeFailed(RunError):
-    """A plan node failed permanently. The message names the .ttc file and line."""
+    """A plan node failed permanently.  `span` is the node's place in the `.ttc` source.
 
-    def __init__(self, message: str, span: Span | None = None) -> None:
-        where = f"{span.file}:{span.line}:{span.col}: " if span is not None else ""
-        super().__init__(where + message)
+    `str()` is one line, `FILE:LINE:COL: MESSAGE` (what dataset mode records per failed item);
+    `render()` is the form `ttc check` uses for its errors, with the source line and a caret
+    once `source` is set (the CLI sets it from the compiled program: `Compiled.locate`)."""
+
+    def __init__(self, message: str, span: Span | None = None, source: str | None = None) -> None:
+        super().__init__(f"{span}: {message}" if span is not None else message)
+        self.message = message
         self.span = span
+        self.source = source
+
+    def render(self) -> str:
+        if self.span is None:
+            return f"error: {self.message}"
+        return _render_at(self.span, self.source, "error", self.message)
 
 
 class BackendError(TTCError):

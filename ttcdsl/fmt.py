@@ -30,13 +30,14 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 from lark import Lark, Token
 
 from ttcdsl import ast
 from ttcdsl.parse import dedent_triple, grammar_text, parse, unescape
 from ttcdsl.span import NO_SPAN
+from ttcdsl.vocabulary import SCORERS
 
 __all__ = ["INDENT", "format_module", "format_source"]
 
@@ -440,7 +441,7 @@ class _Formatter:
         head = value
         while _piped(head):
             chain.append(head)
-            head = head.branches  # type: ignore[union-attr]
+            head = head.branches
         indent = len(prefix) - len(prefix.lstrip(" "))
         if not chain:
             return _wrap(prefix + self.sub(value, _PIPE, follow).text, indent)
@@ -509,7 +510,7 @@ class _Formatter:
                 return _Out(f"-{sep}{operand.text}", _FACTOR, operand.absorbs)
             case ast.Sample() | ast.Expand() | ast.Score() | ast.Prune() | ast.Vote():
                 if _piped(e):
-                    left = self.sub(e.branches, _PIPE, frozenset({"|"}))  # type: ignore[union-attr]
+                    left = self.sub(e.branches, _PIPE, frozenset({"|"}))
                     step = self.pipe_step(e, follow)
                     return _Out(f"{left.text} | {step.text}", _PIPE, step.absorbs)
                 return self.seq(_step_parts(e, with_input=True), follow, _ATOM)
@@ -628,7 +629,7 @@ def _first_token(part: Any) -> str:
     return "STRING" if word.startswith('"') else word
 
 
-def _piped(e: ast.Expr) -> bool:
+def _piped(e: ast.Expr) -> TypeGuard[ast.Expand | ast.Score | ast.Prune | ast.Vote]:
     return isinstance(e, (ast.Expand, ast.Score, ast.Prune, ast.Vote)) and e.piped
 
 
@@ -699,6 +700,6 @@ def _budget_parts(budget: int | None, clause_before: bool, optional: str) -> lis
 
 
 def _scorer(s: ast.Scorer) -> str:
-    if s.kind in ("judge", "verifier"):
+    if SCORERS[s.kind].argument is not None:
         return f"{s.kind}({_one_line(s.arg or '')})"
     return s.kind

@@ -1,33 +1,41 @@
 """Stage 3: a checked program -> `Plan`.
 
-`lower(checked, entry=None, args=None)` is pure.  Node ids are assigned in a fixed order (the
-strategies in definition order, each strategy's expressions depth first, left to right), so the
-same source always gives the same plan.  Pipelines have already been desugared by the parser, a
-name that is a never-reassigned parameter becomes a `Param` node and every other name a `Var`,
-`+` on branches becomes a `Union`, prompts with `{name}` become `Prompt` nodes.  After lowering,
-`ttcdsl.bounds` fills in each step's static worst-case tokens.
+`lower(checked, entry=None)` is pure.  Node ids are assigned in a fixed order (the strategies in
+definition order, each strategy's expressions depth first, left to right), so the same source
+always gives the same plan.  Pipelines have already been desugared by the parser, a name that is
+a never-reassigned parameter becomes a `Param` node and every other name a `Var`, `+` on
+branches becomes a `Union`, prompts with `{name}` become `Prompt` nodes, omitted clauses get the
+defaults of `ttcdsl.vocabulary`.  The steps' static bounds are left empty: that is the next
+stage (`ttcdsl.bounds.annotate`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
 from ttcdsl import ast, plan
-from ttcdsl.bounds import annotate
-from ttcdsl.check import BUILTINS, Checked, walk_exprs
+from ttcdsl.check import Checked
 from ttcdsl.errors import UsageError
-from ttcdsl.parse import parse_template
+from ttcdsl.vocabulary import (
+    BUILTINS,
+    DEFAULT_AGGREGATION,
+    DEFAULT_EXTRACTOR,
+    DEFAULT_PRUNE_GROUP,
+    DEFAULT_PRUNE_ORDER,
+    JUDGE_BRANCH,
+    PRUNE_NEEDS_LOGPROBS,
+    SCORERS,
+    VALUE_TYPES,
+    ValueType,
+)
 
 __all__ = ["lower"]
 
 
-def lower(checked: Checked, entry: str | None = None, args: Mapping[str, Any] | None = None) -> plan.Plan:
-    """Lower every strategy; `entry` defaults to the last strategy of the main file.
-
-    `args` (values for the entry's parameters) only affect the static bounds."""
+def lower(checked: Checked, entry: str | None = None) -> plan.Plan:
+    """Lower every strategy; `entry` defaults to the last strategy of the main file.  Raises
+    `UsageError` when `entry` names no strategy of the program."""
     program = checked.program
     mains = program.main_strategies
     if entry is None:
@@ -38,10 +46,10 @@ def lower(checked: Checked, entry: str | None = None, args: Mapping[str, Any] | 
     # Branches flow between strategies (a callee's samples may be scored by its caller), so
     # token logprobs are requested everywhere as soon as any strategy scores or prunes by them.
     logprobs = any(
-        (isinstance(e, ast.Score) and e.scorer.kind == "logprob")
-        or (isinstance(e, ast.Prune) and e.by == "logprob")
+        (isinstance(e, ast.Score) and SCORERS[e.scorer.kind].needs_logprobs)
+        or (isinstance(e, ast.Prune) and e.by in PRUNE_NEEDS_LOGPROBS)
         for s in program.strategies.values()
-        for e in walk_exprs(s.body)
+        for e in ast.expressions(s.body)
     )
     next_id = 1
     strategies: dict[str, plan.StrategyPlan] = {}
@@ -49,8 +57,7 @@ def lower(checked: Checked, entry: str | None = None, args: Mapping[str, Any] | 
         lowered = _StrategyLowering(checked, s, next_id, logprobs).run()
         next_id += len(lowered.nodes)
         strategies[name] = lowered
-    result = plan.Plan(entry=entry, strategies=strategies)
-    return annotate(result, args or {})
+    return plan.Plan(entry=entry, strategies=strategies)
 
 
 class _StrategyLowering:
@@ -59,7 +66,7 @@ class _StrategyLowering:
         self.s = strategy
         self.nodes: list[plan.Node] = []
         self.next_id = first_id
-        assigned = {st.name for st in _all_stmts(strategy.body) if isinstance(st, ast.Assign)}
+        assigned = {st.name for st in ast.statements(strategy.body) if isinstance(st, ast.Assign)}
         self.params = {p.name for p in strategy.params} - assigned
         self.logprobs = logprobs
 
@@ -81,7 +88,7 @@ class _StrategyLowering:
             nodes=self.nodes,
             body=body,
             span=self.s.span,
-            returns=self.checked.returns.get(self.s.name, "branches"),  # type: ignore[arg-type]
+            returns=_value_type(self.checked.returns.get(self.s.name, "branches")),
             budget=budget,
         )
 
@@ -123,19 +130,19 @@ class _StrategyLowering:
             case ast.IntLit() | ast.FloatLit() | ast.BoolLit():
                 return self.add(plan.Const, e, value=e.value)
             case ast.StrLit():
-                parts = parse_template(e.value)
-                if all(isinstance(p, str) for p in parts):
-                    return self.add(plan.Const, e, value="".join(p for p in parts if isinstance(p, str)))
+                template = e.template
+                if template.is_literal:
+                    return self.add(plan.Const, e, value=template.text)
                 refs: list[str | plan.Ref] = [
-                    p if isinstance(p, str) else self.name(p[0], e) for p in parts
+                    p if isinstance(p, str) else self.name(p.name, e) for p in template.parts
                 ]
                 return self.add(plan.Prompt, e, parts=refs)
             case ast.Name():
                 return self.name(e.id, e)
             case ast.ListLit():
-                texts = [i for i in e.items if isinstance(i, ast.StrLit) and not _has_interp(i.value)]
+                texts = [i for i in e.items if isinstance(i, ast.StrLit) and i.template.is_literal]
                 if len(texts) == len(e.items):
-                    return self.add(plan.Const, e, value=[_unbrace(i.value) for i in texts])
+                    return self.add(plan.Const, e, value=[i.template.text for i in texts])
                 return self.add(plan.ListOf, e, items=[self.expr(i) for i in e.items])
             case ast.BinOp():
                 left, right = self.expr(e.left), self.expr(e.right)
@@ -172,20 +179,24 @@ class _StrategyLowering:
                 branches = self.expr(e.branches)
                 return self.add(
                     plan.Score, e, branches=branches, scorer=self.scorer(e.scorer, e),
-                    agg=e.agg or "last", budget=e.budget,
+                    agg=e.agg or DEFAULT_AGGREGATION, budget=e.budget,
                 )
             case ast.Prune():
                 branches, keep = self.expr(e.branches), self.expr(e.keep)
-                return self.add(plan.Prune, e, branches=branches, keep=keep, by=e.by or "score", per=e.per or "all")
+                return self.add(
+                    plan.Prune, e, branches=branches, keep=keep, by=e.by or DEFAULT_PRUNE_ORDER,
+                    per=e.per or DEFAULT_PRUNE_GROUP,
+                )
             case ast.Vote():
                 branches = self.expr(e.branches)
                 return self.add(
-                    plan.Vote, e, branches=branches, on=e.on or "number", pattern=e.pattern, weighted=e.weighted
+                    plan.Vote, e, branches=branches, on=e.on or DEFAULT_EXTRACTOR, pattern=e.pattern,
+                    weighted=e.weighted,
                 )
         raise AssertionError(f"unhandled expression {e!r}")
 
     def call(self, e: ast.Call) -> plan.Ref:
-        if e.func in self.checked.program.strategies and e.func not in _BUILTIN_NAMES:
+        if e.func in self.checked.program.strategies and e.func not in BUILTINS:
             target = self.checked.program.strategies[e.func]
             args: dict[str, plan.Ref] = {}
             for p, arg in zip(target.params, e.args):
@@ -200,52 +211,33 @@ class _StrategyLowering:
         return plan.Settings(**values)
 
     def scorer(self, scorer: ast.Scorer, e: Any) -> plan.Scorer:
-        if scorer.kind == "judge" and scorer.arg is not None:
+        if scorer.template is not None:
             parts: list[str | plan.Ref | plan.BranchText] = []
-            for p in parse_template(scorer.arg):
+            for p in scorer.template.parts:
                 if isinstance(p, str):
                     parts.append(p)
-                elif p[0] == "branch":
+                elif p.name == JUDGE_BRANCH:
                     parts.append(plan.BranchText())
                 else:
-                    parts.append(self.name(p[0], scorer))
+                    parts.append(self.name(p.name, scorer))
             return plan.Scorer("judge", template=parts)
-        if scorer.kind == "verifier":
-            return plan.Scorer("verifier", target=scorer.arg)
+        if SCORERS[scorer.kind].argument == "target":
+            return plan.Scorer(scorer.kind, target=scorer.arg)
         return plan.Scorer(scorer.kind)
 
 
-_BUILTIN_NAMES = frozenset(BUILTINS)
-
-
-def _all_stmts(stmts: Sequence[ast.Stmt]) -> list[ast.Stmt]:
-    out: list[ast.Stmt] = []
-    for st in stmts:
-        out.append(st)
-        if isinstance(st, ast.Repeat):
-            out += _all_stmts(st.body)
-        elif isinstance(st, ast.If):
-            out += _all_stmts(st.then) + _all_stmts(st.orelse)
-    return out
+def _value_type(name: str) -> ValueType:
+    for t in VALUE_TYPES:
+        if t == name:
+            return t
+    raise AssertionError(f"the checker passed a strategy that returns {name!r}")
 
 
 def _literal(e: ast.Expr) -> Any:
     if isinstance(e, (ast.IntLit, ast.FloatLit, ast.BoolLit)):
         return e.value
     if isinstance(e, ast.StrLit):
-        return _unbrace(e.value)
+        return e.template.text
     if isinstance(e, ast.Neg):
         return -_literal(e.operand)
     raise AssertionError(e)
-
-
-def _has_interp(value: str) -> bool:
-    return any(isinstance(p, tuple) for p in parse_template(value))
-
-
-def _unbrace(value: str) -> str:
-    return "".join(p for p in parse_template(value) if isinstance(p, str))
-
-
-def to_json(p: plan.Plan) -> bytes:
-    return msgspec.json.format(plan.encode(p), indent=2)

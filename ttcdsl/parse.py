@@ -1,4 +1,5 @@
-"""Stage 1: source text -> `ast.Module`.
+"""The parser, one file at a time (stage 1, `ttcdsl.program.loads`, runs it on a file and its
+imports): source text -> `ast.Module`.
 
 `parse(source, file)` is a pure function.  It either returns a frozen AST whose every node carries
 its `Span`, or raises `TTCSyntaxError` for the *first* thing it cannot read, saying what was
@@ -12,7 +13,7 @@ import re
 import textwrap
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import Any, TypeAlias
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, VisitError
@@ -20,8 +21,18 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from ttcdsl import ast
 from ttcdsl.errors import TTCSyntaxError
 from ttcdsl.span import Span
+from ttcdsl.vocabulary import (
+    AGGREGATIONS,
+    EXTRACTORS,
+    PARAM_TYPES,
+    PRUNE_GROUPS,
+    PRUNE_ORDERS,
+    RESERVED_NAMES,
+    TypeName,
+    or_list,
+)
 
-__all__ = ["grammar_text", "parse", "parse_template", "unescape"]
+__all__ = ["grammar_text", "parse", "unescape"]
 
 
 def grammar_text() -> str:
@@ -114,46 +125,6 @@ def dedent_triple(body: str) -> str:
     return textwrap.dedent("\n".join(lines))
 
 
-_INTERP = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-
-
-def parse_template(value: str) -> list[str | tuple[str, int]]:
-    """Split a prompt into literal text and `(name, offset)` interpolations.
-
-    Raises ValueError with a message (and the offset in ``args[1]``) for a stray or empty brace.
-    """
-    parts: list[str | tuple[str, int]] = []
-    literal: list[str] = []
-    pos = 0
-    for m in _INTERP.finditer(value):
-        literal.append(value[pos : m.start()])
-        pos = m.end()
-        token = m.group(0)
-        if token in ("{{", "}}"):
-            literal.append(token[0])
-        elif m.group(1) is not None:
-            name = m.group(1).strip()
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise ValueError(
-                    f"'{{{m.group(1)}}}' is not an interpolation: write {{name}} with a "
-                    "defined name, or {{ and }} for literal braces",
-                    m.start(),
-                )
-            if "".join(literal):
-                parts.append("".join(literal))
-            literal = []
-            parts.append((name, m.start()))
-        else:
-            raise ValueError(
-                f"a lone '{token}' in a string: write {token}{token} for a literal brace",
-                m.start(),
-            )
-    literal.append(value[pos:])
-    if "".join(literal):
-        parts.append("".join(literal))
-    return parts
-
-
 # ---- tree -> AST ----
 
 
@@ -171,6 +142,15 @@ def _tok_span(file: str, tok: Token) -> Span:
         tok.end_line or tok.line or 0,
         tok.end_column or tok.column or 0,
     )
+
+
+# The grammar's TYPE terminal reads exactly these words (tests/test_parse.py checks it).
+_PARAM_TYPE: dict[str, TypeName] = {t: t for t in PARAM_TYPES}
+
+# A step written after `|`: its class and its fields but the input (the value on the left).
+_PipeStep: TypeAlias = tuple[
+    type[ast.Expand] | type[ast.Score] | type[ast.Prune] | type[ast.Vote], dict[str, Any]
+]
 
 
 def _settings(clause: Any) -> tuple[ast.Setting, ...]:
@@ -205,7 +185,7 @@ class _Builder(Transformer[Token, Any]):
         )
 
     def _name(self, tok: Token) -> str:
-        if str(tok) in _EXPRESSION_KEYWORDS:
+        if str(tok) in RESERVED_NAMES:
             raise TTCSyntaxError(
                 f"'{tok}' is a keyword and cannot name a value; choose another name",
                 _tok_span(self.file, tok),
@@ -213,7 +193,7 @@ class _Builder(Transformer[Token, Any]):
         return str(tok)
 
     def param(self, meta: Any, name: Token, type_: Token, default: Any) -> ast.Param:
-        return ast.Param(self._name(name), str(type_), default, self._s(meta))  # type: ignore[arg-type]
+        return ast.Param(self._name(name), _PARAM_TYPE[str(type_)], default, self._s(meta))
 
     @v_args(meta=True, inline=False)
     def block(self, meta: Any, stmts: list[Any]) -> tuple[ast.Stmt, ...]:
@@ -238,7 +218,7 @@ class _Builder(Transformer[Token, Any]):
 
     # ---- expressions ----
 
-    def pipe(self, meta: Any, left: ast.Expr, step: Any) -> ast.Expr:
+    def pipe(self, meta: Any, left: ast.Expr, step: _PipeStep) -> ast.Expr:
         # The step's span is its own (`| prune keep 2` on its line), not the whole pipeline's,
         # so an error or a runtime failure names the line of that step.
         kind, fields = step
@@ -319,16 +299,16 @@ class _Builder(Transformer[Token, Any]):
         kind, pattern = on if on is not None else (None, None)
         return ast.Vote(branches, kind, pattern, weighted is not None, span=self._s(meta))
 
-    def pexpand(self, meta: Any, count: Any, settings: Any, budget: Any) -> tuple[Any, dict[str, Any]]:
+    def pexpand(self, meta: Any, count: Any, settings: Any, budget: Any) -> _PipeStep:
         return ast.Expand, {"count": count, "settings": _settings(settings), "budget": budget, "span": self._s(meta)}
 
-    def pscore(self, meta: Any, scorer: Any, agg: Any, budget: Any) -> tuple[Any, dict[str, Any]]:
+    def pscore(self, meta: Any, scorer: Any, agg: Any, budget: Any) -> _PipeStep:
         return ast.Score, {"scorer": scorer, "agg": agg, "budget": budget, "span": self._s(meta)}
 
-    def pprune(self, meta: Any, keep: Any, by: Any, per: Any) -> tuple[Any, dict[str, Any]]:
+    def pprune(self, meta: Any, keep: Any, by: Any, per: Any) -> _PipeStep:
         return ast.Prune, {"keep": keep, "by": by, "per": per, "span": self._s(meta)}
 
-    def pvote(self, meta: Any, on: Any, weighted: Any) -> tuple[Any, dict[str, Any]]:
+    def pvote(self, meta: Any, on: Any, weighted: Any) -> _PipeStep:
         kind, pattern = on if on is not None else (None, None)
         return ast.Vote, {"on": kind, "pattern": pattern, "weighted": weighted is not None, "span": self._s(meta)}
 
@@ -387,14 +367,14 @@ _TOKEN_NAMES = {
     "FLOAT": "a number",
     "STRING": "a string",
     "LONG_STRING": "a string",
-    "TYPE": "a type (text, int, float or bool)",
+    "TYPE": f"a type ({or_list(PARAM_TYPES)})",
     "COMP_OP": "a comparison",
     "ADD_OP": "'+' or '-'",
     "MUL_OP": "'*', '/' or '%'",
-    "AGG_KIND": "last, min, mean or prod",
-    "PRUNE_KEY": "score, logprob or length",
-    "PER_KIND": "root or parent",
-    "EXTRACTOR": "number, boxed, line or regex",
+    "AGG_KIND": or_list(AGGREGATIONS),
+    "PRUNE_KEY": or_list(PRUNE_ORDERS),
+    "PER_KIND": or_list(PRUNE_GROUPS),
+    "EXTRACTOR": or_list(EXTRACTORS),
     "BUDGET_STMT": "budget",
     "$END": "the end of the file",
 }
@@ -402,12 +382,10 @@ _TOKEN_NAMES = {
 # Groups of terminals named together in "expected ..." lists, so a message stays short.
 _STATEMENT_STARTS = frozenset({"NAME", "IF", "REPEAT", "RETURN", "BUDGET_STMT"})
 _EXPRESSION_STARTS = frozenset({
-    "NAME", "INT", "FLOAT", "STRING", "LONG_STRING", "LPAR", "LSQB", "MINUS", "NOT", "TRUE",
-    "FALSE", "SAMPLE", "EXPAND", "SCORE", "PRUNE", "VOTE",
+    "NAME", "INT", "FLOAT", "STRING", "LONG_STRING", "LPAR", "LSQB", "MINUS",
+    *(word.upper() for word in RESERVED_NAMES),
 })
 _OPERATORS = frozenset({"ADD_OP", "MUL_OP", "COMP_OP", "AND", "OR", "VBAR"})
-# Words that start an expression: a value bound to such a name could never be read back.
-_EXPRESSION_KEYWORDS = frozenset({"sample", "expand", "score", "prune", "vote", "not", "true", "false"})
 
 
 def _describe(term: str) -> str:
@@ -467,7 +445,7 @@ _EXPONENT = re.compile(r"(?<![\w.])(?:\d+\.\d*|\.\d+|\d+)[eE][+-]?\d+\b")
 
 
 _KEYWORD_AS_NAME = re.compile(
-    r"(?:^|[{};(,]|\s)(sample|expand|score|prune|vote|not|true|false)\s*(?:=(?!=)|:)", re.M
+    r"(?:^|[{};(,]|\s)(" + "|".join(sorted(RESERVED_NAMES)) + r")\s*(?:=(?!=)|:)", re.M
 )
 
 
@@ -567,9 +545,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxErro
             f"a strategy budget is written `budget {shown} tokens`; "
             "a step's own budget goes right after the step, e.g. `sample 4 from p budget 500`"
         )
-    elif token.type == "NAME" and word_start < pos and source[word_start:pos] in ("text", "int", "float", "bool"):
+    elif token.type == "NAME" and word_start < pos and source[word_start:pos] in PARAM_TYPES:
         word = source[word_start : pos + len(shown)]
-        msg = f"unknown type '{word}'; expected text, int, float or bool"
+        msg = f"unknown type '{word}'; expected {or_list(PARAM_TYPES)}"
         col -= pos - word_start
         width = len(word)
     elif token.type in ("RPAR", "RSQB", "RBRACE") and (opened is None or opened[0] != {"RPAR": "(", "RSQB": "[", "RBRACE": "{"}[token.type]):

@@ -7,8 +7,12 @@ typed `Ref`s (never bare strings), ids are assigned deterministically by the low
 unique across the whole plan, and every node and statement keeps the `Span` of the source it came
 from so a runtime failure can name the `.ttc` line.
 
-The plan knows nothing about execution.  Step nodes carry a static `Bound` on their completion
-tokens (computed from the parameters' defaults or the values given to `lower`).
+The plan knows nothing about execution.  The six step nodes (the five steps and `Call`) are
+`Step`s; those that spend tokens (`sample`, `expand`, `score`, a call) are also `Budgeted`: an
+optional `budget` of their own and a static `Bound` on their completion tokens, filled in by
+`ttcdsl.bounds.annotate`.  `Step` and `Budgeted` are plain mixins, not Struct bases, so each node
+keeps its own field order in the JSON.  `refs(node)` yields the nodes a node reads (the walker:
+a plan is a flat table, so this is all the iteration it needs).
 
 Schema evolution follows msgspec's rules: new fields get defaults, nothing is renamed, and
 ``PLAN_VERSION`` increases when a reader must know.  `encode`/`decode` are the only entry points;
@@ -17,18 +21,35 @@ the decoder is built once.
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from collections.abc import Iterator
+from typing import ClassVar, Literal, TypeAlias
 
 import msgspec
 
 from ttcdsl.span import Span
+from ttcdsl.vocabulary import (
+    DEFAULT_AGGREGATION,
+    DEFAULT_EXTRACTOR,
+    DEFAULT_PRUNE_GROUP,
+    DEFAULT_PRUNE_ORDER,
+    Aggregation,
+    BuiltinName,
+    Extractor,
+    PruneOrder,
+    PruneScope,
+    ScorerKind,
+    TypeName,
+    ValueType,
+)
 
 __all__ = [
     "PLAN_VERSION",
+    "STEP_NODES",
     "Arith",
     "Bind",
     "Bound",
     "BranchText",
+    "Budgeted",
     "Builtin",
     "Call",
     "Compare",
@@ -52,6 +73,7 @@ __all__ = [
     "Score",
     "Scorer",
     "Settings",
+    "Step",
     "Stmt",
     "StrategyPlan",
     "StrategyRef",
@@ -60,11 +82,11 @@ __all__ = [
     "Vote",
     "decode",
     "encode",
+    "refs",
+    "to_json",
 ]
 
 PLAN_VERSION = 1
-
-ValueType = Literal["text", "int", "float", "bool", "branches", "answer", "list"]
 
 
 class Ref(msgspec.Struct, frozen=True, tag="ref"):
@@ -107,7 +129,7 @@ class Settings(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class Scorer(msgspec.Struct, frozen=True, omit_defaults=True):
-    kind: Literal["prm", "logprob", "judge", "verifier"]
+    kind: ScorerKind
     # judge: the template; names resolve to nodes, `{branch}` to the graded branch.
     template: list[str | Ref | BranchText] | None = None
     # verifier: "module:function".
@@ -117,6 +139,40 @@ class Scorer(msgspec.Struct, frozen=True, omit_defaults=True):
 class NodeBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="op", omit_defaults=True):
     id: int
     span: Span
+
+    @property
+    def op(self) -> str:
+        """The node's tag in the JSON (`sample`, `const`, ...)."""
+        return _tag(self.__struct_config__)
+
+
+def _tag(config: msgspec.structs.StructConfig) -> str:
+    assert isinstance(config.tag, str)
+    return config.tag
+
+
+class Step:
+    """Mixin of the step nodes: the five steps and `Call`.  These are what `ttc plan` tabulates
+    and what a run reports usage for."""
+
+    __slots__ = ()
+    id: int
+    span: Span
+    __struct_config__: ClassVar[msgspec.structs.StructConfig]
+
+    @property
+    def op(self) -> str:
+        return _tag(self.__struct_config__)
+
+
+class Budgeted(Step):
+    """Mixin of the steps that spend completion tokens: `sample`, `expand`, `score` and `Call`.
+    `budget` is the step's own `budget N` (None: it draws on the enclosing budget); `bound` is its
+    static worst case, set by the bounds pass (None before it runs)."""
+
+    __slots__ = ()
+    budget: int | None
+    bound: Bound | None
 
 
 class Const(NodeBase, tag="const", frozen=True):
@@ -182,13 +238,11 @@ class Neg(NodeBase, tag="neg", frozen=True):
 
 
 class Builtin(NodeBase, tag="builtin", frozen=True):
-    name: Literal[
-        "best", "active", "done", "size", "finished", "agreement", "best_score", "budget_left"
-    ]
+    name: BuiltinName
     args: list[Ref] = []
 
 
-class Call(NodeBase, tag="call", frozen=True):
+class Call(NodeBase, Budgeted, tag="call", frozen=True):
     """Run another strategy inside the caller's remaining budget (or `budget`, if given)."""
 
     strategy: StrategyRef
@@ -197,7 +251,7 @@ class Call(NodeBase, tag="call", frozen=True):
     bound: Bound | None = None
 
 
-class Sample(NodeBase, tag="sample", frozen=True):
+class Sample(NodeBase, Budgeted, tag="sample", frozen=True):
     """`count` fresh forks of `prompt`."""
 
     count: Ref
@@ -209,7 +263,7 @@ class Sample(NodeBase, tag="sample", frozen=True):
     bound: Bound | None = None
 
 
-class Expand(NodeBase, tag="expand", frozen=True):
+class Expand(NodeBase, Budgeted, tag="expand", frozen=True):
     """Every unfinished branch forked `count` times from its own tokens; finished ones pass."""
 
     branches: Ref
@@ -220,24 +274,24 @@ class Expand(NodeBase, tag="expand", frozen=True):
     bound: Bound | None = None
 
 
-class Score(NodeBase, tag="score", frozen=True):
+class Score(NodeBase, Budgeted, tag="score", frozen=True):
     branches: Ref
     scorer: Scorer
-    agg: Literal["last", "min", "mean", "prod"] = "last"
+    agg: Aggregation = DEFAULT_AGGREGATION
     budget: int | None = None
     bound: Bound | None = None
 
 
-class Prune(NodeBase, tag="prune", frozen=True):
+class Prune(NodeBase, Step, tag="prune", frozen=True):
     branches: Ref
     keep: Ref
-    by: Literal["score", "logprob", "length"] = "score"
-    per: Literal["all", "root", "parent"] = "all"
+    by: PruneOrder = DEFAULT_PRUNE_ORDER
+    per: PruneScope = DEFAULT_PRUNE_GROUP
 
 
-class Vote(NodeBase, tag="vote", frozen=True):
+class Vote(NodeBase, Step, tag="vote", frozen=True):
     branches: Ref
-    on: Literal["number", "boxed", "line", "regex"] = "number"
+    on: Extractor = DEFAULT_EXTRACTOR
     pattern: str | None = None
     weighted: bool = False
 
@@ -263,6 +317,7 @@ Node: TypeAlias = (
     | Vote
 )
 STEP_NODES = (Sample, Expand, Score, Prune, Vote, Call)
+"""The `Step` classes, in the order `ttc plan` documents them."""
 
 
 class StmtBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="stmt"):
@@ -298,7 +353,7 @@ Stmt: TypeAlias = Bind | Repeat | If | Return
 
 class ParamSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str
-    type: Literal["text", "int", "float", "bool"]
+    type: TypeName
     # The default value (a literal), if any.
     default: int | float | str | bool | None = None
     required: bool = True
@@ -327,9 +382,6 @@ class Plan(msgspec.Struct, frozen=True):
     def strategy(self, name: str | None = None) -> StrategyPlan:
         return self.strategies[name or self.entry]
 
-    def node(self, strategy: str, ref: Ref) -> Node:
-        return self.strategies[strategy].nodes[ref.node - self.strategies[strategy].nodes[0].id]
-
 
 _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(Plan)
@@ -337,6 +389,11 @@ _DECODER = msgspec.json.Decoder(Plan)
 
 def encode(plan: Plan) -> bytes:
     return _ENCODER.encode(plan)
+
+
+def to_json(plan: Plan) -> bytes:
+    """`encode`, indented for people (what `ttc plan --format json` prints, the golden files)."""
+    return msgspec.json.format(encode(plan), indent=2)
 
 
 def decode(data: bytes | str) -> Plan:
@@ -348,3 +405,27 @@ def decode(data: bytes | str) -> Plan:
             f"({PLAN_VERSION}); upgrade ttcdsl"
         )
     return plan
+
+
+# ---- walkers ----
+
+
+def refs(node: Node | Scorer | Settings) -> Iterator[Ref]:
+    """The nodes `node` reads, in field order: operands, items, arguments, prompt and template
+    parts, settings."""
+    for name in node.__struct_fields__:
+        yield from _refs_in(getattr(node, name))
+
+
+def _refs_in(value: object) -> Iterator[Ref]:
+    if isinstance(value, Ref):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _refs_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _refs_in(item)
+    elif isinstance(value, (Settings, Scorer)):
+        yield from refs(value)
+

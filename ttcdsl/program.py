@@ -1,8 +1,10 @@
-"""Loading a program: a `.ttc` file and everything it imports.
+"""Stage 1, loading a program: a `.ttc` source and everything it imports.
 
-`load(path)` reads and parses the file and, transitively, every `import "other.ttc"` (resolved
-relative to the importing file; each file is read once, so import cycles are harmless).  The
-result keeps every source text so that any later error can show its line.
+`loads(text, file, base)` parses the source and, transitively, every `import "other.ttc"`
+(resolved relative to the importing file, the first one relative to `base`; each file is read
+once, so import cycles are harmless).  The `Program` keeps every source text, so that any later
+error (at check time or at run time) can show its line.  `load(path)` does the same for a file,
+which `read_source(path)` reads.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ttcdsl import ast
-from ttcdsl.errors import CheckError, CheckErrors, TTCSyntaxError, UsageError
+from ttcdsl.errors import CheckError, CheckErrors, UsageError
 from ttcdsl.parse import parse
 
-__all__ = ["Program", "load", "loads"]
+__all__ = ["Program", "load", "loads", "read_source"]
 
 
 @dataclass
@@ -41,21 +43,26 @@ class Program:
         return self.sources.get(file)
 
 
-def load(path: str | Path) -> Program:
-    """Read, parse and import.  Raises `UsageError` for an unreadable main file,
-    `TTCSyntaxError` for a syntax error, `CheckErrors` for a missing import."""
-    p = Path(path)
+def read_source(path: str | Path) -> str:
+    """The text of a main `.ttc` file; `UsageError` when it cannot be read."""
     try:
-        text = p.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
-    return loads(text, str(path), base=p.parent)
+
+
+def load(path: str | Path) -> Program:
+    """`loads` of the file at `path`, its imports relative to its folder; `UsageError` when the
+    file cannot be read."""
+    return loads(read_source(path), str(path), base=Path(path).parent)
 
 
 def loads(text: str, file: str = "<string>", base: Path | None = None) -> Program:
-    """Like `load` but from text; imports resolve relative to `base` (default: cwd)."""
+    """Parse `text` (named `file`) and its imports, which resolve relative to `base` (default:
+    the current directory).  Raises `TTCSyntaxError` at the first syntax error of any file and
+    `CheckErrors` for imports that cannot be read."""
     program = Program(main=file)
     _add(program, text, file, base or Path.cwd())
     return program
@@ -79,9 +86,6 @@ def _add(program: Program, text: str, file: str, base: Path) -> None:
                 CheckError(f"cannot import {imp.path!r}: {reason} (looked at {target})", imp.span, text)
             )
             continue
-        try:
-            _add(program, sub_text, key, target.parent)
-        except TTCSyntaxError:
-            raise
+        _add(program, sub_text, key, target.parent)
     if errors:
         raise CheckErrors(errors)

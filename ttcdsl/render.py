@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 
 from ttcdsl import plan as P
+from ttcdsl.vocabulary import DEFAULT_AGGREGATION, DEFAULT_PRUNE_GROUP
 
 __all__ = ["describe", "to_dot", "to_text"]
-
-_STEP_OPS = (P.Sample, P.Expand, P.Score, P.Prune, P.Vote, P.Call)
 
 
 def describe(nodes: dict[int, P.Node], ref: P.Ref | None) -> str:
@@ -19,7 +18,10 @@ def describe(nodes: dict[int, P.Node], ref: P.Ref | None) -> str:
     if ref is None:
         return "-"
     n = nodes[ref.node]
-    d = lambda r: describe(nodes, r)  # noqa: E731
+
+    def d(r: P.Ref | None) -> str:
+        return describe(nodes, r)
+
     match n:
         case P.Const():
             return json.dumps(n.value) if isinstance(n.value, (str, list)) else str(n.value).lower() if isinstance(n.value, bool) else str(n.value)
@@ -45,16 +47,18 @@ def describe(nodes: dict[int, P.Node], ref: P.Ref | None) -> str:
 
 
 def _params(nodes: dict[int, P.Node], n: P.Node) -> str:
-    d = lambda r: describe(nodes, r)  # noqa: E731
+    def d(r: P.Ref | None) -> str:
+        return describe(nodes, r)
+
     match n:
         case P.Sample():
             head = f"{d(n.count)} from {d(n.prompt)}"
         case P.Expand():
             head = f"{d(n.branches)} by {d(n.count)}"
         case P.Score():
-            head = f"{d(n.branches)} with {n.scorer.kind}" + (f" agg {n.agg}" if n.agg != "last" else "")
+            head = f"{d(n.branches)} with {n.scorer.kind}" + (f" agg {n.agg}" if n.agg != DEFAULT_AGGREGATION else "")
         case P.Prune():
-            head = f"{d(n.branches)} keep {d(n.keep)} by {n.by}" + (f" per {n.per}" if n.per != "all" else "")
+            head = f"{d(n.branches)} keep {d(n.keep)} by {n.by}" + (f" per {n.per}" if n.per != DEFAULT_PRUNE_GROUP else "")
         case P.Vote():
             head = f"{d(n.branches)} on {n.on}" + (f" {json.dumps(n.pattern)}" if n.pattern else "") + (" weighted" if n.weighted else "")
         case P.Call():
@@ -85,13 +89,13 @@ def to_text(plan: P.Plan) -> str:
         )
         rows = [("node", "op", "line", "inputs / parameters", "worst/call", "calls", "worst total", "budget")]
         for n in s.nodes:
-            if not isinstance(n, _STEP_OPS):
+            if not isinstance(n, P.Step):
                 continue
-            bound = getattr(n, "bound", None)
-            budget_n = getattr(n, "budget", None)
+            bound = n.bound if isinstance(n, P.Budgeted) else None
+            budget_n = n.budget if isinstance(n, P.Budgeted) else None
             rows.append((
                 f"n{n.id}",
-                n.__class__.__name__.lower(),
+                n.op,
                 str(n.span.line),
                 _params(nodes, n),
                 _fmt(bound.per_call) if bound else "0",
@@ -110,21 +114,6 @@ def _dot_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _inputs(n: P.Node) -> list[P.Ref]:
-    refs: list[P.Ref] = []
-    for field in n.__struct_fields__:
-        v = getattr(n, field)
-        if isinstance(v, P.Ref):
-            refs.append(v)
-        elif isinstance(v, list):
-            refs += [x for x in v if isinstance(x, P.Ref)]
-        elif isinstance(v, dict):
-            refs += [x for x in v.values() if isinstance(x, P.Ref)]
-        elif isinstance(v, P.Settings):
-            refs += [getattr(v, k) for k in v.__struct_fields__ if getattr(v, k) is not None]
-    return refs
-
-
 def to_dot(plan: P.Plan) -> str:
     """Graphviz: one cluster per strategy, one box per node, edges from inputs to users."""
     out = ["digraph plan {", "  rankdir=TB;", '  node [shape=box, fontname="monospace", fontsize=10];']
@@ -133,21 +122,20 @@ def to_dot(plan: P.Plan) -> str:
         out.append(f'    label="{_dot_escape(s.name)} (budget {s.budget if s.budget is not None else "-"}, worst {_fmt(s.worst)})";')
         nodes = {n.id: n for n in s.nodes}
         for n in s.nodes:
-            label = f"n{n.id} {n.__class__.__name__.lower()} (line {n.span.line})"
-            if isinstance(n, _STEP_OPS):
+            label = f"n{n.id} {type(n).__name__.lower()} (line {n.span.line})"
+            if isinstance(n, P.Step):
                 label += "\\n" + _dot_escape(_params(nodes, n))
-                bound = getattr(n, "bound", None)
-                if bound is not None:
-                    label += f"\\nworst {_fmt(bound.per_call)} x {_fmt(bound.calls)}"
-                if getattr(n, "budget", None) is not None:
-                    label += f"\\nbudget {n.budget}"  # type: ignore[union-attr]
+                if isinstance(n, P.Budgeted) and n.bound is not None:
+                    label += f"\\nworst {_fmt(n.bound.per_call)} x {_fmt(n.bound.calls)}"
+                if isinstance(n, P.Budgeted) and n.budget is not None:
+                    label += f"\\nbudget {n.budget}"
                 style = ', style="filled", fillcolor="#e8f0fe"'
             else:
                 label += "\\n" + _dot_escape(describe(nodes, P.Ref(n.id)))
                 style = ""
             out.append(f'    n{n.id} [label="{label}"{style}];')
         for n in s.nodes:
-            for r in _inputs(n):
+            for r in P.refs(n):
                 out.append(f"    n{r.node} -> n{n.id};")
             if isinstance(n, P.Call):
                 out.append(f'    n{n.id} -> "cluster_{n.strategy.name}_entry" [style=dashed];')

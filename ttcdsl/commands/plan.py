@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ttcdsl.args import convert, parse_assignments
-from ttcdsl.bounds import annotate
+from ttcdsl.args import parse_assignments
 from ttcdsl.compiler import compile_file
-from ttcdsl.errors import UsageError
-from ttcdsl.lower import to_json
+from ttcdsl.plan import to_json
 from ttcdsl.render import to_dot, to_text
 
 
@@ -24,17 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = compile_file(args.file, args.strategy).plan
-    given = parse_assignments(args.arg)
-    if given:
-        # Partial values are fine here: missing parameters keep their defaults (or stay unknown).
-        entry = plan.strategy()
-        params = {p.name: p for p in entry.params}
-        unknown = [k for k in given if k not in params]
-        if unknown:
-            raise UsageError(f"strategy '{entry.name}' has no parameter {unknown[0]!r} (its parameters: {', '.join(params)})")
-        values = {k: convert(params[k], v) for k, v in given.items()}
-        plan = annotate(plan, values)  # only the static bounds depend on the values
+    # Partial values are fine here: missing parameters keep their defaults (or stay unknown).
+    plan = compile_file(args.file, args.strategy, parse_assignments(args.arg)).plan
     if args.format == "json":
         sys.stdout.write(to_json(plan).decode() + "\n")
     elif args.format == "dot":

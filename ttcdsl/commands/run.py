@@ -29,7 +29,7 @@ from rich.table import Table
 
 from ttcdsl.args import bind_args, parse_assignments
 from ttcdsl.compiler import compile_file
-from ttcdsl.errors import UsageError
+from ttcdsl.errors import NodeFailed, UsageError
 from ttcdsl.runtime.backends.factory import BACKENDS, BackendOptions, make_backend
 from ttcdsl.runtime.dataset import DatasetSummary, Item, read_items, run_dataset
 from ttcdsl.runtime.executor import RunOptions, run_plan
@@ -141,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
                     status.update(f"running {plan.entry} on {backend.info.model}...")
                     return await run_plan(plan, backend, values, opts)
 
-        result = anyio.run(main)
+        try:
+            result = anyio.run(main)
+        except NodeFailed as exc:
+            raise compiled.locate(exc) from None
     finally:
         if trace is not None:
             trace.close()
@@ -208,7 +211,7 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
 
         def on_item(summary: DatasetSummary, item: Item, result: RunResult | None) -> None:
             if result is None:
-                err.print(f"[red]error:[/] {escape(summary.errors[-1])}")
+                err.print(f"[red]error:[/] {escape(summary.errors[-1])}", soft_wrap=True)  # one line per item
             acc = f"acc {summary.accuracy:.3f}" if summary.accuracy is not None else ""
             progress.update(task, completed=summary.skipped + summary.done + summary.failed, acc=acc)
 
