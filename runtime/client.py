@@ -136,7 +136,7 @@ class _Flight(Generic[K]):
 
 def op_name(n: P.Node) -> str:
     """The step's keyword as users write it (`sample`, `score`, ...)."""
-    return n.__class__.__name__.lower()
+    return n.op
 
 
 class ModelClient:

@@ -30,7 +30,7 @@ from ttcdsl import plan as P
 from ttcdsl.errors import RunError, TTCError
 from ttcdsl.runtime.backend import Backend, first_failure
 from ttcdsl.runtime.budget import Budget
-from ttcdsl.runtime.client import ModelClient, RetryPolicy, Stats, op_name
+from ttcdsl.runtime.client import ModelClient, RetryPolicy, Stats
 from ttcdsl.runtime.interpreter import Interpreter
 from ttcdsl.runtime.reference import Reference
 from ttcdsl.runtime.steps import RunState
@@ -65,10 +65,10 @@ def _usage_table(plan: P.Plan) -> Stats:
     stats = Stats()
     for s in plan.strategies.values():
         for n in s.nodes:
-            if isinstance(n, P.STEP_NODES):
+            if isinstance(n, P.Step):
                 stats.nodes[n.id] = NodeUsage(
-                    id=n.id, op=op_name(n), strategy=s.name, file=n.span.file, line=n.span.line,
-                    budget=getattr(n, "budget", None),
+                    id=n.id, op=n.op, strategy=s.name, file=n.span.file, line=n.span.line,
+                    budget=n.budget if isinstance(n, P.Budgeted) else None,
                 )
     return stats
 

@@ -30,7 +30,6 @@ import anyio
 import msgspec
 
 from ttcdsl import plan as P
-from ttcdsl.bounds import DEFAULT_MAX_TOKENS, JUDGE_TOKENS
 from ttcdsl.errors import NodeFailed
 from ttcdsl.runtime import aggregate as agg
 from ttcdsl.runtime import semantics as sem
@@ -39,13 +38,19 @@ from ttcdsl.runtime.budget import Budget, Reservation, split
 from ttcdsl.runtime.client import ModelClient, Stats, op_name
 from ttcdsl.runtime.seeds import derive_seed
 from ttcdsl.runtime.values import Branch, Branches
+from ttcdsl.vocabulary import DEFAULT_MAX_TOKENS, JUDGE_TOKENS, SAMPLING_KEYS
 
 __all__ = ["SCORERS", "STEPS", "Evaluator", "Frame", "RunState", "run_step"]
 
 T = TypeVar("T")
 JUDGE_TOP_LOGPROBS = 20
-# The backend contract's sampling defaults, for keys a `with` clause leaves out.
-_DEFAULTS = Sampling(max_new_tokens=DEFAULT_MAX_TOKENS)
+
+
+def _default(key: str) -> float:
+    """The value the language gives a sampling key a `with` clause leaves out."""
+    default = SAMPLING_KEYS[key].default
+    assert default is not None, key
+    return default
 
 
 @dataclass
@@ -216,10 +221,10 @@ class _Generation:
         step = settings.get("step")
         base = Sampling(
             max_new_tokens=max_tokens,
-            temperature=float(settings.get("temperature", _DEFAULTS.temperature)),
-            top_p=float(settings.get("top_p", _DEFAULTS.top_p)),
-            top_k=int(settings.get("top_k", _DEFAULTS.top_k)),
-            min_p=float(settings.get("min_p", _DEFAULTS.min_p)),
+            temperature=float(settings.get("temperature", _default("temperature"))),
+            top_p=float(settings.get("top_p", _default("top_p"))),
+            top_k=int(settings.get("top_k", _default("top_k"))),
+            min_p=float(settings.get("min_p", _default("min_p"))),
             stop=tuple(stops + ([step] if step and step not in stops else [])),
         )
         return cls(base, stops, step, settings.get("seed"))
