@@ -42,6 +42,14 @@ def test_run_and_bench_share_one_declaration_of_each_run_and_backend_option() ->
         assert run[flag].default == bench[flag].default, flag
 
 
+def test_serve_and_sim_serve_share_the_address_options() -> None:
+    parser = build_parser()
+    serve, sim = _flags(_subparser(parser, "serve")), _flags(_subparser(parser, "sim", "serve"))
+    for flag in ("--host", "--port"):
+        assert (serve[flag].help, serve[flag].type, serve[flag].default) == (
+            sim[flag].help, sim[flag].type, sim[flag].default), flag
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
