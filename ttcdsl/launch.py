@@ -232,8 +232,8 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def stop_all(servers: Iterable[ServerProcess]) -> None:
-    """Stop several servers: all are sent SIGTERM at once, then each is waited for (and killed
-    after its grace period), newest-first order being the caller's."""
+    """Stop several servers: all are sent SIGTERM at once (they shut down in parallel), then
+    each, in the order given, is waited for and killed after its grace period."""
     servers = list(servers)
     for server in servers:
         server.terminate()
