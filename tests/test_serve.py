@@ -126,8 +126,14 @@ def test_ttc_serve_prints_the_url_and_stops_the_server_on_sigterm(
         assert "stopping SGLang" in (proc.stderr.read() if proc.stderr else "")
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # SIGTERM first: ttc serve then stops its server, which lives in a session of its
+            # own and would outlive a SIGKILLed ttc serve.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_a_server_that_never_becomes_ready_is_one_error_and_is_stopped(
