@@ -47,9 +47,9 @@ from rich.table import Table
 
 from ttcdsl import plan as P
 from ttcdsl.args import bind_args
-from ttcdsl.commands.serve import SGLangProcess, build_launch, free_port, sglang_home
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import TTCError
+from ttcdsl.launch import free_port, sglang_home, sglang_launch
 from ttcdsl.runtime.backend import GenRequest, WarmResult
 from ttcdsl.runtime.backends.recording import RecordingBackend
 from ttcdsl.runtime.backends.sglang import SGLangBackend
@@ -290,14 +290,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = None
         url = args.sglang_url
         if url is None:
-            spec = build_launch(str(model), port=free_port(), cpu=True, python=str(python))
-            server = SGLangProcess(spec, log_path=Path(tmp) / "sglang.log")
+            spec = sglang_launch(str(model), port=free_port(), cpu=True, python=str(python))
+            server = spec.process(log=Path(tmp) / "sglang.log")
             console.print(f"starting SGLang at {spec.url} (about 30-60 s)...")
             server.start()
             url = spec.url
         try:
             if server is not None:
-                anyio.run(server.wait_ready, 600.0)
+                server.wait_ready(600.0)
             anyio.run(warm_engine, url)
             table = new_table(f"real SGLang, SmolLM2-135M on CPU ({args.real_question!r}, "
                               f"seed {args.seed}, at most {args.real_budget} completion tokens "

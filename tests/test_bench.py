@@ -1,5 +1,6 @@
-"""`ttc bench` and its engine on the simulator: accuracy curves, seeds, the table, JSON and plot,
-and the one-line errors for bad sweeps and ungradable datasets."""
+"""`ttc bench`, the command: parsing the sweep, the table, JSON and plot, and the one-line errors
+for bad sweeps and ungradable datasets, worded with the flags the user typed.  The engine,
+`ttcdsl.harness.curves`, is tested in tests/test_curves.py."""
 
 from __future__ import annotations
 
@@ -8,23 +9,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from ttcdsl.cli import main
-from ttcdsl.compiler import compile_file, compile_source
+from ttcdsl.commands._options import harness_flags
+from ttcdsl.commands.bench import parse_sweep
+from ttcdsl.compiler import compile_file
 from ttcdsl.errors import UsageError
-from ttcdsl.runtime.bench import (
-    BenchProgram,
-    bench_points,
-    check_dataset,
-    parse_sweep,
-    repeat_seed,
-    run_bench,
-)
-from ttcdsl.runtime.dataset import Item, run_dataset
-from ttcdsl.runtime.executor import RunOptions
-from ttcdsl.runtime.sim import SimBackend, load_task
+from ttcdsl.harness.curves import BenchProgram, bench_points, check_dataset, repeat_seed
+from ttcdsl.harness.dataset import Item
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = str(REPO / "data" / "tasks" / "math.json")
@@ -44,74 +37,6 @@ def _sc() -> BenchProgram:
     return BenchProgram("self_consistency", compile_file(SC).plan, SC)
 
 
-def _items(problems: Any) -> list[Item]:
-    return [Item(p.id, i + 1, {"id": p.id, "question": p.question, "answer": p.answer})
-            for i, p in enumerate(problems)]
-
-
-def _bench(points: Any, items: list[Item], seed: int, repeats: int = 1) -> Any:
-    async def go() -> Any:
-        async with SimBackend(load_task(TASK)) as backend:
-            return await run_bench(points, backend, items, sweep="n", given={}, options=RunOptions(seed=seed),
-                                   repeats=repeats)
-
-    return anyio.run(go)
-
-
-def test_self_consistency_accuracy_grows_with_n_where_the_right_answer_is_the_plurality() -> None:
-    task = load_task(TASK)
-    # Problems whose right answer leads every wrong one by at least 0.1: voting must help there.
-    plural = [p for p in task.problems
-              if p.p_correct - max(v for k, v in p.answers.items() if k != p.answer) >= 0.1]
-    assert len(plural) >= 12
-    points, notes = bench_points([_sc()], "n", ["1", "4", "16"], {})
-    assert notes == [] and [pt.value for pt in points] == [1, 4, 16]
-    results = _bench(points, _items(plural), seed=0, repeats=2)
-    acc = [r.accuracy[0] for r in results]
-    mean_p = sum(p.p_correct for p in plural) / len(plural)
-    # One sample is right about as often as the task says; sixteen votes are right much more often.
-    assert abs(acc[0] - mean_p) < 0.2
-    assert acc[2] >= acc[0] + 0.15 and acc[2] >= 0.7
-    assert acc[1] >= acc[0] - 0.05
-    tokens = [r.tokens_per_item[0] for r in results]
-    assert tokens[0] < tokens[1] < tokens[2]
-    assert 3 < tokens[2] / tokens[1] < 5  # tokens scale with n
-
-
-def test_one_repeat_reproduces_dataset_mode_with_the_same_seed(tmp_path: Path) -> None:
-    task = load_task(TASK)
-    items = _items(task.problems[:6])
-    program = _sc()
-    points, _ = bench_points([program], "n", ["3"], {})
-    [result] = _bench(points, items, seed=11)
-
-    async def dataset() -> Any:
-        async with SimBackend(task) as backend:
-            return await run_dataset(program.plan, backend, items, tmp_path / "out.jsonl", given={"n": "3"},
-                                     options=RunOptions(seed=11))
-
-    summary = anyio.run(dataset)
-    [rep] = result.repeats
-    assert rep.seed == 11 and rep.items == 6
-    assert rep.correct == summary.correct
-    assert rep.completion_tokens == summary.completion_tokens
-
-
-def test_repeat_seeds_keep_the_run_seed_first_and_differ_after() -> None:
-    seeds = [repeat_seed(7, r) for r in range(20)]
-    assert seeds[0] == 7
-    assert len(set(seeds)) == 20
-    assert seeds == [repeat_seed(7, r) for r in range(20)]
-
-
-def test_a_program_without_the_swept_parameter_runs_once_and_says_so() -> None:
-    other = BenchProgram("one_shot", compile_source(ONE_SHOT).plan, "<one_shot>")
-    points, notes = bench_points([_sc(), other], "n", ["2", "8"], {})
-    assert [(p.program.label, p.value) for p in points] == [
-        ("self_consistency", 2), ("self_consistency", 8), ("one_shot", None)]
-    assert notes == ["one_shot has no parameter 'n': it runs once, with its defaults"]
-
-
 @pytest.mark.parametrize(
     ("sweep", "values", "given", "message"),
     [
@@ -124,7 +49,7 @@ def test_a_program_without_the_swept_parameter_runs_once_and_says_so() -> None:
 )
 def test_bad_sweeps_are_one_line_errors(sweep: str | None, values: list[str], given: dict[str, str],
                                         message: str) -> None:
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError) as info, harness_flags():
         bench_points([_sc()], sweep, values, given)
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
@@ -152,13 +77,13 @@ def test_parse_sweep_keeps_the_order_given() -> None:
 def test_a_dataset_without_answers_cannot_be_benchmarked() -> None:
     points, _ = bench_points([_sc()], "n", ["1"], {})
     bare = [Item("a", 1, {"question": "What is 48 / 3?"})]
-    with pytest.raises(UsageError, match="no line has an \"answer\" field, so accuracy cannot be measured"):
+    with pytest.raises(UsageError, match="no line has an \"answer\" field, so accuracy cannot be measured"), harness_flags():
         check_dataset(points, bare, {}, "n", "in.jsonl")
     mixed = [Item("a", 1, {"question": "q", "answer": "1"}), Item("b", 2, {"question": "r"})]
-    with pytest.raises(UsageError, match=r"^--input in.jsonl:2: item 'b' has no \"answer\" field"):
+    with pytest.raises(UsageError, match=r"^--input in.jsonl:2: item 'b' has no \"answer\" field"), harness_flags():
         check_dataset(points, mixed, {}, "n", "in.jsonl")
     unfit = [Item("a", 1, {"prompt": "q", "answer": "1"})]
-    with pytest.raises(UsageError, match=r"--input line 1 \(id a\), self_consistency: .*needs question"):
+    with pytest.raises(UsageError, match=r"--input line 1 \(id a\), self_consistency: .*needs question"), harness_flags():
         check_dataset(points, unfit, {}, "n", "in.jsonl")
 
 

@@ -1,4 +1,5 @@
-"""Dataset mode: validation, one line per item, resume, kill -9 safety, accuracy."""
+"""Dataset mode (`ttcdsl.harness.dataset`, run by `ttc run --input`): validation, one line per
+item, resume, kill -9 safety, accuracy; its messages in words, and on the command line in flags."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from ttcdsl.cli import main
+from ttcdsl.compiler import compile_file
 from ttcdsl.errors import UsageError
+from ttcdsl.harness import HarnessError
+from ttcdsl.harness.dataset import Item, is_correct, read_items, run_dataset
 from ttcdsl.runtime.aggregate import extract
-from ttcdsl.runtime.dataset import is_correct, read_items
+from ttcdsl.runtime.executor import RunOptions
+from ttcdsl.runtime.sim import SimBackend, load_task
 from ttcdsl.runtime.values import Answer, Branch, Branches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +96,37 @@ def test_missing_parameter_names_the_line(tmp_path: Path, capsys: pytest.Capture
     inp.write_text('{"id": "a", "prompt": "no question field"}\n')
     assert run_cli("--input", str(inp), "--output", str(out)) == 2
     assert "--input line 1 (id a)" in capsys.readouterr().err
+
+
+def test_a_missing_input_file_is_named_by_its_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "none.jsonl"
+    with pytest.raises(HarnessError, match=f"^the input file {missing}: no such file$"):
+        read_items(missing)
+    assert run_cli("--input", str(missing), "--output", str(tmp_path / "out.jsonl")) == 2
+    assert capsys.readouterr().err == f"ttc: error: --input {missing}: no such file\n"
+
+
+def _run(items: list[Item], out: Path, resume: bool = False) -> None:
+    async def go() -> None:
+        async with SimBackend(load_task(TASK)) as backend:
+            await run_dataset(compile_file(SC).plan, backend, items, out, given={"n": "2"},
+                              options=RunOptions(seed=1), resume=resume)
+
+    anyio.run(go)
+
+
+def test_the_engine_names_the_output_and_the_lines_in_words(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "x"}\n')
+    with pytest.raises(HarnessError) as info:
+        _run([Item("a", 1, {"question": "q"})], out)
+    assert str(info.value) == (f"the output file {out} already has results: pass resume=True to "
+                               "continue it, or remove it")
+    with pytest.raises(HarnessError, match=r"^the input file, line 4 \(id b\): strategy 'self_consistency' needs question"):
+        _run([Item("b", 4, {"prompt": "no question"})], out, resume=True)
+    out.write_text("not json\n")
+    with pytest.raises(HarnessError, match=f"^the output file {out}:1: not a ttc result line; cannot resume into it$"):
+        _run([Item("a", 1, {"question": "q"})], out, resume=True)
 
 
 def test_torn_last_line_is_cut_before_resuming(tmp_path: Path) -> None:

@@ -43,7 +43,9 @@ from typing import Any
 
 import anyio
 import pytest
-from _procs import (
+
+from ttcdsl.errors import BackendUnavailable
+from ttcdsl.launch import (
     TTC,
     ServerGroup,
     ServerProcess,
@@ -53,8 +55,6 @@ from _procs import (
     router_env,
     sim_argv,
 )
-
-from ttcdsl.errors import BackendUnavailable
 from ttcdsl.runtime.backends.sglang import SGLangBackend
 
 pytest.importorskip(

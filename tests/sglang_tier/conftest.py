@@ -2,9 +2,9 @@
 
 The tier runs only when ``TTC_SGLANG_TIER=1`` (scripts/sglang_tier.sh sets it after setting up
 the venv and the model); otherwise every test here is skipped with a message saying how to run
-it, so the default test command never needs SGLang.  Servers are started with `ttc serve`'s own
-launcher (`ttcdsl.commands.serve`) with the CPU recipe, on 127.0.0.1 and a free port, warmed up,
-and always stopped (the whole process group).
+it, so the default test command never needs SGLang.  Servers are started with the project's
+launcher (`ttcdsl.launch`, as `ttc serve --cpu` starts them) with the CPU recipe, on 127.0.0.1 and
+a free port, warmed up, and always stopped (the whole process group).
 
 Start-up is most of the tier's time, so the session servers the selected tests need are started
 together as soon as collection ends, and modules that need no server run first while they boot.
@@ -30,8 +30,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,8 +41,17 @@ import anyio
 import msgspec
 import pytest
 
-from ttcdsl.commands.serve import SGLangProcess, build_launch, free_port, sglang_home
 from ttcdsl.errors import BackendUnavailable
+from ttcdsl.launch import (
+    ServerFailed,
+    ServerProcess,
+    free_port,
+    router_argv,
+    router_env,
+    sglang_home,
+    sglang_launch,
+    stop_all,
+)
 
 HERE = Path(__file__).parent
 HOME = sglang_home()
@@ -110,22 +117,22 @@ URL_FIXTURES = {"sglang_url": "main", "incremental_url": "incremental", "reward_
 SERVER_FIXTURES = {*URL_FIXTURES, "start_sglang", "start_router", "router_url"}
 
 
-def _process(log_dir: Path, name: str, *extra: str) -> SGLangProcess:
-    spec = build_launch(str(MODEL), port=free_port(), cpu=True, python=str(PYTHON), extra=extra)
+def _process(log_dir: Path, name: str, *extra: str) -> ServerProcess:
+    spec = sglang_launch(str(MODEL), port=free_port(), cpu=True, python=str(PYTHON), extra=extra)
     # One torch thread per server.  With several servers (and other work) on two cores, two
     # threads per server spin at each op's barrier while the other is descheduled: decoding
     # measured 1-2 tokens/s with two threads against 10 with one, on the same loaded machine.
     env = {**spec.env, "OMP_NUM_THREADS": os.environ.get("TTC_SGLANG_THREADS", "1")}
-    return SGLangProcess(msgspec.structs.replace(spec, env=env), log_path=log_dir / f"{name}.log")
+    return msgspec.structs.replace(spec, env=env).process(log=log_dir / f"{name}.log")
 
 
-async def _all_ready(servers: dict[str, SGLangProcess], started: float) -> None:
+async def _all_ready(servers: dict[str, ServerProcess], started: float) -> None:
     """Wait for every server at once (``started``: when they were launched, for the log), then
     warm up the generating ones."""
 
-    async def ready(name: str, server: SGLangProcess) -> None:
+    async def ready(name: str, server: ServerProcess) -> None:
         try:
-            await server.wait_ready(READY_TIMEOUT)
+            await server.await_ready(READY_TIMEOUT)
         except BackendUnavailable as exc:
             pytest.fail(f"{name}: {exc}", pytrace=False)
         print(f"\n[sglang-tier] {name} ready in {time.monotonic() - started:.0f} s at {server.url}")
@@ -137,15 +144,12 @@ async def _all_ready(servers: dict[str, SGLangProcess], started: float) -> None:
             tg.start_soon(ready, name, server)
 
 
-def _stop_all(servers: dict[str, SGLangProcess]) -> None:
-    for server in servers.values():
-        server.terminate()  # all shut down together, then each is waited for
-    for server in servers.values():
-        server.stop()
+def _stop_all(servers: dict[str, ServerProcess]) -> None:
+    stop_all(servers.values())  # all shut down together, then each is waited for
 
 
 @contextmanager
-def _running(servers: dict[str, SGLangProcess]) -> Iterator[dict[str, SGLangProcess]]:
+def _running(servers: dict[str, ServerProcess]) -> Iterator[dict[str, ServerProcess]]:
     try:
         started = time.monotonic()
         for server in servers.values():
@@ -298,24 +302,18 @@ def start_router(tmp_path_factory: pytest.TempPathFactory) -> StartRouter:
 
     @contextmanager
     def start(worker_url: str) -> Iterator[str]:
-        port, metrics = free_port(), free_port()
-        log = tmp_path_factory.mktemp("router") / "router.log"
+        port = free_port()
         # Everything on loopback: the metrics endpoint too, and the tokenizer download the router
         # attempts for its workers' model goes to a closed local port instead of a model hub.
-        argv = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1",
-                "--port", str(port), "--prometheus-host", "127.0.0.1",
-                "--prometheus-port", str(metrics),
-                "--shutdown-grace-period-secs", "1", "--worker-urls", worker_url]
-        env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
-        with log.open("wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            anyio.run(_router_ready, url, proc, log)
-            yield url
-        finally:
-            _stop_group(proc)
+        router = ServerProcess(router_argv(port, [worker_url]), f"http://127.0.0.1:{port}",
+                               name="sglang-router", env=router_env(), health="/readiness",
+                               log=tmp_path_factory.mktemp("router") / "router.log")
+        with router:
+            try:
+                router.wait_ready(120)
+            except ServerFailed as exc:
+                pytest.fail(str(exc), pytrace=False)
+            yield router.url
 
     return start
 
@@ -325,38 +323,6 @@ def router_url(sglang_url: str, start_router: StartRouter) -> Iterator[str]:
     """A real sglang-router in front of the main server."""
     with start_router(sglang_url) as url:
         yield url
-
-
-async def _router_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sglang-router exited ({proc.returncode}):\n{log.read_text()[-3000:]}",
-                            pytrace=False)
-            try:
-                async with session.get(url + "/readiness") as resp:
-                    if resp.status == 200:
-                        return
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"sglang-router at {url} not ready after 120 s", pytrace=False)
-            await anyio.sleep(0.5)
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    proc.wait()
 
 
 class ServerLoad:

@@ -12,8 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
-from ttcdsl.commands.serve import free_port
 from ttcdsl.errors import BackendError, BackendUnavailable
+from ttcdsl.launch import free_port
 from ttcdsl.runtime.backend import GenRequest, Sampling
 from ttcdsl.runtime.backends.sglang import SGLangBackend
 

@@ -13,8 +13,6 @@ import json
 import math
 import re
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ import aiohttp
 import anyio
 import pytest
 
-from ttcdsl.commands.serve import sglang_home
+from ttcdsl.launch import ServerProcess, free_port, sglang_home, sim_argv
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -41,32 +39,13 @@ def modal_answers() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sim_url() -> Iterator[str]:
-    """``ttc sim serve --port 0`` in its own process group; its URL is read from the banner it
-    prints once listening (the rest of its output is drained in a thread)."""
-    argv = [sys.executable, "-m", "ttcdsl.cli", "sim", "serve", "--host", "127.0.0.1",
-            "--port", "0", "--task", str(TASK), "--seed", "1"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT, text=True)
-    assert proc.stderr is not None
-    try:
-        seen = []
-        for line in proc.stderr:  # blocks until it listens (or ends at its exit)
-            seen.append(line)
-            found = re.search(r"serving .* at (http://127\.0\.0\.1:\d+) ", line)
-            if found:
-                break
-        else:
-            pytest.fail(f"ttc sim serve did not start:\n{''.join(seen)[-2000:]}", pytrace=False)
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        yield found.group(1)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def sim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``ttc sim serve`` on a free port, in its own process group, stopped with the module."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("sim") / "sim.log"
+    with ServerProcess(sim_argv(port, TASK, seed=1), f"http://127.0.0.1:{port}", name="ttc sim serve",
+                       log=log) as sim:
+        yield sim.wait_ready(60).url
 
 
 @pytest.fixture(scope="module")

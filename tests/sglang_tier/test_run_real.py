@@ -25,7 +25,7 @@ import anyio
 import pytest
 
 from ttcdsl.cli import main
-from ttcdsl.commands.serve import free_port
+from ttcdsl.launch import free_port
 
 CHAT_2_PLUS_2 = r"<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
 CHAT_SAY_HI = r"<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n"

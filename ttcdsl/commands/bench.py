@@ -6,7 +6,7 @@ accuracy (± standard error over repeats), completion tokens per question, reque
 the share of prompt tokens served from the prefix cache, the share of runs cut by a budget and
 the wall time.  ``--plot OUT.png`` draws accuracy against completion tokens per question (log
 scale), one line per program; ``--json OUT.json`` writes every number.  The engine is
-`ttcdsl.runtime.bench`; this module only parses flags and renders.
+`ttcdsl.harness.curves`; this module only parses flags and renders.
 
 Every user mistake (unknown parameter, a value of the wrong type, a dataset without answers,
 matplotlib missing for ``--plot``) is reported before any request is sent.
@@ -24,34 +24,33 @@ from typing import Any
 import anyio
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from ttcdsl.args import parse_assignments
-from ttcdsl.commands.run import _positive, add_run_arguments, backend_options, run_options
+from ttcdsl.commands._options import (
+    add_items_option,
+    add_run_options,
+    backend_options,
+    harness_flags,
+    positive_int,
+    run_options,
+)
+from ttcdsl.commands._progress import ProgressBar
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import UsageError
-from ttcdsl.runtime.backends.factory import make_backend
-from ttcdsl.runtime.bench import (
+from ttcdsl.harness.curves import (
     BenchProgram,
     BenchReport,
     Point,
     PointResult,
     bench_points,
     check_dataset,
-    parse_sweep,
     run_bench,
 )
-from ttcdsl.runtime.dataset import read_items
+from ttcdsl.harness.dataset import read_items
+from ttcdsl.runtime.backends.factory import make_backend
 
-__all__ = ["plot_report", "register", "render_table"]
+__all__ = ["parse_sweep", "plot_report", "register", "render_table"]
 
 PLOT_HINT = "pip install 'ttcdsl[plot]'"
 
@@ -68,13 +67,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", metavar="NAME=V1,V2,...", help="the parameter to sweep and its values (e.g. n=1,4,16)")
     p.add_argument("--compare", action="extend", nargs="+", default=[], metavar="FILE2[:STRATEGY]",
                    help="more programs to run on the same dataset and sweep")
-    p.add_argument("--repeats", type=_positive, default=1, help="passes per point with different seeds (default 1)")
-    p.add_argument("--limit", type=_positive, metavar="N", help="use only the first N dataset items")
-    p.add_argument("--items", type=_positive, default=8, help="dataset items in flight at once (default 8)")
+    p.add_argument("--repeats", type=positive_int, default=1, help="passes per point with different seeds (default 1)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N dataset items")
+    add_items_option(p)
     p.add_argument("--plot", metavar="OUT.png", help="draw the token-matched accuracy curve (needs matplotlib)")
     p.add_argument("--json", metavar="OUT.json", help="write every number as JSON ('-' for stdout)")
-    add_run_arguments(p)
+    add_run_options(p)
     p.set_defaults(func=bench)
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """``NAME=V1,V2,...`` -> (NAME, [V1, V2, ...]); one `UsageError` for a malformed sweep."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise UsageError(f"--sweep {text!r}: expected NAME=V1,V2,... (e.g. --sweep n=1,4,16)")
+    parts = [v.strip() for v in values.split(",")]
+    if not values.strip() or any(not v for v in parts):
+        raise UsageError(f"--sweep {text!r}: expected a comma-separated list of values after '{name}='")
+    seen: set[str] = set()
+    for v in parts:
+        if v in seen:
+            raise UsageError(f"--sweep {name}: value {v!r} is listed twice")
+        seen.add(v)
+    return name, parts
 
 
 def _programs(args: argparse.Namespace) -> list[BenchProgram]:
@@ -116,11 +132,17 @@ def _pyplot() -> Any:
 
 
 def bench(args: argparse.Namespace) -> int:
+    with harness_flags():
+        return _bench(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     sweep, values = parse_sweep(args.sweep) if args.sweep else (None, [])
     _check_writable("--plot", args.plot)
     _check_writable("--json", args.json)
-    plt = _pyplot() if args.plot else None
+    if args.plot:
+        _pyplot()  # no matplotlib: say so before any request
     programs = _programs(args)
     given = parse_assignments(args.arg)
     points, notes = bench_points(programs, sweep, values, given)
@@ -136,20 +158,15 @@ def bench(args: argparse.Namespace) -> int:
     backend = make_backend(backend_options(args))
     report = BenchReport(sweep=sweep, dataset=args.input, items=len(items), repeats=args.repeats,
                          seed=opts.seed or 0, results=[], notes=notes)
-    columns = [
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    ]
     total = len(points) * args.repeats * len(items)
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task("starting", total=total)
+    with ProgressBar(err, "starting", total, transient=True) as bar:
 
         def on_point(point: Point, repeat: int) -> None:
             rep = f" (repeat {repeat + 1}/{args.repeats})" if args.repeats > 1 else ""
-            progress.update(task, description=escape(point.describe(sweep)) + rep)
+            bar.update(description=point.describe(sweep) + rep)
 
         def on_item(point: Point, repeat: int) -> None:
-            progress.advance(task)
+            bar.advance()
 
         async def main() -> list[PointResult]:
             async with backend:
@@ -161,11 +178,16 @@ def bench(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         report.results = anyio.run(main)
         report.wall_s = time.monotonic() - t0
+    _report(args, report, err)
+    return 0
+
+
+def _report(args: argparse.Namespace, report: BenchReport, err: Console) -> None:
     out = Console(stderr=args.json == "-")  # `--json -` keeps stdout pure JSON
     if not out.is_terminal:
         out = Console(stderr=args.json == "-", width=120)  # a pipe or file: no 80-column squeeze
     out.print(render_table(report))
-    runs = sum(len(r.repeats) for r in report.results) * len(items)
+    runs = sum(len(r.repeats) for r in report.results) * report.items
     err.print(f"{runs} strategy runs in {report.wall_s:.1f} s")
     if args.json:
         text = json.dumps(report.to_json(), indent=2, ensure_ascii=False)
@@ -174,10 +196,9 @@ def bench(args: argparse.Namespace) -> int:
         else:
             Path(args.json).write_text(text + "\n", encoding="utf-8")
             err.print(f"wrote {args.json}")
-    if plt is not None:
-        plot_report(report, args.plot, plt)
+    if args.plot:
+        plot_report(report, args.plot, _pyplot())
         err.print(f"wrote {args.plot}")
-    return 0
 
 
 def _pm(mean: float, se: float | None, fmt: str) -> str:

@@ -17,53 +17,29 @@ import anyio
 import msgspec
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from ttcdsl.args import bind_args, parse_assignments
+from ttcdsl.commands._options import (
+    add_items_option,
+    add_run_options,
+    backend_options,
+    harness_flags,
+    run_options,
+)
+from ttcdsl.commands._progress import ProgressBar
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import NodeFailed, UsageError
-from ttcdsl.runtime.backends.factory import BACKENDS, BackendOptions, make_backend
-from ttcdsl.runtime.dataset import DatasetSummary, Item, read_items, run_dataset
-from ttcdsl.runtime.executor import RunOptions, run_plan
+from ttcdsl.harness.dataset import DatasetSummary, Item, read_items, run_dataset
+from ttcdsl.runtime.backends.factory import make_backend
+from ttcdsl.runtime.executor import run_plan
 from ttcdsl.runtime.values import Answer, Branches, RunResult, TraceRecord, result_to_json
-
-
-def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """Backend flags shared by `run` and `bench`."""
-    g = p.add_argument_group("backend")
-    g.add_argument("--backend", choices=BACKENDS, help="default: local, or sglang when --url is given")
-    g.add_argument("--url", help="SGLang server or sglang-router URL (e.g. http://127.0.0.1:30000)")
-    g.add_argument("--reward-url", help="server with the reward model for `score ... with prm` (default: --url)")
-    g.add_argument("--sim-task", metavar="FILE", help="task file for --backend sim")
-    g.add_argument("--model", metavar="PATH.gguf", help="GGUF model for --backend local (default: SmolLM2-135M)")
-    g.add_argument("--router", action=argparse.BooleanOptionalAction, default=None,
-                   help="treat --url as an sglang-router (default: detect)")
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """Execution flags shared by `run` and `bench`."""
-    p.add_argument("--strategy", metavar="NAME", help="the strategy to run (default: the last one in FILE)")
-    p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="a strategy argument (repeatable)")
-    p.add_argument("--seed", type=int, help="run seed: every request's seed derives from it")
-    p.add_argument("--concurrency", type=_positive, default=16, help="requests in flight at once (default 16)")
-    p.add_argument("--budget", type=_positive, help="an extra cap on the whole run's completion tokens")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="fail the run after this long")
-    p.add_argument("--allow-verifier", action="store_true", help="allow verifier(\"module:function\") scorers to run Python")
-    add_backend_arguments(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a strategy (once, or on every line of a JSONL dataset)")
     p.add_argument("file", metavar="FILE")
-    add_run_arguments(p)
+    add_run_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--trace", metavar="FILE", help="append every request/response to FILE as JSON lines")
     p.add_argument("--sequential", action="store_true", help="use the sequential reference executor")
@@ -71,34 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--input", metavar="IN.jsonl", help="run once per line; fields fill parameters by name")
     d.add_argument("--output", metavar="OUT.jsonl", help="one result line per input line")
     d.add_argument("--resume", action="store_true", help="skip ids already in --output")
-    d.add_argument("--items", type=_positive, default=8, help="dataset items in flight at once (default 8)")
+    add_items_option(d)
     p.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def backend_options(args: argparse.Namespace) -> BackendOptions:
-    return BackendOptions(
-        backend=args.backend, url=args.url, reward_url=args.reward_url, sim_task=args.sim_task,
-        model=args.model, router=args.router,
-    )
-
-
-def run_options(args: argparse.Namespace, trace: Any = None) -> RunOptions:
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {args.timeout}")
-    return RunOptions(
-        seed=args.seed, concurrency=args.concurrency, budget=args.budget, timeout_s=args.timeout,
-        allow_verifier=args.allow_verifier, sequential=getattr(args, "sequential", False), trace=trace,
-    )
 
 
 class _TraceFile:
@@ -129,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     trace = _TraceFile(args.trace) if args.trace else None
     try:
         if args.input is not None:
-            items = read_items(args.input)
-            return _dataset(args, plan, items, given, err, trace)
+            with harness_flags():
+                return _dataset(args, plan, read_items(args.input), given, err)
         values = bind_args(plan.strategy(), given)
         backend = make_backend(backend_options(args))
         opts = run_options(args, trace)
@@ -196,24 +146,19 @@ def show(console: Console, result: RunResult) -> None:
     )
 
 
-def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str], err: Console,
-             trace: Any) -> int:
+def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str],
+             err: Console) -> int:
     backend = make_backend(backend_options(args))
     opts = run_options(args)
     if opts.seed is None:
         opts = dataclasses.replace(opts, seed=0)
-    columns = [
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[acc]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
-        task = progress.add_task(plan.entry, total=len(items), acc="")
+    with ProgressBar(err, plan.entry, len(items)) as bar:
 
         def on_item(summary: DatasetSummary, item: Item, result: RunResult | None) -> None:
             if result is None:
                 err.print(f"[red]error:[/] {escape(summary.errors[-1])}", soft_wrap=True)  # one line per item
             acc = f"acc {summary.accuracy:.3f}" if summary.accuracy is not None else ""
-            progress.update(task, completed=summary.skipped + summary.done + summary.failed, acc=acc)
+            bar.update(completed=summary.skipped + summary.done + summary.failed, note=acc)
 
         async def main() -> DatasetSummary:
             async with backend:

@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ttcdsl.commands._options import add_address_options
 from ttcdsl.errors import UsageError
 
 __all__ = ["parse_faults", "parse_latency", "register"]
@@ -36,10 +37,7 @@ def register(subparsers: Any) -> None:
     sub.required = True
 
     serve = sub.add_parser("serve", help="serve the simulator over SGLang's HTTP protocol")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument(
-        "--port", type=int, default=30000, help="port (default 30000; 0 = any free port)"
-    )
+    add_address_options(serve)
     serve.add_argument(
         "--task", metavar="FILE", help="task file (JSON, see DESIGN §6); default: no problems"
     )
@@ -125,8 +123,6 @@ def _serve(args: argparse.Namespace) -> int:
     from ttcdsl.runtime.sim.server import serve
 
     task = load_task(args.task) if args.task else SimTask.empty()
-    if not 0 <= args.port <= 65535:
-        raise UsageError(f"--port must be in 0..65535, got {args.port}")
     options: dict[str, Any] = {}
     if args.latency:
         options["latency"] = parse_latency(args.latency)

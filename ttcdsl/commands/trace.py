@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ttcdsl import plan as P
-from ttcdsl.commands.run import _positive
+from ttcdsl.commands._options import positive_int
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import UsageError
 from ttcdsl.traceview import load_trace, render_html, render_tables
@@ -28,13 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub.required = True
     show = tsub.add_parser("show", help="print per-node, per-kind and slowest-request tables")
     show.add_argument("file", metavar="FILE")
-    show.add_argument("--top", type=_positive, default=10, help="how many slowest requests to list (default 10)")
+    show.add_argument("--top", type=positive_int, default=10, help="how many slowest requests to list (default 10)")
     show.add_argument("--program", metavar="FILE.ttc", help="the program that wrote the trace: labels nodes")
     show.set_defaults(func=run_show)
     page = tsub.add_parser("html", help="write a self-contained HTML report with a request timeline")
     page.add_argument("file", metavar="FILE")
     page.add_argument("-o", "--output", required=True, metavar="OUT.html", help="the HTML file to write")
-    page.add_argument("--top", type=_positive, default=20, help="how many slowest requests to list (default 20)")
+    page.add_argument("--top", type=positive_int, default=20, help="how many slowest requests to list (default 20)")
     page.add_argument("--program", metavar="FILE.ttc", help="the program that wrote the trace: labels nodes")
     page.set_defaults(func=run_html)
 

@@ -1,18 +1,21 @@
 """Dataset mode: run a strategy on every line of a JSONL file, concurrently, resumably.
 
+The engine of ``ttc run --input IN.jsonl --output OUT.jsonl``; it takes parsed values (a plan,
+an entered backend, `RunOptions`, the given arguments) and knows nothing of the command line.
+
 Promises:
 
 * Every input line is validated before any work starts; a malformed line is reported with its
-  line number (`UsageError`), never dropped.  An item's id is its ``"id"`` field (else its line
+  line number (`HarnessError`), never dropped.  An item's id is its ``"id"`` field (else its line
   number); ids must be unique.
-* The item's fields fill the strategy's parameters by name; ``--arg`` values supply the rest.
+* The item's fields fill the strategy's parameters by name; ``given`` values supply the rest.
 * Each finished item is appended to the output as one JSON line (the `ttc run --json` object plus
   ``"id"``, and ``"answer"``/``"correct"`` when the input has an answer) and flushed at once, so a
   killed run loses no finished item.  ``resume=True`` skips ids already in the output (a torn last
   line from a killed run is cut off first) and never writes an id twice.
 * Items run concurrently (``items_in_flight``) and share one request limiter; each item's seed is
   derived from (run seed, item id).  An item that fails is reported (one line) and not written,
-  so a later ``--resume`` retries it.
+  so a later resumed run retries it.
 """
 
 from __future__ import annotations
@@ -30,17 +33,20 @@ import anyio
 from ttcdsl import plan as P
 from ttcdsl.args import bind_args
 from ttcdsl.errors import TTCError, UsageError
+from ttcdsl.harness._errors import HarnessError
 from ttcdsl.runtime.aggregate import extract, normalize_number
 from ttcdsl.runtime.backend import Backend
 from ttcdsl.runtime.executor import RunOptions, run_plan
 from ttcdsl.runtime.seeds import derive_seed
 from ttcdsl.runtime.values import Answer, Branches, RunResult, result_to_json
 
-__all__ = ["DatasetSummary", "Item", "is_correct", "read_items", "run_dataset"]
+__all__ = ["DatasetSummary", "Item", "is_correct", "item_seed", "read_items", "run_dataset"]
 
 
 @dataclass(frozen=True)
 class Item:
+    """One dataset line: its id, its line number in the file and its JSON fields."""
+
     id: str
     line: int
     fields: dict[str, Any]
@@ -48,6 +54,8 @@ class Item:
 
 @dataclass
 class DatasetSummary:
+    """Counts of a dataset run so far (``on_item`` sees it grow) and, at the end, its wall time."""
+
     total: int
     skipped: int = 0
     done: int = 0
@@ -64,12 +72,13 @@ class DatasetSummary:
 
 
 def read_items(path: str | Path) -> list[Item]:
+    """Every item of a JSONL file, validated (one `HarnessError` naming the first bad line)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"--input {path}: no such file") from None
+        raise HarnessError("{input} {path}: no such file", path=path) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--input {path}: cannot read it ({exc})") from None
+        raise HarnessError("{input} {path}: cannot read it ({reason})", path=path, reason=exc) from None
     items: list[Item] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -78,12 +87,15 @@ def read_items(path: str | Path) -> list[Item]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise HarnessError("{path}:{line}: not valid JSON ({reason} at column {column})",
+                               path=path, line=lineno, reason=exc.msg, column=exc.colno) from None
         if not isinstance(obj, dict):
-            raise UsageError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            raise HarnessError("{path}:{line}: expected a JSON object, got {kind}",
+                               path=path, line=lineno, kind=type(obj).__name__)
         item_id = str(obj.get("id", lineno))
         if item_id in seen:
-            raise UsageError(f"{path}:{lineno}: id {item_id!r} already used on line {seen[item_id]}")
+            raise HarnessError("{path}:{line}: id {item!r} already used on line {first}",
+                               path=path, line=lineno, item=item_id, first=seen[item_id])
         seen[item_id] = lineno
         items.append(Item(item_id, lineno, obj))
     return items
@@ -106,7 +118,8 @@ def _done_ids(path: Path) -> set[str]:
         try:
             ids.add(str(json.loads(line)["id"]))
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise UsageError(f"--output {path}:{lineno}: not a ttc result line; cannot resume into it") from None
+            raise HarnessError("{output} {path}:{line}: not a ttc result line; cannot resume into it",
+                               path=path, line=lineno) from None
     return ids
 
 
@@ -128,7 +141,18 @@ def is_correct(value: Any, expected: Any) -> bool:
 
 
 def item_seed(run_seed: int, item_id: str) -> int:
+    """The run seed of one item (dataset mode and every bench pass use it alike)."""
     return derive_seed(run_seed, "item", item_id)
+
+
+def _bind(strategy: P.StrategyPlan, item: Item, given: Mapping[str, Any]) -> dict[str, Any]:
+    names = {p.name for p in strategy.params}
+    fields = {k: v for k, v in item.fields.items() if k in names}
+    try:
+        return bind_args(strategy, {**given, **fields}, where=f"line {item.line}:")
+    except UsageError as exc:
+        raise HarnessError("{input_line} {line} (id {item}): {detail}",
+                           line=item.line, item=item.id, detail=exc) from None
 
 
 async def run_dataset(
@@ -143,22 +167,16 @@ async def run_dataset(
     items_in_flight: int = 8,
     on_item: Callable[[DatasetSummary, Item, RunResult | None], None] | None = None,
 ) -> DatasetSummary:
+    """Run ``plan`` on every item not yet in ``output`` and append one line per finished item.
+
+    ``on_item(summary, item, result)`` is called after each item (``result`` None: it failed,
+    and its message is ``summary.errors[-1]``).  ``options.seed`` (default 0) is the run seed."""
     out_path = Path(output)
     done = _done_ids(out_path) if resume else set()
     if not resume and out_path.exists() and out_path.stat().st_size > 0:
-        raise UsageError(f"--output {out_path} already has results: pass --resume to continue it, or remove it")
-    strategy = plan.strategy()
-    names = {p.name for p in strategy.params}
-    todo: list[tuple[Item, dict[str, Any]]] = []
-    for item in items:
-        if item.id in done:
-            continue
-        fields = {k: v for k, v in item.fields.items() if k in names}
-        try:
-            args = bind_args(strategy, {**given, **fields}, where=f"line {item.line}:")
-        except UsageError as exc:
-            raise UsageError(f"--input line {item.line} (id {item.id}): {exc}") from None
-        todo.append((item, args))
+        raise HarnessError("{output} {path} already has results: pass {resume} to continue it, "
+                           "or remove it", path=out_path)
+    todo = [(item, _bind(plan.strategy(), item, given)) for item in items if item.id not in done]
     summary = DatasetSummary(total=len(items), skipped=len(items) - len(todo))
     run_seed = options.seed if options.seed is not None else 0
     limiter = options.limiter or anyio.CapacityLimiter(options.concurrency)

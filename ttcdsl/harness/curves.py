@@ -1,4 +1,4 @@
-"""Token-matched accuracy benchmarks: the engine behind `ttc bench` (no command-line code here).
+"""Token-matched accuracy curves: the engine behind `ttc bench` (no command-line code here).
 
 A benchmark runs one or more strategies over a graded dataset (every line carries ``"answer"``)
 for each value of one swept parameter, ``repeats`` times, and measures accuracy against the
@@ -9,7 +9,7 @@ Promises:
 * `bench_points` decides what runs before anything runs: every sweep value is converted to the
   type of the parameter of every program that has it; a program without the parameter runs once
   (and a note says so); a sweep no program can take, a value of the wrong type, or a parameter
-  set twice is one `UsageError`.  `check_dataset` rejects a dataset that cannot be graded (a line
+  set twice is one `HarnessError`.  `check_dataset` rejects a dataset that cannot be graded (a line
   without ``"answer"``) or that cannot fill a program's parameters, naming the line.
 * `run_bench` runs the points one after another (so each point's wall time is its own) and the
   items of a point concurrently, all requests under one shared `CapacityLimiter`; nothing is
@@ -18,7 +18,7 @@ Promises:
   would report a wrong accuracy.
 * Seeds: repeat 0 uses the run seed itself, repeat ``r`` a seed derived from (run seed, r); each
   item's seed derives from the repeat seed and the item id exactly as in dataset mode, so a
-  one-repeat point reproduces `ttc run --input` with the same ``--seed``.  Every program and
+  one-repeat point reproduces dataset mode (`ttcdsl.harness.dataset`) with the same seed.  Every program and
   sweep value sees the same seeds (common random numbers): differences between points are not
   seed noise, and e.g. the first 4 samples of ``n = 16`` are exactly the 4 samples of ``n = 4``.
 * Statistics per point: means over repeats, and the standard error of the mean over repeats
@@ -39,8 +39,9 @@ import anyio
 from ttcdsl import plan as P
 from ttcdsl.args import bind_args, convert
 from ttcdsl.errors import RunError, TTCError, UsageError
+from ttcdsl.harness._errors import HarnessError
+from ttcdsl.harness.dataset import Item, is_correct, item_seed
 from ttcdsl.runtime.backend import Backend
-from ttcdsl.runtime.dataset import Item, is_correct, item_seed
 from ttcdsl.runtime.executor import RunOptions, run_plan
 from ttcdsl.runtime.seeds import derive_seed
 
@@ -52,7 +53,6 @@ __all__ = [
     "RepeatResult",
     "bench_points",
     "check_dataset",
-    "parse_sweep",
     "repeat_seed",
     "run_bench",
 ]
@@ -208,35 +208,23 @@ class BenchReport:
         }
 
 
-def parse_sweep(text: str) -> tuple[str, list[str]]:
-    """``NAME=V1,V2,...`` -> (NAME, [V1, V2, ...]); one `UsageError` for a malformed sweep."""
-    name, sep, values = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise UsageError(f"--sweep {text!r}: expected NAME=V1,V2,... (e.g. --sweep n=1,4,16)")
-    parts = [v.strip() for v in values.split(",")]
-    if not values.strip() or any(not v for v in parts):
-        raise UsageError(f"--sweep {text!r}: expected a comma-separated list of values after '{name}='")
-    seen: set[str] = set()
-    for v in parts:
-        if v in seen:
-            raise UsageError(f"--sweep {name}: value {v!r} is listed twice")
-        seen.add(v)
-    return name, parts
-
-
 def bench_points(programs: Sequence[BenchProgram], sweep: str | None, values: Sequence[str],
                  given: Mapping[str, Any]) -> tuple[list[Point], list[str]]:
-    """The points to run, program by program in sweep order, and notes for the user."""
+    """The points to run, program by program in sweep order, and notes for the user.
+
+    ``sweep`` names the swept parameter (None: no sweep) and ``values`` its values as text."""
     for name in given:
         if not any(name in _param_names(p) for p in programs):
-            raise UsageError(f"--arg {name}: no program has a parameter '{name}' ({_known(programs)})")
+            raise HarnessError("{arg} {name}: no program has a parameter '{name}' ({known})",
+                               name=name, known=_known(programs))
     if sweep is None:
         return [Point(p) for p in programs], []
     if sweep in given:
-        raise UsageError(f"--sweep {sweep} and --arg {sweep}=... both set '{sweep}': drop one of them")
+        raise HarnessError("{sweep} {name} and {arg} {name}=... both set '{name}': drop one of them",
+                           name=sweep)
     if not any(sweep in _param_names(p) for p in programs):
-        raise UsageError(f"--sweep {sweep}: no program has a parameter '{sweep}' ({_known(programs)})")
+        raise HarnessError("{sweep} {name}: no program has a parameter '{name}' ({known})",
+                           name=sweep, known=_known(programs))
     points: list[Point] = []
     notes: list[str] = []
     for p in programs:
@@ -245,9 +233,16 @@ def bench_points(programs: Sequence[BenchProgram], sweep: str | None, values: Se
             points.append(Point(p))
             notes.append(f"{p.label} has no parameter '{sweep}': it runs once, with its defaults")
             continue
-        for v in values:
-            points.append(Point(p, convert(spec, v, where="--sweep"), v))
+        points += [Point(p, _sweep_value(spec, v), v) for v in values]
     return points, notes
+
+
+def _sweep_value(spec: P.ParamSpec, text: str) -> Any:
+    try:
+        return convert(spec, text, where="")
+    except UsageError as exc:
+        # With an empty `where`, convert's message is " NAME=VALUE: expected ...".
+        raise HarnessError("{sweep} {detail}", detail=str(exc).lstrip()) from None
 
 
 def _param_names(program: BenchProgram) -> list[str]:
@@ -260,20 +255,21 @@ def _known(programs: Sequence[BenchProgram]) -> str:
 
 def check_dataset(points: Sequence[Point], items: Sequence[Item], given: Mapping[str, Any],
                   sweep: str | None, source: str) -> None:
-    """Every item can be graded and fills every point's parameters (else one `UsageError`)."""
+    """Every item can be graded and fills every point's parameters (else one `HarnessError`);
+    ``source`` is the dataset's name in messages."""
     if not items:
-        raise UsageError(f"--input {source}: no items to benchmark")
+        raise HarnessError("{input} {path}: no items to benchmark", path=source)
     graded = [it for it in items if "answer" in it.fields]
     if not graded:
-        raise UsageError(
-            f"--input {source}: no line has an \"answer\" field, so accuracy cannot be measured; "
-            "add \"answer\" to every line"
+        raise HarnessError(
+            "{input} {path}: no line has an \"answer\" field, so accuracy cannot be measured; "
+            "add \"answer\" to every line", path=source,
         )
     missing = next((it for it in items if "answer" not in it.fields), None)
     if missing is not None:
-        raise UsageError(
-            f"--input {source}:{missing.line}: item {missing.id!r} has no \"answer\" field, so it "
-            "cannot be graded; add one (or drop the line)"
+        raise HarnessError(
+            "{input} {path}:{line}: item {item!r} has no \"answer\" field, so it cannot be "
+            "graded; add one (or drop the line)", path=source, line=missing.line, item=missing.id,
         )
     seen: set[str] = set()
     for pt in points:
@@ -294,7 +290,8 @@ def _bind(point: Point, item: Item, given: Mapping[str, Any], sweep: str | None)
     try:
         return bind_args(strategy, values, where=f"line {item.line}:")
     except UsageError as exc:
-        raise UsageError(f"--input line {item.line} (id {item.id}), {point.program.label}: {exc}") from None
+        raise HarnessError("{input_line} {line} (id {item}), {program}: {detail}", line=item.line,
+                           item=item.id, program=point.program.label, detail=exc) from None
 
 
 def repeat_seed(seed: int, repeat: int) -> int:
@@ -322,7 +319,7 @@ async def run_bench(
     ``on_point(point, repeat)`` is called when a pass starts, ``on_item(point, repeat)`` after
     each item (for progress bars).  ``options.seed`` (default 0) is the run seed."""
     if repeats < 1:
-        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+        raise HarnessError("{repeats} must be >= 1, got {n}", n=repeats)
     seed = options.seed if options.seed is not None else 0
     limiter = options.limiter or anyio.CapacityLimiter(options.concurrency)
     results: list[PointResult] = []
