@@ -36,13 +36,17 @@ from ttcdsl.runtime.reference import Reference
 from ttcdsl.runtime.steps import RunState
 from ttcdsl.runtime.values import NodeUsage, RunResult, TraceRecord
 
-__all__ = ["RetryPolicy", "RunOptions", "run_plan"]
+__all__ = ["DEFAULT_CONCURRENCY", "RetryPolicy", "RunOptions", "run_plan"]
+
+# Requests in flight at once.  An SGLang server batches far more than this, and the forks of a
+# 64-way self-consistency then go out together (one batch request on a direct server).
+DEFAULT_CONCURRENCY = 64
 
 
 @dataclass(frozen=True)
 class RunOptions:
     seed: int | None = None
-    concurrency: int = 16
+    concurrency: int = DEFAULT_CONCURRENCY
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # Run with the sequential reference interpreter (the oracle) instead of the concurrent one.
     sequential: bool = False

@@ -24,7 +24,7 @@ from typing import Any
 from ttcdsl.errors import UsageError
 from ttcdsl.harness import HarnessError
 from ttcdsl.runtime.backends.factory import BACKENDS, BackendOptions
-from ttcdsl.runtime.executor import RunOptions
+from ttcdsl.runtime.executor import DEFAULT_CONCURRENCY, RunOptions
 
 __all__ = [
     "FLAGS",
@@ -94,7 +94,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", metavar="NAME", help="the strategy to run (default: the last one in FILE)")
     p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE", help="a strategy argument (repeatable)")
     p.add_argument("--seed", type=int, help="run seed: every request's seed derives from it")
-    p.add_argument("--concurrency", type=positive_int, default=16, help="requests in flight at once (default 16)")
+    p.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY,
+                   help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})")
     p.add_argument("--budget", type=positive_int, help="an extra cap on the whole run's completion tokens")
     p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS", help="fail the run after this long")
     p.add_argument("--allow-verifier", action="store_true", help="allow verifier(\"module:function\") scorers to run Python")
