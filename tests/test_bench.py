@@ -14,6 +14,7 @@ import pytest
 from ttcdsl.cli import main
 from ttcdsl.compiler import compile_file, compile_source
 from ttcdsl.errors import UsageError
+from ttcdsl.runtime.backends.sim import SimBackend
 from ttcdsl.runtime.bench import (
     BenchProgram,
     bench_points,
@@ -24,7 +25,7 @@ from ttcdsl.runtime.bench import (
 )
 from ttcdsl.runtime.dataset import Item, run_dataset
 from ttcdsl.runtime.executor import RunOptions
-from ttcdsl.runtime.sim import SimBackend, load_task
+from ttcdsl.runtime.sim import load_task
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = str(REPO / "data" / "tasks" / "math.json")

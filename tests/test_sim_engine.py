@@ -8,8 +8,7 @@ import math
 import anyio
 import pytest
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import Faults, Latency, SimConfig, SimEngine, SimTask
+from ttcdsl.runtime.sim import ConfigError, Faults, Latency, SimConfig, SimEngine, SimTask
 from ttcdsl.runtime.sim.engine import EngineOutput, EngineRequest, SimRequestError
 from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
 
@@ -364,23 +363,23 @@ async def test_fault_draws_follow_the_rates_and_the_seed() -> None:
 
 
 def test_configuration_errors_name_the_parameter() -> None:
-    with pytest.raises(UsageError, match="latency decode_s must be a finite number >= 0, got -1"):
+    with pytest.raises(ConfigError, match="latency decode_s must be a finite number >= 0, got -1"):
         Latency(decode_s=-1)
-    with pytest.raises(UsageError, match="latency max_batch must be >= 0"):
+    with pytest.raises(ConfigError, match="latency max_batch must be >= 0"):
         Latency(max_batch=-2)
     with pytest.raises(
-        UsageError, match=r"faults error_rate must be a probability in \[0, 1\], got 2"
+        ConfigError, match=r"faults error_rate must be a probability in \[0, 1\], got 2"
     ):
         Faults(error_rate=2)
-    with pytest.raises(UsageError, match="must be <= 1"):
+    with pytest.raises(ConfigError, match="must be <= 1"):
         Faults(error_rate=0.6, reset_rate=0.6)
     with pytest.raises(
-        UsageError, match="faults error_status must be an HTTP error status, got 200"
+        ConfigError, match="faults error_status must be an HTTP error status, got 200"
     ):
         Faults(error_status=200)
-    with pytest.raises(UsageError, match="radix_capacity must be >= 0 tokens"):
+    with pytest.raises(ConfigError, match="radix_capacity must be >= 0 tokens"):
         SimConfig(radix_capacity=-1)
-    with pytest.raises(UsageError, match="context_length must be >= 2"):
+    with pytest.raises(ConfigError, match="context_length must be >= 2"):
         SimConfig(context_length=1)
 
 

@@ -14,8 +14,7 @@ import aiohttp
 import anyio
 import pytest
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import Faults, Latency, SimConfig, SimEngine, load_task
+from ttcdsl.runtime.sim import Faults, Latency, ServeError, SimConfig, SimEngine, load_task
 from ttcdsl.runtime.sim.server import running_server
 from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
 
@@ -521,11 +520,11 @@ async def test_injected_errors_resets_and_stalls() -> None:
             assert engine.stats.faults == 1
 
 
-async def test_a_busy_port_is_a_usage_error() -> None:
+async def test_a_busy_port_is_a_serve_error() -> None:
     async with running_server(TASK) as url:
         port = int(url.rsplit(":", 1)[1])
         with pytest.raises(
-            UsageError,
+            ServeError,
             match=f"port {port} on 127.0.0.1 is already in use; choose another with --port",
         ):
             async with running_server(TASK, port=port):

@@ -37,11 +37,11 @@ import anyio.lowlevel
 import msgspec
 import msgspec.structs
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import model
-from ttcdsl.runtime.sim.radix import RadixCache
-from ttcdsl.runtime.sim.task import SimTask
-from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
+from . import model
+from .errors import ConfigError, SimRequestError
+from .radix import RadixCache
+from .task import SimTask
+from .tokenizer import EOS_ID, tokenizer
 
 __all__ = [
     "EngineOutput",
@@ -71,9 +71,9 @@ class Latency(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("prefill_s", "decode_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
-                raise UsageError(f"latency {name} must be a finite number >= 0, got {value}")
+                raise ConfigError(f"latency {name} must be a finite number >= 0, got {value}")
         if self.max_batch < 0:
-            raise UsageError(
+            raise ConfigError(
                 f"latency max_batch must be >= 0 (0 = unlimited), got {self.max_batch}"
             )
 
@@ -100,18 +100,18 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("error_rate", "reset_rate", "stall_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise UsageError(f"faults {name} must be a probability in [0, 1], got {value}")
+                raise ConfigError(f"faults {name} must be a probability in [0, 1], got {value}")
         total = self.error_rate + self.reset_rate + self.stall_rate
         if total > 1.0 + 1e-9:
-            raise UsageError(
+            raise ConfigError(
                 f"faults error_rate + reset_rate + stall_rate must be <= 1, got {total:g}"
             )
         if not 400 <= self.error_status <= 599:
-            raise UsageError(
+            raise ConfigError(
                 f"faults error_status must be an HTTP error status, got {self.error_status}"
             )
         if not (math.isfinite(self.stall_s) and self.stall_s >= 0.0):
-            raise UsageError(f"faults stall_s must be a finite number >= 0, got {self.stall_s}")
+            raise ConfigError(f"faults stall_s must be a finite number >= 0, got {self.stall_s}")
 
     @property
     def enabled(self) -> bool:
@@ -133,11 +133,11 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.radix_capacity < 0:
-            raise UsageError(f"radix_capacity must be >= 0 tokens, got {self.radix_capacity}")
+            raise ConfigError(f"radix_capacity must be >= 0 tokens, got {self.radix_capacity}")
         if self.context_length < 2:
-            raise UsageError(f"context_length must be >= 2 tokens, got {self.context_length}")
+            raise ConfigError(f"context_length must be >= 2 tokens, got {self.context_length}")
         if not self.model:
-            raise UsageError("model name must not be empty")
+            raise ConfigError("model name must not be empty")
 
 
 class SimStats(msgspec.Struct):
@@ -160,15 +160,6 @@ class SimStats(msgspec.Struct):
     running: int = 0
     max_running: int = 0
     radix_tokens: int = 0
-
-
-class SimRequestError(Exception):
-    """A request the engine refuses; ``status`` is the HTTP status SGLang would answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 class EngineRequest(msgspec.Struct, kw_only=True):

@@ -83,8 +83,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ttcdsl.runtime.sim.task import GENERIC, Problem, SimTask
-from ttcdsl.runtime.sim.tokenizer import EOS_ID, FILLER_PHRASES, FILLER_WORDS, STARTERS, tokenizer
+from .task import GENERIC, Problem, SimTask
+from .tokenizer import EOS_ID, FILLER_PHRASES, FILLER_WORDS, STARTERS, tokenizer
 
 __all__ = [
     "Analysis",

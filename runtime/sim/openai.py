@@ -15,15 +15,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttcdsl.runtime.sim.engine import EngineOutput, SimEngine
-from ttcdsl.runtime.sim.protocol import (
+from .engine import EngineOutput, SimEngine
+from .protocol import (
     GenerateCall,
     Item,
     ProtocolError,
     output_text,
     parse_generate,
 )
-from ttcdsl.runtime.sim.tokenizer import tokenizer
+from .tokenizer import tokenizer
 
 __all__ = ["CompletionCall", "CompletionStream", "completion_json", "parse_completion"]
 

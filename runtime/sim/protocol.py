@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttcdsl.runtime.sim.engine import EngineOutput, EngineRequest, SimEngine, SimRequestError
-from ttcdsl.runtime.sim.tokenizer import tokenizer
+from .engine import EngineOutput, EngineRequest, SimEngine, SimRequestError
+from .tokenizer import tokenizer
 
 __all__ = [
     "SAMPLING_KEYS",

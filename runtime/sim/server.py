@@ -36,10 +36,10 @@ import anyio
 import msgspec
 from aiohttp import web
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import openai
-from ttcdsl.runtime.sim.engine import EngineOutput, SimConfig, SimEngine, SimRequestError
-from ttcdsl.runtime.sim.protocol import (
+from . import openai
+from .engine import EngineOutput, SimConfig, SimEngine
+from .errors import ServeError, SimRequestError
+from .protocol import (
     GenerateCall,
     Item,
     ProtocolError,
@@ -49,7 +49,7 @@ from ttcdsl.runtime.sim.protocol import (
     parse_generate,
     stream_error,
 )
-from ttcdsl.runtime.sim.task import SimTask
+from .task import SimTask
 
 __all__ = ["VERSION", "build_app", "running_server", "serve"]
 
@@ -530,10 +530,10 @@ async def running_server(
             await site.start()
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise UsageError(
+                raise ServeError(
                     f"port {port} on {host} is already in use; choose another with --port"
                 ) from None
-            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         bound = runner.addresses[0]
         app[_ADDRESS_KEY][:] = [bound[0], bound[1]]
         yield f"http://{bound[0]}:{bound[1]}"
@@ -550,7 +550,7 @@ def serve(
     port: int,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the server until SIGINT/SIGTERM (``ttc sim serve``); raises `UsageError` if the
+    """Run the server until SIGINT/SIGTERM (``ttc sim serve``); raises `ServeError` if the
     address cannot be bound."""
 
     async def main() -> None:
