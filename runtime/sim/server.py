@@ -8,8 +8,9 @@ Routes (SGLang 0.5.23 shapes, see `ttcdsl.runtime.sim.protocol` and the recorded
 stops), ``/abort_request``, ``/flush_cache`` (GET, POST), ``/health``, ``/health_generate``,
 ``/model_info``, ``/get_model_info``, ``/server_info``, ``/get_server_info``, ``/classify``
 (the PRM: ``{"embedding": [score], ...}`` per text), ``/tokenize``, ``/detokenize``,
-``/v1/models``, ``/v1/completions``; plus ``GET /sim/stats`` (the engine's counters as JSON) and
-``POST /sim/stats/reset``.  Unknown paths answer 404 ``{"detail": "Not Found"}``.
+``/v1/models``, ``/v1/completions``, ``/v1/embeddings`` (the same PRM scores, OpenAI-shaped:
+the reward route sglang-router forwards); plus ``GET /sim/stats`` (the engine's counters as
+JSON) and ``POST /sim/stats/reset``.  Unknown paths answer 404 ``{"detail": "Not Found"}``.
 
 Closing a stream, or disconnecting while waiting for a response, aborts the request.  Faults
 (`Faults`) apply to ``/generate`` and ``/v1/completions``: an error answers
@@ -393,6 +394,18 @@ async def classify(request: web.Request) -> web.Response:
     return _json(out[0] if single else out)
 
 
+async def v1_embeddings(request: web.Request) -> web.Response:
+    """OpenAI-style embeddings: the reward score of each input (what sglang-router offers for
+    reward models, since it has no ``/classify``)."""
+    engine = request.app[_ENGINE_KEY]
+    body = await _read_json(request)
+    try:
+        inputs = openai.embedding_inputs(body, engine)
+    except ProtocolError as exc:
+        return _json(openai.openai_error(exc.message, exc.status), exc.status)
+    return _json(openai.embeddings_json(engine, inputs, engine.reward(inputs.texts)))
+
+
 async def tokenize(request: web.Request) -> web.Response:
     engine = request.app[_ENGINE_KEY]
     body = await _read_json(request)
@@ -502,6 +515,7 @@ def build_app(engine: SimEngine) -> web.Application:
     r.add_post("/detokenize", detokenize)
     r.add_get("/v1/models", v1_models)
     r.add_post("/v1/completions", v1_completions)
+    r.add_post("/v1/embeddings", v1_embeddings)
     r.add_get("/sim/stats", sim_stats)
     r.add_post("/sim/stats/reset", sim_stats_reset)
     return app
