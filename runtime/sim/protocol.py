@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from .engine import EngineOutput, EngineRequest, SimEngine, SimRequestError
 from .tokenizer import tokenizer
 
@@ -38,6 +40,7 @@ __all__ = [
     "GenerateCall",
     "Item",
     "ProtocolError",
+    "StreamChunks",
     "error_body",
     "output_json",
     "parse_generate",
@@ -399,9 +402,8 @@ def output_text(item: Item, out: EngineOutput, final: bool) -> str:
     ids = out.output_ids
     finish = out.finish if final else None
     matched = finish.get("matched") if finish and finish.get("type") == "stop" else None
-    if isinstance(matched, int) and not item.no_stop_trim and ids:
-        ids = ids[:-1]
-    text = tokenizer.decode(ids, skip_special_tokens=item.skip_special_tokens)
+    drop_last = isinstance(matched, int) and not item.no_stop_trim and bool(ids)
+    text = _decoded(item, out, drop_last)
     if isinstance(matched, str) and not item.no_stop_trim and matched not in item.req.stop_regex:
         cut = text.find(matched)
         if cut >= 0:
@@ -409,15 +411,69 @@ def output_text(item: Item, out: EngineOutput, final: bool) -> str:
     return text
 
 
+def _decoded(item: Item, out: EngineOutput, drop_last: bool) -> str:
+    """The output ids as text (without the last one if ``drop_last``), from the engine's running
+    bytes when they cover every id (see `EngineOutput`), else from the ids."""
+    ids = out.output_ids
+    if out.plain_upto != len(ids) or (out.specials and not item.skip_special_tokens):
+        kept = ids[:-1] if drop_last else ids
+        return tokenizer.decode(kept, skip_special_tokens=item.skip_special_tokens)
+    plain = out.plain_bytes
+    if drop_last and not tokenizer.is_special(ids[-1]):
+        plain = plain[: len(plain) - len(tokenizer.token_bytes(ids[-1]))]
+    return plain.decode("utf-8", errors="replace")
+
+
 def _triple(lp: float | None, token_id: int, with_text: bool) -> list[Any]:
     return [lp, token_id, tokenizer.token_text(token_id) if with_text else None]
 
 
+class _Logprobs:
+    """The logprob lists of one item's ``meta_info``, rendered once per token and kept across the
+    chunks of a stream (each chunk carries them all: SGLang's cumulative streaming)."""
+
+    __slots__ = ("input", "input_top", "output", "output_top", "text")
+
+    def __init__(self, item: Item, out: EngineOutput) -> None:
+        wt = self.text = item.return_text_in_logprobs
+        self.input = [_triple(lp, t, wt) for lp, t in out.input_logprobs]
+        self.output: list[list[Any]] = []
+        self.input_top: list[Any] | None = None
+        self.output_top: list[list[list[Any]]] = []
+        if item.top_logprobs_num > 0:
+            self.input_top = [
+                None if row is None else [_triple(lp, t, wt) for t, lp in row]
+                for row in out.input_top
+            ]
+
+    def update(self, out: EngineOutput) -> None:
+        """Render the tokens added since the last call (a cut output is rendered again)."""
+        if len(self.output) > len(out.output_logprobs):
+            del self.output[:], self.output_top[:]
+        wt = self.text
+        done = len(self.output)
+        ids = out.output_ids
+        self.output += [
+            _triple(lp, t, wt) for lp, t in zip(out.output_logprobs[done:], ids[done:])
+        ]
+        if self.input_top is not None:
+            self.output_top += [
+                [_triple(lp, t, wt) for t, lp in row] for row in out.output_top[done:]
+            ]
+
+
 def meta_info(
-    item: Item, out: EngineOutput, *, final: bool, first: bool, stream: bool
+    item: Item,
+    out: EngineOutput,
+    *,
+    final: bool,
+    first: bool,
+    stream: bool,
+    logprobs: _Logprobs | None = None,
 ) -> dict[str, Any]:
     """``meta_info`` with SGLang's keys in SGLang's order (a stream stamps the send time on its
-    first chunk only, a plain response on itself)."""
+    first chunk only, a plain response on itself).  ``logprobs`` reuses lists rendered for the
+    stream's earlier chunks."""
     meta: dict[str, Any] = {
         "id": out.rid,
         "finish_reason": out.finish if final else None,
@@ -426,20 +482,15 @@ def meta_info(
         "num_retractions": 0,
     }
     if item.return_logprob:
-        wt = item.return_text_in_logprobs
-        meta["input_token_logprobs"] = [_triple(lp, t, wt) for lp, t in out.input_logprobs]
-        meta["output_token_logprobs"] = [
-            _triple(lp, t, wt) for lp, t in zip(out.output_logprobs, out.output_ids)
-        ]
+        if logprobs is None:
+            logprobs = _Logprobs(item, out)
+        logprobs.update(out)
+        meta["input_token_logprobs"] = logprobs.input
+        meta["output_token_logprobs"] = logprobs.output
         meta["output_token_logprobs_length"] = len(out.output_logprobs)
-        if item.top_logprobs_num > 0:
-            meta["input_top_logprobs"] = [
-                None if row is None else [_triple(lp, t, wt) for t, lp in row]
-                for row in out.input_top
-            ]
-            meta["output_top_logprobs"] = [
-                [_triple(lp, t, wt) for t, lp in row] for row in out.output_top
-            ]
+        if logprobs.input_top is not None:
+            meta["input_top_logprobs"] = logprobs.input_top
+            meta["output_top_logprobs"] = logprobs.output_top
     meta["reasoning_tokens"] = 0
     meta["completion_tokens"] = out.completion_tokens
     meta["cached_tokens"] = out.cached_tokens
@@ -469,12 +520,39 @@ def output_json(
     chunk of its item); ``index`` for batch streams."""
     obj: dict[str, Any] = {
         "text": output_text(item, out, final),
-        "output_ids": list(out.output_ids),
+        "output_ids": out.output_ids,
         "meta_info": meta_info(item, out, final=final, first=first, stream=stream),
     }
     if index is not None:
         obj["index"] = index
     return obj
+
+
+class StreamChunks:
+    """Renders the chunks of one item of a stream as SSE events (``data: {...}``), keeping what
+    the chunks share (the logprob lists) from one chunk to the next."""
+
+    def __init__(self, item: Item, index: int | None) -> None:
+        self.item = item
+        self.index = index
+        self._logprobs: _Logprobs | None = None
+        self._first = True
+
+    def event(self, out: EngineOutput, final: bool) -> bytes:
+        item = self.item
+        if item.return_logprob and self._logprobs is None:
+            self._logprobs = _Logprobs(item, out)
+        obj: dict[str, Any] = {
+            "text": output_text(item, out, final),
+            "output_ids": out.output_ids,
+            "meta_info": meta_info(
+                item, out, final=final, first=self._first, stream=True, logprobs=self._logprobs
+            ),
+        }
+        if self.index is not None:
+            obj["index"] = self.index
+        self._first = False
+        return b"data: " + msgspec.json.encode(obj) + b"\n\n"
 
 
 def stream_error(message: str) -> dict[str, Any]:
