@@ -493,23 +493,25 @@ def _write(
     eos_ends = not req.ignore_eos
     length = req.max_new_tokens if req.max_new_tokens is not None else cap
     output, plain = out.output_ids, out.plain_bytes
+    min_new, logprobs, top = req.min_new_tokens, req.return_logprob, req.top_logprobs_num
+    is_special, token_bytes = tokenizer.is_special, tokenizer.token_bytes
     prev = ids[-1]
     text = tokenizer.decode(ids, skip_special_tokens=True)
     for tok in model.continuation(task, text, seed, prev):
         token_id = tok.id
         stop_token = token_id == EOS_ID or token_id in stop_ids
-        if stop_token and len(output) < req.min_new_tokens:
+        if stop_token and len(output) < min_new:
             continue  # masked, as SGLang's min_new_tokens penalizer does
         output.append(token_id)
-        if req.return_logprob:
+        if logprobs:
             out.output_logprobs.append(tok.logprob)
-            if req.top_logprobs_num > 0:
-                out.output_top.append(model.top_logprobs(prev, tok, req.top_logprobs_num))
+            if top > 0:
+                out.output_top.append(model.top_logprobs(prev, tok, top))
         prev = token_id
-        if tokenizer.is_special(token_id):
+        if is_special(token_id):
             out.specials += 1
         else:
-            plain += tokenizer.token_bytes(token_id)
+            plain += token_bytes(token_id)
         out.plain_upto = len(output)
         finish: dict[str, Any] | None = None
         if stops or regexes:

@@ -233,9 +233,9 @@ def _prompts(body: dict[str, Any], engine: SimEngine) -> tuple[list[list[int]], 
         raise _bad("text must be a string or a non-empty list of strings")
     if not isinstance(input_ids, list) or not input_ids:
         raise _bad("input_ids cannot be empty.")
-    if all(_is_int(t) for t in input_ids):
+    if _ints(input_ids):
         return [list(input_ids)], True
-    if all(isinstance(row, list) and row and all(_is_int(t) for t in row) for row in input_ids):
+    if all(isinstance(row, list) and row and _ints(row) for row in input_ids):
         return [list(row) for row in input_ids], False
     raise _bad("input_ids must be a list of token ids or a list of such lists")
 
@@ -251,12 +251,15 @@ def _rids(rid: Any, size: int, n: int, single: bool) -> list[str]:
     if isinstance(rid, list) and all(isinstance(r, str) for r in rid):
         if len(rid) != size:
             raise _bad(
-                f"The specified rids length mismatch with the batch_size ({len(rid)} != {size})."
+                "The specified rids length mismatch with the batch_size for batch processing."
             )
+        duplicates = [r for r in dict.fromkeys(rid) if rid.count(r) > 1]
+        if duplicates:
+            raise _bad(f"Duplicate request IDs detected within the request: {duplicates}")
         if n == 1:
             return list(rid)
         return [f"{rid[k // n]}_{k % n}" for k in range(total)]
-    raise _bad("rid must be a string or a list of strings")
+    raise _bad("The rid should be a string or a list of strings.")
 
 
 def _per_prompt(body: dict[str, Any], key: str, size: int, default: Any, conv: Any) -> list[Any]:
@@ -266,6 +269,11 @@ def _per_prompt(body: dict[str, Any], key: str, size: int, default: Any, conv: A
             raise _bad(f"{key} has {len(value)} entries for a batch of {size} prompts")
         return [conv(v, key, default) for v in value]
     return [conv(value, key, default)] * size
+
+
+def _ints(values: list[Any]) -> bool:
+    """Every item is an int, not a bool (checked in C: prompts can be long)."""
+    return set(map(type, values)) <= {int}
 
 
 def _is_int(v: Any) -> bool:
