@@ -17,8 +17,9 @@ seeded requests whose outputs end on their own (the demo problems write about 10
 For each phase it reads the server process's CPU time (user + system, ``/proc/PID/stat``) before
 and after, and the tokens it generated (``/sim/stats``), and prints CPU milliseconds per 1000
 generated tokens.  Servers take turns phase by phase for ``--rounds`` rounds (the median is
-shown), so machine load hits them alike.  Every server must return the same output ids for the
-same requests (the model is deterministic); the script exits 1 if they differ.
+shown), so machine load hits them alike.  Every server must answer the same requests with the
+same texts, ids, finish reasons and token counts, chunk for chunk (the model is deterministic);
+the script exits 1 if they differ.
 """
 
 from __future__ import annotations
@@ -105,13 +106,22 @@ async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> 
         return msgspec.json.decode(raw)
 
 
-async def _stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[int]:
-    last: list[int] = []
+def _essence(obj: dict[str, Any]) -> list[Any]:
+    """What must not differ between servers: text, ids, finish reason and token counts (not
+    request ids, timestamps, or cache hits, which depend on how concurrent requests with the
+    same prompt happen to overlap)."""
+    meta = obj["meta_info"]
+    return [obj["text"], obj["output_ids"], meta["finish_reason"], meta["prompt_tokens"],
+            meta["completion_tokens"]]
+
+
+async def _stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[Any]:
+    chunks: list[Any] = []
     async with http.post(url + "/generate", json={**body, "stream": True}) as resp:
         async for line in resp.content:
             if line.startswith(b"data: {"):
-                last = msgspec.json.decode(line[6:])["output_ids"]
-    return last
+                chunks.append(_essence(msgspec.json.decode(line[6:])))
+    return chunks
 
 
 async def _gather(calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
@@ -127,19 +137,19 @@ async def _gather(calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
 
 
 async def _phase(server: Server, name: str, args: argparse.Namespace,
-                 http: aiohttp.ClientSession, ids: list[list[int]]) -> list[list[int]]:
+                 http: aiohttp.ClientSession, ids: list[list[int]]) -> list[Any]:
     url = server.url
     if name == "plain":
         calls = [lambda i=i: _post(http, url, {"input_ids": ids[i], "sampling_params": _sampling(i)})
                  for i in range(args.requests)]
-        return [o["output_ids"] for o in await _gather(calls)]
+        return [_essence(o) for o in await _gather(calls)]
     if name == "batch":
         size = args.batch
         groups = [list(range(k, min(k + size, args.requests))) for k in range(0, args.requests, size)]
         calls = [lambda g=g: _post(http, url, {"input_ids": [ids[i] for i in g],
                                                "sampling_params": [_sampling(i) for i in g]})
                  for g in groups]
-        return [o["output_ids"] for batch in await _gather(calls) for o in batch]
+        return [_essence(o) for batch in await _gather(calls) for o in batch]
     calls = [lambda i=i: _stream(http, url, {"input_ids": ids[i], "sampling_params": _sampling(i)})
              for i in range(args.streams)]
     return await _gather(calls)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from ttcdsl.runtime.sim import ConfigError, Faults, Latency, SimConfig, SimEngine, SimTask
@@ -279,6 +280,58 @@ async def test_abort_by_rid_prefix_returns_the_partial_output() -> None:
         }
         assert 0 < out.completion_tokens < 10**4
     assert engine.stats.aborted == 2 and engine.stats.in_flight == 0
+
+
+async def test_an_abort_while_a_request_waits_out_its_decode_keeps_a_prefix() -> None:
+    # Nobody streams it, so the engine writes every token first and then waits once.
+    long = req(IDS, rid="quiet", seed=4, ignore_eos=True, max_new_tokens=500)
+    full = await SimEngine(TASK).execute(long)
+    engine = SimEngine(TASK, SimConfig(latency=Latency(decode_s=0.01)))
+    results: list[EngineOutput] = []
+
+    async def run() -> None:
+        results.append(await engine.execute(long))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await anyio.wait_all_tasks_blocked()  # asleep for its 500 tokens
+        assert engine.abort("quiet") == 1
+    (out,) = results
+    assert out.finish is not None and out.finish["type"] == "abort"
+    assert 0 < out.completion_tokens < 500
+    assert out.output_ids == full.output_ids[: out.completion_tokens]
+    assert out.plain_upto == out.completion_tokens
+    assert out.plain_bytes.decode() == tokenizer.decode(out.output_ids, skip_special_tokens=True)
+    assert engine.stats.completion_tokens == out.completion_tokens
+
+
+async def test_streamed_tokens_tick_on_one_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every stream sleeps until the next multiple of decode_s, one tick per token, so streams
+    # that started apart still wake together.  (The clock is observed, not waited for.)
+    engine = SimEngine(TASK, SimConfig(latency=Latency(decode_s=0.02)))
+    deadlines: dict[str, list[float]] = {"a": [], "b": []}
+    current: list[str] = []
+
+    async def sleep_until(deadline: float) -> None:
+        deadlines[current[-1]].append(deadline)
+        await anyio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(anyio, "sleep_until", sleep_until)
+
+    async def progress(out: EngineOutput) -> None:
+        current.append(out.rid)
+
+    started: dict[str, float] = {}
+    for rid in ("a", "b"):
+        current.append(rid)
+        started[rid] = anyio.current_time()
+        await engine.execute(req(IDS, rid=rid, seed=1, ignore_eos=True, max_new_tokens=6), progress)
+    for rid, stamps in deadlines.items():
+        ticks = [t / 0.02 for t in stamps]
+        assert len(ticks) == 6
+        assert all(abs(t - round(t)) < 1e-6 for t in ticks)  # on the shared grid
+        assert [round(t) - round(ticks[0]) for t in ticks] == list(range(6))  # one per token
+        assert 0 < ticks[0] - started[rid] / 0.02 <= 1  # the first is the next tick
 
 
 async def test_cancelling_the_caller_aborts_and_cleans_up() -> None:

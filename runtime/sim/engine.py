@@ -13,7 +13,10 @@ concurrently).  Requests go through the same life cycle as in SGLang's scheduler
 4. decode: ``decode_s`` per token; after each token the stop strings (list order), then the
    end-of-sequence / stop token ids (unless ``ignore_eos``), then ``max_new_tokens`` are checked,
    in SGLang's order; before ``min_new_tokens`` the end-of-sequence and stop tokens are masked
-   (the sim writes on instead);
+   (the sim writes on instead).  Timing costs the server little CPU: a request nobody streams
+   writes its tokens at once and then waits ``decode_s`` times their number in one sleep (an
+   abort in the meantime keeps the tokens due by then); a streamed request gets one token per
+   tick of a ``decode_s`` clock all requests share, so the streams of one tick wake together;
 5. finish: prompt + output are inserted into the tree (also after an abort).
 
 `SimEngine.abort` aborts in-flight requests whose rid starts with a prefix (or all); they
