@@ -455,7 +455,7 @@ class SimEngine:
             # Nobody watches the tokens arrive: write them all, then wait for all of them at once
             # (one timer per request, not one per token).  An abort during the wait keeps the
             # tokens that would have been written by then.
-            finish = next(f for f in steps if f is not None)
+            final = next(f for f in steps if f is not None)
             if decode_s > 0:
                 begun = anyio.current_time()
                 try:
@@ -463,7 +463,7 @@ class SimEngine:
                 except BaseException:
                     _truncate(out, int((anyio.current_time() - begun) / decode_s) + 1)
                     raise
-            out.finish = finish
+            out.finish = final
             return
         # Streaming: one token per tick of a clock shared by every request (so the requests of
         # one tick wake together), the chunk after each token but the last.

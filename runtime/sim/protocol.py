@@ -2,15 +2,21 @@
 shaping responses exactly like ``sglang==0.5.23`` (the recorded exchanges in
 ``tests/fixtures/sim/`` are the reference).
 
-Pure functions, no I/O: `parse_generate` turns a decoded JSON body into engine requests or
-raises `ProtocolError` carrying the status and body SGLang would send; `output_json` renders an
-`EngineOutput` as a response object or a streaming chunk.
+No I/O: `parse_generate` turns a decoded JSON body into engine requests or raises
+`ProtocolError` carrying the status and body SGLang would send; `output_json` renders an
+`EngineOutput` as a response object, `StreamChunks` one item's chunks of a stream as encoded
+events (keeping what consecutive cumulative chunks share).
 
 Parsing follows SGLang: unknown ``sampling_params`` keys are a 400 with a plain-string error
 (``{"error": "unknown field `bogus`, expected one of ..."}``), unknown top-level keys are ignored,
 bad values are a 400 ``{"error": {"message": ...}}`` (for a stream: HTTP 200 with an error event),
 ``text``/``input_ids`` may be single or batched, ``sampling_params`` a dict or a batch-aligned
-list, and ``n > 1`` expands prompt-major after one warm-up per prompt.  Accepted but without
+list, and ``n > 1`` expands prompt-major after one warm-up per prompt.  A batch answers a JSON
+list in input order, or, streaming, interleaved chunks that carry their ``"index"``; a string
+``rid`` names batch items ``{rid}_{i}``, a list names them one by one (its length must be the
+batch size).  As on SGLang, ``/abort_request`` reaches every rid that *starts with* the given
+one, so with a string rid aborting item ``x_1`` of a batch of more than ten also aborts
+``x_10``...; rids of equal length (a list) avoid that.  Accepted but without
 effect: ``top_p``, ``top_k``, ``min_p``, the penalties, ``regex``/``json_schema``/``ebnf``
 (no constrained decoding), ``logit_bias``, ``stream_interval``, ``extra_key``/``cache_salt``.
 Deviations, on purpose: ``sampling_params.seed`` is accepted as an alias of ``sampling_seed``;
