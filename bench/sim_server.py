@@ -14,6 +14,8 @@ seeded requests whose outputs end on their own (the demo problems write about 10
 * ``batch``: the same prompts as batch requests of ``--batch`` prompts (``input_ids`` lists);
 * ``stream``: ``--streams`` concurrent streaming requests (SGLang's cumulative chunks).
 
+``--logprobs`` makes every request ask for its output logprobs (as ttc's SGLang backend does).
+
 For each phase it reads the server process's CPU time (user + system, ``/proc/PID/stat``) before
 and after, and the tokens it generated (``/sim/stats``), and prints CPU milliseconds per 1000
 generated tokens.  Servers take turns phase by phase for ``--rounds`` rounds (the median is
@@ -97,6 +99,11 @@ def _sampling(i: int) -> dict[str, Any]:
     return {"max_new_tokens": 400, "temperature": 0.7, "sampling_seed": 1000 + i}
 
 
+def _extra(args: argparse.Namespace) -> dict[str, Any]:
+    """Top-level request fields every phase adds (``--logprobs``: what ttc's backend asks)."""
+    return {"return_logprob": True} if args.logprobs else {}
+
+
 async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Any:
     async with http.post(url + "/generate", data=msgspec.json.encode(body),
                          headers={"Content-Type": "application/json"}) as resp:
@@ -107,12 +114,12 @@ async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> 
 
 
 def _essence(obj: dict[str, Any]) -> list[Any]:
-    """What must not differ between servers: text, ids, finish reason and token counts (not
-    request ids, timestamps, or cache hits, which depend on how concurrent requests with the
-    same prompt happen to overlap)."""
+    """What must not differ between servers: text, ids, finish reason, token counts and output
+    logprobs (not request ids, timestamps, or cache hits, which depend on how concurrent
+    requests with the same prompt happen to overlap)."""
     meta = obj["meta_info"]
     return [obj["text"], obj["output_ids"], meta["finish_reason"], meta["prompt_tokens"],
-            meta["completion_tokens"]]
+            meta["completion_tokens"], meta.get("output_token_logprobs")]
 
 
 async def _stream(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> list[Any]:
@@ -138,19 +145,22 @@ async def _gather(calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
 
 async def _phase(server: Server, name: str, args: argparse.Namespace,
                  http: aiohttp.ClientSession, ids: list[list[int]]) -> list[Any]:
-    url = server.url
+    url, extra = server.url, _extra(args)
     if name == "plain":
-        calls = [lambda i=i: _post(http, url, {"input_ids": ids[i], "sampling_params": _sampling(i)})
+        calls = [lambda i=i: _post(http, url, {"input_ids": ids[i], "sampling_params": _sampling(i),
+                                               **extra})
                  for i in range(args.requests)]
         return [_essence(o) for o in await _gather(calls)]
     if name == "batch":
         size = args.batch
         groups = [list(range(k, min(k + size, args.requests))) for k in range(0, args.requests, size)]
         calls = [lambda g=g: _post(http, url, {"input_ids": [ids[i] for i in g],
-                                               "sampling_params": [_sampling(i) for i in g]})
+                                               "sampling_params": [_sampling(i) for i in g],
+                                               **extra})
                  for g in groups]
         return [_essence(o) for batch in await _gather(calls) for o in batch]
-    calls = [lambda i=i: _stream(http, url, {"input_ids": ids[i], "sampling_params": _sampling(i)})
+    calls = [lambda i=i: _stream(http, url, {"input_ids": ids[i], "sampling_params": _sampling(i),
+                                             **extra})
              for i in range(args.streams)]
     return await _gather(calls)
 
@@ -198,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency", default=LATENCY)
     parser.add_argument("--phases", nargs="+", default=["plain", "batch", "stream"])
+    parser.add_argument("--logprobs", action="store_true",
+                        help="every request asks for its output logprobs")
     args = parser.parse_args(argv)
     specs = args.server or [f"this={REPO}"]
     servers = [Server(name, Path(root).resolve()) for name, _, root in
@@ -216,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     print(f"server CPU ms per 1000 generated tokens (median of {args.rounds} rounds; "
           f"latency {args.latency}; {args.requests} requests, batches of {args.batch}, "
-          f"{args.streams} streams)")
+          f"{args.streams} streams{'; with logprobs' if args.logprobs else ''})")
     print(f"{'phase':8} " + " ".join(f"{s.name:>12}" for s in servers) + "   tokens")
     for phase in args.phases:
         cells = " ".join(f"{statistics.median(s.cpu[phase]):12.1f}" for s in servers)
