@@ -27,8 +27,9 @@ from rich.table import Table
 
 from ttcdsl.args import bind_args
 from ttcdsl.compiler import compile_file
+from ttcdsl.runtime.backends.sim import SimBackend
 from ttcdsl.runtime.executor import RunOptions, run_plan
-from ttcdsl.runtime.sim import Latency, SimBackend, SimConfig, load_task
+from ttcdsl.runtime.sim import Latency, SimConfig, load_task
 from ttcdsl.runtime.values import RunResult, result_to_json
 
 ROOT = Path(__file__).resolve().parent.parent

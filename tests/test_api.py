@@ -10,7 +10,8 @@ import pytest
 
 import ttcdsl
 from ttcdsl import errors
-from ttcdsl.runtime.sim import SimBackend, load_task
+from ttcdsl.runtime.backends.sim import SimBackend
+from ttcdsl.runtime.sim import load_task
 
 TASK = Path(__file__).resolve().parents[1] / "data" / "tasks" / "demo.json"
 

@@ -13,8 +13,9 @@ from ttcdsl.compiler import compile_file, compile_source
 from ttcdsl.harness import HarnessError
 from ttcdsl.harness.curves import BenchProgram, bench_points, check_dataset, repeat_seed, run_bench
 from ttcdsl.harness.dataset import Item, run_dataset
+from ttcdsl.runtime.backends.sim import SimBackend
 from ttcdsl.runtime.executor import RunOptions
-from ttcdsl.runtime.sim import SimBackend, load_task
+from ttcdsl.runtime.sim import load_task
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = str(REPO / "data" / "tasks" / "math.json")

@@ -20,8 +20,9 @@ from ttcdsl.errors import UsageError
 from ttcdsl.harness import HarnessError
 from ttcdsl.harness.dataset import Item, is_correct, read_items, run_dataset
 from ttcdsl.runtime.aggregate import extract
+from ttcdsl.runtime.backends.sim import SimBackend
 from ttcdsl.runtime.executor import RunOptions
-from ttcdsl.runtime.sim import SimBackend, load_task
+from ttcdsl.runtime.sim import load_task
 from ttcdsl.runtime.values import Answer, Branch, Branches
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,10 +1,9 @@
 """Multi-worker serving through a real sglang-router (0.3.2) in front of `ttc sim serve` workers.
 
 Each test starts two simulator workers, a real router with ``--policy cache_aware`` in front of
-them, and a third simulator that only serves the PRM (the router has no ``/classify`` route and
-the simulator no ``/v1/embeddings``, so ``--reward-url`` points at it directly).  Programs run
-through the ``ttc`` command line, as a user would run them, with ``--trace``; the workers'
-``/sim/stats`` counters and the router's request log show where the requests went.
+them, and a third simulator that only serves the PRM (``--reward-url`` points at it directly).
+Programs run through the ``ttc`` command line, as a user would run them, with ``--trace``; the
+workers' ``/sim/stats`` counters and the router's request log show where the requests went.
 
 What the tests pin down:
 
@@ -12,6 +11,9 @@ What the tests pin down:
   spaces); forks are sent after a warm-up of their exact prefix, so they match it completely and
   land on the worker that prefilled it, and every fork is served from the cache except its last
   prompt token.  The backend detects the router and never posts ``/abort_request``.
+* rewards through the router: without ``--reward-url`` the backend asks the router's
+  ``/v1/embeddings`` (it has no ``/classify``), which forwards to a worker's ``/v1/embeddings``;
+  the scores are the ones the PRM server's ``/classify`` gives the same texts.
 * failover: SIGKILL of the worker serving a run.  Plain requests it held have no answer started,
   so the router retries them on its own; streams it was serving are cut mid-response (the router
   ends its chunked body early), the backend reports a lost connection
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
@@ -188,6 +191,43 @@ def test_forks_land_on_the_worker_that_prefilled_their_prefix(make_cluster: Make
     assert _detects_router(cluster.workers[0].url) is False
     log = _router_log(cluster)
     assert "uri=/generate" in log and "/abort_request" not in log
+
+
+def test_prm_scores_go_through_the_routers_embeddings_route(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster()
+    trace = cluster.tmp / "trace.jsonl"
+    argv = cluster.run_argv(trace, "--arg", "depth=1")
+    at = argv.index("--reward-url")
+    del argv[at : at + 2]  # rewards through the router too
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    result = _finished(done, done.stdout, done.stderr)
+
+    rewards = [r for r in _read_trace(trace) if r["kind"] == "reward"]
+    assert rewards and not any("error" in r for r in rewards)
+    stats = cluster.stats()
+    assert sum(s["reward_requests"] for s in stats.values()) == len(rewards)
+    assert get_json(cluster.reward.url + "/sim/stats")["reward_requests"] == 0
+    log = _router_log(cluster)
+    assert "uri=/v1/embeddings" in log and "/classify" not in log
+    # Each returned branch carries the score the PRM gives its text directly.
+    branches = result["result"]["branches"]
+    texts = [_prompt(QUESTION) + b["text"] for b in branches]
+    direct = _post_json(cluster.reward.url + "/classify", {"text": texts})
+    assert [b["score"] for b in branches] == pytest.approx([d["embedding"][0] for d in direct])
+
+
+def _prompt(question: str) -> str:
+    """The beam-search program's prompt for ``question`` (programs/beam_search.ttc)."""
+    return f"{question}\nSolve step by step; separate steps with a blank line.\n"
+
+
+def _post_json(url: str, body: Any) -> Any:
+    async def post() -> Any:
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    return anyio.run(post)
 
 
 def test_a_worker_killed_with_forks_in_flight_fails_over_and_the_run_completes(

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from ttcdsl.compiler import compile_file, compile_source
 from ttcdsl.runtime.backends.recording import RecordingBackend
+from ttcdsl.runtime.backends.sim import SimBackend
 from ttcdsl.runtime.budget import Budget
 from ttcdsl.runtime.executor import RunOptions, run_plan
-from ttcdsl.runtime.sim import SimBackend, load_task
+from ttcdsl.runtime.sim import load_task
 from ttcdsl.runtime.values import Answer, Branches, RunResult
 from ttcdsl.testing import programs
 

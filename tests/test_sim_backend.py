@@ -11,7 +11,8 @@ import pytest
 
 from ttcdsl.errors import BackendError, TransientBackendError
 from ttcdsl.runtime.backend import Backend, GenRequest, Sampling
-from ttcdsl.runtime.sim import Faults, Latency, SimBackend, SimConfig, load_task
+from ttcdsl.runtime.backends.sim import SimBackend
+from ttcdsl.runtime.sim import Faults, Latency, SimConfig, load_task
 from ttcdsl.runtime.sim.server import running_server
 from ttcdsl.runtime.sim.tokenizer import EOS_ID
 

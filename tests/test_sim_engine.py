@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import Faults, Latency, SimConfig, SimEngine, SimTask
+from ttcdsl.runtime.sim import ConfigError, Faults, Latency, SimConfig, SimEngine, SimTask
 from ttcdsl.runtime.sim.engine import EngineOutput, EngineRequest, SimRequestError
 from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
 
@@ -282,6 +282,58 @@ async def test_abort_by_rid_prefix_returns_the_partial_output() -> None:
     assert engine.stats.aborted == 2 and engine.stats.in_flight == 0
 
 
+async def test_an_abort_while_a_request_waits_out_its_decode_keeps_a_prefix() -> None:
+    # Nobody streams it, so the engine writes every token first and then waits once.
+    long = req(IDS, rid="quiet", seed=4, ignore_eos=True, max_new_tokens=500)
+    full = await SimEngine(TASK).execute(long)
+    engine = SimEngine(TASK, SimConfig(latency=Latency(decode_s=0.01)))
+    results: list[EngineOutput] = []
+
+    async def run() -> None:
+        results.append(await engine.execute(long))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await anyio.wait_all_tasks_blocked()  # asleep for its 500 tokens
+        assert engine.abort("quiet") == 1
+    (out,) = results
+    assert out.finish is not None and out.finish["type"] == "abort"
+    assert 0 < out.completion_tokens < 500
+    assert out.output_ids == full.output_ids[: out.completion_tokens]
+    assert out.plain_upto == out.completion_tokens
+    assert out.plain_bytes.decode() == tokenizer.decode(out.output_ids, skip_special_tokens=True)
+    assert engine.stats.completion_tokens == out.completion_tokens
+
+
+async def test_streamed_tokens_tick_on_one_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every stream sleeps until the next multiple of decode_s, one tick per token, so streams
+    # that started apart still wake together.  (The clock is observed, not waited for.)
+    engine = SimEngine(TASK, SimConfig(latency=Latency(decode_s=0.02)))
+    deadlines: dict[str, list[float]] = {"a": [], "b": []}
+    current: list[str] = []
+
+    async def sleep_until(deadline: float) -> None:
+        deadlines[current[-1]].append(deadline)
+        await anyio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(anyio, "sleep_until", sleep_until)
+
+    async def progress(out: EngineOutput) -> None:
+        current.append(out.rid)
+
+    started: dict[str, float] = {}
+    for rid in ("a", "b"):
+        current.append(rid)
+        started[rid] = anyio.current_time()
+        await engine.execute(req(IDS, rid=rid, seed=1, ignore_eos=True, max_new_tokens=6), progress)
+    for rid, stamps in deadlines.items():
+        ticks = [t / 0.02 for t in stamps]
+        assert len(ticks) == 6
+        assert all(abs(t - round(t)) < 1e-6 for t in ticks)  # on the shared grid
+        assert [round(t) - round(ticks[0]) for t in ticks] == list(range(6))  # one per token
+        assert 0 < ticks[0] - started[rid] / 0.02 <= 1  # the first is the next tick
+
+
 async def test_cancelling_the_caller_aborts_and_cleans_up() -> None:
     engine = SimEngine(TASK, SimConfig(latency=Latency(decode_s=0.01)))
     started = anyio.Event()
@@ -364,23 +416,23 @@ async def test_fault_draws_follow_the_rates_and_the_seed() -> None:
 
 
 def test_configuration_errors_name_the_parameter() -> None:
-    with pytest.raises(UsageError, match="latency decode_s must be a finite number >= 0, got -1"):
+    with pytest.raises(ConfigError, match="latency decode_s must be a finite number >= 0, got -1"):
         Latency(decode_s=-1)
-    with pytest.raises(UsageError, match="latency max_batch must be >= 0"):
+    with pytest.raises(ConfigError, match="latency max_batch must be >= 0"):
         Latency(max_batch=-2)
     with pytest.raises(
-        UsageError, match=r"faults error_rate must be a probability in \[0, 1\], got 2"
+        ConfigError, match=r"faults error_rate must be a probability in \[0, 1\], got 2"
     ):
         Faults(error_rate=2)
-    with pytest.raises(UsageError, match="must be <= 1"):
+    with pytest.raises(ConfigError, match="must be <= 1"):
         Faults(error_rate=0.6, reset_rate=0.6)
     with pytest.raises(
-        UsageError, match="faults error_status must be an HTTP error status, got 200"
+        ConfigError, match="faults error_status must be an HTTP error status, got 200"
     ):
         Faults(error_status=200)
-    with pytest.raises(UsageError, match="radix_capacity must be >= 0 tokens"):
+    with pytest.raises(ConfigError, match="radix_capacity must be >= 0 tokens"):
         SimConfig(radix_capacity=-1)
-    with pytest.raises(UsageError, match="context_length must be >= 2"):
+    with pytest.raises(ConfigError, match="context_length must be >= 2"):
         SimConfig(context_length=1)
 
 

@@ -1,8 +1,11 @@
-"""/v1/completions on the simulator (shapes are pinned against recordings in test_sim_server)."""
+"""/v1/completions and /v1/embeddings on the simulator (completion shapes are pinned against
+recordings in test_sim_server; embeddings follow SGLang 0.5.23's EmbeddingResponse)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -106,3 +109,73 @@ async def test_token_id_prompts_and_refusals(server: Any) -> None:
     assert status == 400 and out["error"]["message"].startswith("prompt must be")
     status, out = await complete(server, {"prompt": "x", "logprobs": -1})
     assert status == 400 and "logprobs must be a non-negative integer" in out["error"]["message"]
+
+
+# ---------------------------------------------------------------- /v1/embeddings
+
+
+async def embed(server: tuple[str, aiohttp.ClientSession], body: Any) -> tuple[int, Any]:
+    url, http = server
+    async with http.post(url + "/v1/embeddings", json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_embeddings_answer_the_classify_scores_in_openai_shape(server: Any) -> None:
+    url, http = server
+    good = PROMPT + "Step 1 of 3: we now have 42. Next we add.\n\n"
+    bad = PROMPT + "Step 1 of 3: we now have 32. Next we add.\n\n"
+    async with http.post(url + "/classify", json={"text": [good, bad]}) as resp:
+        classified = [item["embedding"] for item in await resp.json()]
+    status, out = await embed(server, {"model": "anything", "input": [good, bad]})
+    assert status == 200
+    assert list(out) == ["data", "model", "object", "usage"]  # SGLang's EmbeddingResponse order
+    assert out["object"] == "list" and out["model"] == "ttc-sim"  # the server's name, as SGLang
+    assert out["data"] == [
+        {"embedding": classified[0], "index": 0, "object": "embedding"},
+        {"embedding": classified[1], "index": 1, "object": "embedding"},
+    ]
+    assert classified[0][0] > classified[1][0]
+    n = len(tokenizer.encode(good)) + len(tokenizer.encode(bad))
+    assert out["usage"] == {
+        "prompt_tokens": n, "total_tokens": n, "completion_tokens": 0,
+        "prompt_tokens_details": None, "reasoning_tokens": 0, "completion_tokens_details": None,
+    }  # fmt: skip
+
+
+async def test_embeddings_take_one_text_token_ids_and_base64(server: Any) -> None:
+    text = PROMPT + "Step 1 of 3: we now have 42. Next we add.\n\n"
+    _, listed = await embed(server, {"input": [text]})
+    score = listed["data"][0]["embedding"]
+    _, single = await embed(server, {"input": text})
+    ids = tokenizer.encode(text)
+    _, by_ids = await embed(server, {"input": ids})
+    _, rows = await embed(server, {"input": [ids, ids]})
+    assert single["data"][0]["embedding"] == by_ids["data"][0]["embedding"] == score
+    assert [d["embedding"] for d in rows["data"]] == [score, score]
+    assert by_ids["usage"]["prompt_tokens"] == len(ids)
+    _, packed = await embed(server, {"input": text, "encoding_format": "base64"})
+    (value,) = struct.unpack("<f", base64.b64decode(packed["data"][0]["embedding"]))
+    assert value == pytest.approx(score[0], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"input": ""}, "Input cannot be empty"),
+        ({"input": []}, "Input cannot be empty"),
+        ({"input": "  "}, "Input cannot be empty or whitespace only"),
+        ({"input": ["a", 3]}, "All items in input list must be strings"),
+        ({"input": ["a", " "]}, "Input at index 1 cannot be empty or whitespace only"),
+        ({"input": [1, "a"]}, "All items in input list must be integers"),
+        ({"input": [1, -2]}, "Token ID at index 1 must be non-negative"),
+        ({"input": [10**9]}, "token id 1000000000 is out of range"),
+        ({"input": "a", "encoding_format": "int8"},
+         "encoding_format must be either 'float' or 'base64', got 'int8'"),
+        ({"model": "m"}, "input is required"),
+    ],
+)  # fmt: skip
+async def test_embeddings_refuse_bad_input_like_sglang(server: Any, body: Any, message: str) -> None:
+    status, out = await embed(server, body)
+    assert status == 400
+    assert out["object"] == "error" and out["type"] == "BadRequestError" and out["code"] == 400
+    assert out["message"].startswith(message), out

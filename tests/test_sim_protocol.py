@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ttcdsl.runtime.sim import SimEngine, SimTask
 from ttcdsl.runtime.sim.engine import EngineOutput, EngineRequest
@@ -12,7 +15,9 @@ from ttcdsl.runtime.sim.protocol import (
     SAMPLING_KEYS,
     Item,
     ProtocolError,
+    StreamChunks,
     meta_info,
+    output_json,
     output_text,
     parse_generate,
 )
@@ -239,3 +244,62 @@ def test_meta_info_keys_follow_sglang_order() -> None:
     assert "response_sent_to_client_ts" in meta_info(
         _item(), _out([5], None), final=False, first=True, stream=True
     )
+
+
+def _with_running_bytes(ids: list[int], finish: dict[str, Any] | None) -> EngineOutput:
+    """An output as the engine keeps it: the bytes of its non-special tokens alongside."""
+    out = _out(list(ids), finish)
+    for token_id in ids:
+        if tokenizer.is_special(token_id):
+            out.specials += 1
+        else:
+            out.plain_bytes += tokenizer.token_bytes(token_id)
+    out.plain_upto = len(ids)
+    return out
+
+
+_TOKENS = st.sampled_from(
+    [EOS_ID, 0, 1, *tokenizer.encode("Step 1 of 3: we now have 42."), *(3 + b for b in "é€".encode())]
+)
+
+
+@settings(max_examples=300)
+@given(
+    ids=st.lists(_TOKENS, min_size=1, max_size=12),
+    skip=st.booleans(),
+    keep=st.booleans(),
+    finish=st.sampled_from(["none", "eos", "stop_id", "stop_str", "length"]),
+)
+def test_text_from_running_bytes_is_the_text_from_ids(
+    ids: list[int], skip: bool, keep: bool, finish: str
+) -> None:
+    reason = {
+        "none": None,
+        "eos": {"type": "stop", "matched": EOS_ID},
+        "stop_id": {"type": "stop", "matched": ids[-1]},  # a stop token id may be any token
+        "stop_str": {"type": "stop", "matched": " of"},
+        "length": {"type": "length", "length": len(ids)},
+    }[finish]
+    item = _item(skip_special_tokens=skip, no_stop_trim=keep)
+    for final in (False, True):
+        fast = output_text(item, _with_running_bytes(ids, reason), final)
+        assert fast == output_text(item, _out(list(ids), reason), final)  # no running bytes
+
+
+def test_stream_chunks_keep_logprob_lists_across_chunks() -> None:
+    item = _item(return_logprob=True, top_logprobs_num=1, return_text_in_logprobs=True)
+    chunks = StreamChunks(item, index=3)
+    out = _out([], None)
+    seen = []
+    for step, token_id in enumerate(tokenizer.encode(" we now have")):
+        out.output_ids.append(token_id)
+        out.output_logprobs.append(-0.1 * (step + 1))
+        out.output_top.append([(token_id, -0.1 * (step + 1))])
+        seen.append(msgspec.json.decode(chunks.event(out, final=False)[len(b"data: "):]))
+    whole = output_json(item, out, final=False, index=3, first=False, stream=True)
+    last = seen[-1]
+    assert last["index"] == 3 and "response_sent_to_client_ts" in seen[0]["meta_info"]
+    for key in ("output_token_logprobs", "output_top_logprobs"):
+        assert last["meta_info"][key] == whole["meta_info"][key]
+        assert [len(c["meta_info"][key]) for c in seen] == [1, 2, 3]
+    assert last["text"] == " we now have" and last["output_ids"] == out.output_ids

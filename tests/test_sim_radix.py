@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttcdsl.runtime.sim.radix import RadixCache
+from ttcdsl.runtime.sim.radix import RadixCache, _common
 
 seqs = st.lists(st.integers(0, 3), min_size=1, max_size=12)
 
@@ -97,3 +97,16 @@ def test_zero_capacity_caches_nothing_and_reset_empties() -> None:
     cache.insert([1, 2, 3])
     cache.reset()
     assert cache.match([1, 2, 3]) == 0 and cache.size == 0
+
+
+@settings(max_examples=300)
+@given(st.lists(st.integers(0, 2), max_size=40), st.lists(st.integers(0, 2), max_size=40),
+       st.integers(0, 10))
+def test_common_prefix_by_slices_is_the_token_by_token_one(
+    key: list[int], ids: list[int], start: int
+) -> None:
+    start = min(start, len(ids))
+    naive = 0
+    while naive < min(len(key), len(ids) - start) and key[naive] == ids[start + naive]:
+        naive += 1
+    assert _common(tuple(key), ids, start) == naive

@@ -14,8 +14,7 @@ import aiohttp
 import anyio
 import pytest
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import Faults, Latency, SimConfig, SimEngine, load_task
+from ttcdsl.runtime.sim import Faults, Latency, ServeError, SimConfig, SimEngine, load_task
 from ttcdsl.runtime.sim.server import running_server
 from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
 
@@ -308,6 +307,79 @@ async def test_batch_streams_are_indexed(server: Any) -> None:
     assert sorted(c["index"] for c in finals) == [0, 1, 2]
 
 
+async def test_a_batch_stream_has_the_recorded_shape(server: Any) -> None:
+    url, _, http = server
+    method, path, body, status, payload = recorded("69_run2_generate_batch_stream")
+    async with http.request(method, url + path, json=body) as resp:
+        assert resp.status == status
+        ours = events(await resp.text())
+    theirs = events(payload)
+    assert ours[-1] == theirs[-1] == "[DONE]"
+    assert len(ours) == len(theirs) == 7  # 2 prompts x 3 tokens, then [DONE]
+    for i in (0, 1):
+        mine = [c for c in ours[:-1] if c["index"] == i]
+        recorded_i = [c for c in theirs[:-1] if c["index"] == i]
+        assert_like(mine[0], recorded_i[0])
+        assert_like(mine[1], recorded_i[1])
+        # The recording's final chunk also stamps a send time: a --enable-metrics key there.
+        del recorded_i[2]["meta_info"]["response_sent_to_client_ts"]
+        assert_like(mine[2], recorded_i[2])
+        assert [len(c["output_ids"]) for c in mine] == [1, 2, 3]
+
+
+BATCH_PROMPTS = [PROMPT, "What is 38 + 47?\n", "Solve: What is 12 * 13?\n"]
+
+
+def _batch_body(**extra: Any) -> dict[str, Any]:
+    return {
+        "input_ids": [tokenizer.encode(p) for p in BATCH_PROMPTS],
+        "sampling_params": [
+            {"max_new_tokens": 40 + 10 * i, "sampling_seed": 7 + i} for i in range(3)
+        ],
+        **extra,
+    }
+
+
+async def test_a_batch_answers_a_list_in_input_order_like_single_requests(server: Any) -> None:
+    url, _, http = server
+    out = await generate(http, url, _batch_body(rid="job"))
+    assert [o["meta_info"]["id"] for o in out] == ["job_0", "job_1", "job_2"]
+    body = _batch_body()
+    for i, o in enumerate(out):
+        alone = await generate(
+            http, url, {"input_ids": body["input_ids"][i], "sampling_params": body["sampling_params"][i]}
+        )
+        assert (o["output_ids"], o["text"]) == (alone["output_ids"], alone["text"])
+        assert o["meta_info"]["finish_reason"] == {"type": "length", "length": 40 + 10 * i}
+    listed = await generate(http, url, _batch_body(rid=["a", "b", "c"]))
+    assert [o["meta_info"]["id"] for o in listed] == ["a", "b", "c"]
+    shared = await generate(
+        http, url, {**_batch_body(), "sampling_params": {"max_new_tokens": 5, "sampling_seed": 1}}
+    )
+    assert [len(o["output_ids"]) for o in shared] == [5, 5, 5]  # one dict for every prompt
+
+
+async def test_a_batch_stream_interleaves_cumulative_chunks_with_their_index(server: Any) -> None:
+    url, _, http = server
+    whole = await generate(http, url, _batch_body())
+    async with http.post(url + "/generate", json=_batch_body(stream=True, rid="s")) as resp:
+        chunks = events(await resp.text())
+    assert chunks[-1] == "[DONE]"
+    chunks = chunks[:-1]
+    order = [c["index"] for c in chunks]
+    # The prompts advance together: every one has started before any has finished.
+    assert max(order.index(i) for i in range(3)) < min(
+        len(order) - 1 - order[::-1].index(i) for i in range(3)
+    )
+    for i, expected in enumerate(whole):
+        mine = [c for c in chunks if c["index"] == i]
+        assert all(c["meta_info"]["id"] == f"s_{i}" for c in mine)
+        assert [len(c["output_ids"]) for c in mine] == list(range(1, len(expected["output_ids"]) + 1))
+        assert mine[-1]["output_ids"] == expected["output_ids"]
+        assert mine[-1]["text"] == expected["text"]
+        assert [c["meta_info"]["finish_reason"] is None for c in mine] == [True] * (len(mine) - 1) + [False]
+
+
 async def test_select_like_the_sglang_frontend(server: Any) -> None:
     # The requests RuntimeEndpoint.select sends: a prefix warm-up, then the choices in a batch.
     url, _, http = server
@@ -407,6 +479,13 @@ async def test_bad_values_get_sglang_messages(server: Any) -> None:
         assert status == 400 and json.loads(text)["error"]["message"].startswith(message), text
     status, text = await call(http, url, "POST", "/generate", {"text": ["a", "b"], "rid": ["x"]})
     assert status == 400 and "rids length mismatch" in text
+    for texts, rid, message in [
+        (["a", "b"], ["x"], "The specified rids length mismatch with the batch_size for batch processing."),
+        (["a", "b", "c"], ["x", "x", "y"], "Duplicate request IDs detected within the request: ['x']"),
+        (["a", "b"], 7, "The rid should be a string or a list of strings."),
+    ]:  # SGLang's words (io_struct.py)
+        status, text = await call(http, url, "POST", "/generate", {"text": texts, "rid": rid})
+        assert (status, json.loads(text)) == (400, {"error": {"message": message}})
 
 
 # ---------------------------------------------------------------- abort, disconnects, faults
@@ -465,6 +544,42 @@ async def test_abort_all_ends_waiting_non_stream_requests(slow_server: Any) -> N
     assert await call(http, url, "POST", "/abort_request", {"rid": "no-such-rid"}) == (200, "")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_aborting_one_element_of_a_batch_leaves_the_others_running(
+    slow_server: Any, stream: bool
+) -> None:
+    url, engine, http = slow_server
+    lengths = [60, 100000, 60]
+    body = {
+        "input_ids": [tokenizer.encode(p) for p in BATCH_PROMPTS],
+        "sampling_params": [{"max_new_tokens": n, "ignore_eos": True} for n in lengths],
+        "rid": "fork",
+        "stream": stream,
+    }
+    results: list[Any] = []
+
+    async def run() -> None:
+        async with http.post(url + "/generate", json=body) as resp:
+            text = await resp.text()
+        if stream:
+            chunks = [c for c in events(text) if c != "[DONE]"]
+            results.extend(
+                [c for c in chunks if c["index"] == i][-1] for i in range(3)
+            )
+        else:
+            results.extend(json.loads(text))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await wait_until(lambda: engine.in_flight("fork_1"))
+        assert await call(http, url, "POST", "/abort_request", {"rid": "fork_1"}) == (200, "")
+    reasons = [r["meta_info"]["finish_reason"]["type"] for r in results]
+    assert reasons == ["length", "abort", "length"]
+    assert [len(results[i]["output_ids"]) for i in (0, 2)] == [60, 60]
+    assert 0 < len(results[1]["output_ids"]) < 100000
+    assert engine.stats.aborted == 1
+
+
 async def test_closing_a_stream_aborts_the_request(slow_server: Any) -> None:
     url, engine, http = slow_server
     resp = await http.post(url + "/generate", json={**LONG, "stream": True})
@@ -521,11 +636,11 @@ async def test_injected_errors_resets_and_stalls() -> None:
             assert engine.stats.faults == 1
 
 
-async def test_a_busy_port_is_a_usage_error() -> None:
+async def test_a_busy_port_is_a_serve_error() -> None:
     async with running_server(TASK) as url:
         port = int(url.rsplit(":", 1)[1])
         with pytest.raises(
-            UsageError,
+            ServeError,
             match=f"port {port} on 127.0.0.1 is already in use; choose another with --port",
         ):
             async with running_server(TASK, port=port):

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import SimTask, load_task
+from ttcdsl.runtime.sim import SimTask, TaskError, load_task
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "tasks" / "demo.json"
 
@@ -122,7 +121,7 @@ def test_answer_outside_answers_is_allowed(tmp_path: Path) -> None:
     ],
 )
 def test_bad_task_files_give_one_line_errors(tmp_path: Path, data: Any, message: str) -> None:
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(TaskError) as info:
         _load(tmp_path, data)
     text = str(info.value)
     assert "\n" not in text
@@ -131,7 +130,7 @@ def test_bad_task_files_give_one_line_errors(tmp_path: Path, data: Any, message:
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"task file .*missing\.json does not exist"):
+    with pytest.raises(TaskError, match=r"task file .*missing\.json does not exist"):
         load_task(tmp_path / "missing.json")
 
 

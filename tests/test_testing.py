@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ttcdsl.compiler import compile_source
 from ttcdsl.runtime.backends.scripted import Script, ScriptedBackend
-from ttcdsl.runtime.sim import SimBackend
+from ttcdsl.runtime.backends.sim import SimBackend
 from ttcdsl.runtime.sim.task import SimTask
 from ttcdsl.testing import CheckedRun, assert_budgets, programs, run_on, scripts, sim_tasks
 

@@ -43,7 +43,7 @@ def make_backend(opts: BackendOptions) -> Backend:
     if kind == "sim":
         if opts.sim_task is None:
             raise UsageError("--backend sim needs --sim-task FILE (a task file: see data/tasks/)")
-        from ttcdsl.runtime.sim import SimBackend, load_task
+        from ttcdsl.runtime.backends.sim import SimBackend, load_task
 
         return SimBackend(load_task(opts.sim_task))
     if kind == "sglang":

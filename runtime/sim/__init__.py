@@ -1,27 +1,39 @@
 """The deterministic simulator (`sim`): a fake LLM for testing strategies without a GPU.
 
-* `load_task` / `SimTask`: the task file (DESIGN §6; format in `ttcdsl.runtime.sim.task`).
-* `SimBackend`: the simulator as an in-process `Backend`.
+A self-contained package: it imports nothing from ``ttcdsl`` (only the standard library, anyio,
+aiohttp and msgspec), so it can be read, served and tested on its own.  The runtime's
+in-process adapter, `SimBackend`, lives with the other backends in
+``ttcdsl.runtime.backends.sim``.
+
+* `load_task` / `SimTask`: the task file (DESIGN §6; format in `.task`).
 * `SimConfig` (with `Latency` and `Faults`): timing model, fault injection, radix capacity,
   seeds; everything is off / instant by default.
-* `ttcdsl.runtime.sim.server`: the same engine behind SGLang's HTTP protocol (`ttc sim serve`,
-  `running_server` for tests).
+* `SimEngine`: the model, tokenizer, radix cache and counters behind both the adapter and the
+  server.
+* `.server`: the same engine behind SGLang's HTTP protocol (``ttc sim serve``, `running_server`
+  for tests).
+* `.errors`: `SimError` and its kinds (`TaskError`, `ConfigError`, `ServeError`,
+  `SimRequestError`).
 * What the model writes, how samples follow ``answers`` exactly, and how the reward and judge
-  scores work: `ttcdsl.runtime.sim.model`.
+  scores work: `.model`.
 """
 
-from ttcdsl.runtime.sim.backend import SimBackend
-from ttcdsl.runtime.sim.engine import Faults, Latency, SimConfig, SimEngine, SimStats
-from ttcdsl.runtime.sim.task import Problem, SimTask, load_task
+from .engine import Faults, Latency, SimConfig, SimEngine, SimStats
+from .errors import ConfigError, ServeError, SimError, SimRequestError, TaskError
+from .task import Problem, SimTask, load_task
 
 __all__ = [
+    "ConfigError",
     "Faults",
     "Latency",
     "Problem",
-    "SimBackend",
+    "ServeError",
     "SimConfig",
     "SimEngine",
+    "SimError",
+    "SimRequestError",
     "SimStats",
     "SimTask",
+    "TaskError",
     "load_task",
 ]

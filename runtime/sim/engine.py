@@ -13,7 +13,10 @@ concurrently).  Requests go through the same life cycle as in SGLang's scheduler
 4. decode: ``decode_s`` per token; after each token the stop strings (list order), then the
    end-of-sequence / stop token ids (unless ``ignore_eos``), then ``max_new_tokens`` are checked,
    in SGLang's order; before ``min_new_tokens`` the end-of-sequence and stop tokens are masked
-   (the sim writes on instead);
+   (the sim writes on instead).  Timing costs the server little CPU: a request nobody streams
+   writes its tokens at once and then waits ``decode_s`` times their number in one sleep (an
+   abort in the meantime keeps the tokens due by then); a streamed request gets one token per
+   tick of a ``decode_s`` clock all requests share, so the streams of one tick wake together;
 5. finish: prompt + output are inserted into the tree (also after an abort).
 
 `SimEngine.abort` aborts in-flight requests whose rid starts with a prefix (or all); they
@@ -28,7 +31,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 
@@ -37,11 +40,11 @@ import anyio.lowlevel
 import msgspec
 import msgspec.structs
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import model
-from ttcdsl.runtime.sim.radix import RadixCache
-from ttcdsl.runtime.sim.task import SimTask
-from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
+from . import model
+from .errors import ConfigError, SimRequestError
+from .radix import RadixCache
+from .task import SimTask
+from .tokenizer import EOS_ID, tokenizer
 
 __all__ = [
     "EngineOutput",
@@ -71,9 +74,9 @@ class Latency(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("prefill_s", "decode_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
-                raise UsageError(f"latency {name} must be a finite number >= 0, got {value}")
+                raise ConfigError(f"latency {name} must be a finite number >= 0, got {value}")
         if self.max_batch < 0:
-            raise UsageError(
+            raise ConfigError(
                 f"latency max_batch must be >= 0 (0 = unlimited), got {self.max_batch}"
             )
 
@@ -100,18 +103,18 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("error_rate", "reset_rate", "stall_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise UsageError(f"faults {name} must be a probability in [0, 1], got {value}")
+                raise ConfigError(f"faults {name} must be a probability in [0, 1], got {value}")
         total = self.error_rate + self.reset_rate + self.stall_rate
         if total > 1.0 + 1e-9:
-            raise UsageError(
+            raise ConfigError(
                 f"faults error_rate + reset_rate + stall_rate must be <= 1, got {total:g}"
             )
         if not 400 <= self.error_status <= 599:
-            raise UsageError(
+            raise ConfigError(
                 f"faults error_status must be an HTTP error status, got {self.error_status}"
             )
         if not (math.isfinite(self.stall_s) and self.stall_s >= 0.0):
-            raise UsageError(f"faults stall_s must be a finite number >= 0, got {self.stall_s}")
+            raise ConfigError(f"faults stall_s must be a finite number >= 0, got {self.stall_s}")
 
     @property
     def enabled(self) -> bool:
@@ -133,11 +136,11 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         if self.radix_capacity < 0:
-            raise UsageError(f"radix_capacity must be >= 0 tokens, got {self.radix_capacity}")
+            raise ConfigError(f"radix_capacity must be >= 0 tokens, got {self.radix_capacity}")
         if self.context_length < 2:
-            raise UsageError(f"context_length must be >= 2 tokens, got {self.context_length}")
+            raise ConfigError(f"context_length must be >= 2 tokens, got {self.context_length}")
         if not self.model:
-            raise UsageError("model name must not be empty")
+            raise ConfigError("model name must not be empty")
 
 
 class SimStats(msgspec.Struct):
@@ -162,15 +165,6 @@ class SimStats(msgspec.Struct):
     radix_tokens: int = 0
 
 
-class SimRequestError(Exception):
-    """A request the engine refuses; ``status`` is the HTTP status SGLang would answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
 class EngineRequest(msgspec.Struct, kw_only=True):
     """One generation, already tokenized and validated."""
 
@@ -191,7 +185,12 @@ class EngineRequest(msgspec.Struct, kw_only=True):
 
 class EngineOutput(msgspec.Struct, kw_only=True):
     """The state of one request; final once ``finish`` is set.  ``finish`` has SGLang's
-    ``finish_reason`` shape; logprob entries are ``(logprob, id)`` pairs."""
+    ``finish_reason`` shape; logprob entries are ``(logprob, id)`` pairs.
+
+    ``plain_bytes`` holds the bytes of the output's non-special tokens (the text before UTF-8
+    decoding, special tokens skipped) and ``specials`` counts the special ones, both kept up to
+    date by the engine for the first ``plain_upto`` output ids, so a streaming chunk's
+    cumulative text costs one C-level decode rather than a walk over every id."""
 
     rid: str
     prompt_tokens: int
@@ -203,6 +202,9 @@ class EngineOutput(msgspec.Struct, kw_only=True):
     input_logprobs: list[tuple[float | None, int]] = msgspec.field(default_factory=list)
     input_top: list[list[tuple[int, float]] | None] = msgspec.field(default_factory=list)
     e2e_latency: float = 0.0
+    plain_bytes: bytearray = msgspec.field(default_factory=bytearray)
+    plain_upto: int = 0
+    specials: int = 0
 
     @property
     def completion_tokens(self) -> int:
@@ -443,62 +445,103 @@ class SimEngine:
     async def _decode(
         self, req: EngineRequest, out: EngineOutput, on_progress: Progress | None
     ) -> None:
-        ids = req.input_ids
-        room = self.config.context_length - len(ids)
+        room = self.config.context_length - len(req.input_ids)
         cap = room if req.max_new_tokens is None else min(req.max_new_tokens, room)
         greedy = req.temperature < 1e-6
         seed = None if greedy else (req.seed if req.seed is not None else self.fresh_seed())
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        stops = tuple(s for s in req.stop if s)
-        window = max((len(s.encode()) for s in stops), default=0) + (256 if req.stop_regex else 32)
-        stop_ids = set(req.stop_token_ids)
-        out_bytes = bytearray()
-        prev = ids[-1]
+        steps = _write(self.task, req, out, cap, seed)
         decode_s = self.config.latency.decode_s
-        for tok in model.continuation(self.task, text, seed, ids[-1]):
-            special = tok.id == EOS_ID or tok.id in stop_ids
-            if special and len(out.output_ids) < req.min_new_tokens:
-                continue  # masked, as SGLang's min_new_tokens penalizer does
-            out.output_ids.append(tok.id)
-            if req.return_logprob:
-                out.output_logprobs.append(tok.logprob)
-                if req.top_logprobs_num > 0:
-                    out.output_top.append(model.top_logprobs(prev, tok, req.top_logprobs_num))
-            prev = tok.id
-            if not tokenizer.is_special(tok.id):
-                out_bytes += tokenizer.token_bytes(tok.id)
+        if on_progress is None:
+            # Nobody watches the tokens arrive: write them all, then wait for all of them at once
+            # (one timer per request, not one per token).  An abort during the wait keeps the
+            # tokens that would have been written by then.
+            final = next(f for f in steps if f is not None)
             if decode_s > 0:
-                await anyio.sleep(decode_s)
-            elif on_progress is not None:
+                begun = anyio.current_time()
+                try:
+                    await anyio.sleep(decode_s * len(out.output_ids))
+                except BaseException:
+                    _truncate(out, int((anyio.current_time() - begun) / decode_s) + 1)
+                    raise
+            out.finish = final
+            return
+        # Streaming: one token per tick of a clock shared by every request (so the requests of
+        # one tick wake together), the chunk after each token but the last.
+        tick = math.floor(anyio.current_time() / decode_s) if decode_s > 0 else 0
+        for finish in steps:
+            if decode_s > 0:
+                tick += 1
+                await anyio.sleep_until(tick * decode_s)
+            else:
                 await anyio.lowlevel.checkpoint()
-            out.finish = self._finish(req, out, tok.id, stops, out_bytes[-window:], stop_ids, cap)
-            if out.finish is not None:
+            if finish is not None:
+                out.finish = finish
                 return
-            if on_progress is not None:
-                await on_progress(out)
+            await on_progress(out)
         out.finish = {"type": "length", "length": cap}  # pragma: no cover - the stream is endless
 
-    @staticmethod
-    def _finish(
-        req: EngineRequest,
-        out: EngineOutput,
-        token_id: int,
-        stops: tuple[str, ...],
-        tail: bytes | bytearray,
-        stop_ids: set[int],
-        cap: int,
-    ) -> dict[str, Any] | None:
-        if stops or req.stop_regex:
-            tail_text = bytes(tail).decode("utf-8", errors="ignore")
-            for stop in stops:
-                if stop in tail_text:
-                    return {"type": "stop", "matched": stop}
-            for pattern in req.stop_regex:
-                if re.search(pattern, tail_text):
-                    return {"type": "stop", "matched": pattern}
-        if not req.ignore_eos and (token_id == EOS_ID or token_id in stop_ids):
-            return {"type": "stop", "matched": token_id}
-        if len(out.output_ids) >= cap:
-            length = req.max_new_tokens if req.max_new_tokens is not None else cap
-            return {"type": "length", "length": length}
-        return None
+
+def _write(
+    task: SimTask, req: EngineRequest, out: EngineOutput, cap: int, seed: int | None
+) -> Iterator[dict[str, Any] | None]:
+    """Append the model's tokens to ``out`` one at a time; after each, yield the finish reason it
+    causes (None while the request goes on).  SGLang's order: stop strings (list order), stop
+    regexes, then the end-of-sequence / stop token ids (unless ``ignore_eos``), then the length
+    cap; before ``min_new_tokens`` those token ids are masked (skipped, nothing yielded)."""
+    ids = req.input_ids
+    stops = tuple(s for s in req.stop if s)
+    regexes = req.stop_regex
+    window = max((len(s.encode()) for s in stops), default=0) + (256 if regexes else 32)
+    stop_ids = frozenset(req.stop_token_ids)
+    eos_ends = not req.ignore_eos
+    length = req.max_new_tokens if req.max_new_tokens is not None else cap
+    output, plain = out.output_ids, out.plain_bytes
+    min_new, logprobs, top = req.min_new_tokens, req.return_logprob, req.top_logprobs_num
+    is_special, token_bytes = tokenizer.is_special, tokenizer.token_bytes
+    prev = ids[-1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    for tok in model.continuation(task, text, seed, prev):
+        token_id = tok.id
+        stop_token = token_id == EOS_ID or token_id in stop_ids
+        if stop_token and len(output) < min_new:
+            continue  # masked, as SGLang's min_new_tokens penalizer does
+        output.append(token_id)
+        if logprobs:
+            out.output_logprobs.append(tok.logprob)
+            if top > 0:
+                out.output_top.append(model.top_logprobs(prev, tok, top))
+        prev = token_id
+        if is_special(token_id):
+            out.specials += 1
+        else:
+            plain += token_bytes(token_id)
+        out.plain_upto = len(output)
+        finish: dict[str, Any] | None = None
+        if stops or regexes:
+            tail = bytes(plain[-window:]).decode("utf-8", errors="ignore")
+            matched = next((s for s in stops if s in tail), None)
+            if matched is None:
+                matched = next((r for r in regexes if re.search(r, tail)), None)
+            if matched is not None:
+                finish = {"type": "stop", "matched": matched}
+        if finish is None and eos_ends and stop_token:
+            finish = {"type": "stop", "matched": token_id}
+        if finish is None and len(output) >= cap:
+            finish = {"type": "length", "length": length}
+        yield finish
+        if finish is not None:
+            return
+
+
+def _truncate(out: EngineOutput, keep: int) -> None:
+    """Cut ``out`` to its first ``keep`` tokens (an abort before the rest was due)."""
+    if keep >= len(out.output_ids):
+        return
+    del out.output_ids[keep:]
+    del out.output_logprobs[keep:]
+    del out.output_top[keep:]
+    out.plain_bytes = bytearray(
+        b"".join(tokenizer.token_bytes(t) for t in out.output_ids if not tokenizer.is_special(t))
+    )
+    out.specials = sum(1 for t in out.output_ids if tokenizer.is_special(t))
+    out.plain_upto = keep

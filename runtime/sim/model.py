@@ -82,9 +82,10 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
-from ttcdsl.runtime.sim.task import GENERIC, Problem, SimTask
-from ttcdsl.runtime.sim.tokenizer import EOS_ID, FILLER_PHRASES, FILLER_WORDS, STARTERS, tokenizer
+from .task import GENERIC, Problem, SimTask
+from .tokenizer import EOS_ID, FILLER_PHRASES, FILLER_WORDS, STARTERS, tokenizer
 
 __all__ = [
     "Analysis",
@@ -206,10 +207,10 @@ def _closing(final: bool, value: str) -> str:
     return f"\nThe answer is {value}." if final else "\n\n"
 
 
-@dataclass(frozen=True)
-class Tok:
+class Tok(NamedTuple):
     """One generated token.  ``alts`` are the top alternatives (id, logprob) including this
-    token, for tokens where the sim made a real choice; None means "derive them"."""
+    token, for tokens where the sim made a real choice; None means "derive them".  (A named
+    tuple: one is made per generated token, and tuples are the cheapest immutable record.)"""
 
     id: int
     logprob: float
@@ -485,13 +486,13 @@ def _render(
         words = existing[: m.end()]
         if m.end() < len(existing):  # the filler is already closed by "."
             return decision + words + "." + closing
-        have = len(tokenizer.encode(decision + words + "." + closing))
+        have = _token_count(decision + words + "." + closing)
         more = max(0, length - have)
         if words.endswith(" "):
             words = words[:-1]
         return decision + words + "".join(" " + w for w in _filler(seed, k, more)) + "." + closing
     starter = " " + STARTERS[int(uniform(seed, "starter", k) * len(STARTERS))]
-    base = len(tokenizer.encode(decision + starter + "." + closing))
+    base = _token_count(decision + starter + "." + closing)
     more = max(0, length - base)
     return decision + starter + "".join(" " + w for w in _filler(seed, k, more)) + "." + closing
 
@@ -520,18 +521,18 @@ def _step_tokens(
     ids = tokenizer.encode(full)
     # The token before the step: the input's last token, unless the input ends inside it.
     before = prev_id if not partial else -1
-    head = tokenizer.encode(f"Step {k} of {chosen[0]}{_INTRO.rstrip()}")
+    head = _token_count(f"Step {k} of {chosen[0]}{_INTRO.rstrip()}")
     decisions: dict[int, tuple[tuple[int, float], ...]] = {}
     if steps is None:  # the " K" token of step 1 decides the number of steps
         low, high = problem.steps
         lp = -math.log(high - low + 1) if high > low else -1e-4
-        decisions[3] = tuple((tokenizer.encode(f" {n}")[0], lp) for n in range(low, high + 1))
+        decisions[3] = tuple((_first_id(f" {n}"), lp) for n in range(low, high + 1))
     value_options = step_options(problem, k, chosen[0], state)
     alts: dict[int, float] = {}
     for value, p in value_options:
-        first = tokenizer.encode(" " + value)[0]
+        first = _first_id(" " + value)
         alts[first] = alts.get(first, 0.0) + p
-    decisions[len(head)] = tuple((i, _safe_log(p)) for i, p in alts.items() if p > 0.0)
+    decisions[head] = tuple((i, _safe_log(p)) for i, p in alts.items() if p > 0.0)
     toks: list[Tok] = []
     for i, token_id in enumerate(ids):
         alts_i = decisions.get(i)
@@ -554,6 +555,17 @@ def _step_tokens(
     return [
         Tok(t, input_logprob(rest_ids[i - 1] if i else prev_id, t)) for i, t in enumerate(rest_ids)
     ]
+
+
+@lru_cache(maxsize=4096)
+def _token_count(text: str) -> int:
+    """Tokens in a piece of the sim's own wording (the same few recur in every sample)."""
+    return len(tokenizer.encode(text))
+
+
+@lru_cache(maxsize=4096)
+def _first_id(text: str) -> int:
+    return tokenizer.encode(text)[0]
 
 
 def _safe_log(p: float) -> float:

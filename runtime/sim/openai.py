@@ -1,31 +1,51 @@
-"""OpenAI-style ``/v1/completions`` on top of the simulator, shaped like SGLang 0.5.23's.
+"""OpenAI-style ``/v1/completions`` and ``/v1/embeddings`` on top of the simulator, shaped like
+SGLang 0.5.23's.
 
-Supported: ``prompt`` (text, list of texts, token ids or lists of them), ``max_tokens``
+Completions support: ``prompt`` (text, list of texts, token ids or lists of them), ``max_tokens``
 (default 16), ``temperature``, ``top_p``, ``n``, ``stop``, ``seed``, ``logprobs`` (top-k
 alternatives per token), ``stream`` with ``stream_options.include_usage``, and SGLang's extras
 (``top_k``, ``min_p``, ``min_tokens``, ``ignore_eos``, ``no_stop_trim``, ``stop_token_ids``,
 ``skip_special_tokens``, ``repetition_penalty``, ``rid``).  The ``model`` name is not checked
 (SGLang does not either).  ``echo`` is refused.  Chat completions are not simulated.
+
+Embeddings (`embedding_inputs`, `embeddings_json`): ``input`` as a text, a list of texts, token
+ids or a list of such lists; each "embedding" is the one-number reward score ``/classify`` gives
+the same text (the simulator is its own reward model, as a router in front of SGLang reward
+workers would serve it), ``encoding_format`` ``float`` or ``base64`` (little-endian float32),
+``model`` answered as the server's model name, ``usage`` counts the prompt tokens.  Bad input is
+a 400 with SGLang's OpenAI-style error object and its messages.
 """
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttcdsl.runtime.sim.engine import EngineOutput, SimEngine
-from ttcdsl.runtime.sim.protocol import (
+from .engine import EngineOutput, SimEngine
+from .protocol import (
     GenerateCall,
     Item,
     ProtocolError,
     output_text,
     parse_generate,
 )
-from ttcdsl.runtime.sim.tokenizer import tokenizer
+from .tokenizer import tokenizer
 
-__all__ = ["CompletionCall", "CompletionStream", "completion_json", "parse_completion"]
+__all__ = [
+    "CompletionCall",
+    "CompletionStream",
+    "EmbeddingInput",
+    "completion_json",
+    "embedding_inputs",
+    "embeddings_json",
+    "openai_error",
+    "parse_completion",
+]
 
 _EXTRAS = {
     "top_k": "top_k",
@@ -202,3 +222,115 @@ class CompletionStream:
             "choices": [],
             "usage": _usage(self.call, outs, full=False),
         }
+
+
+# ---------------------------------------------------------------- /v1/embeddings
+
+
+@dataclass
+class EmbeddingInput:
+    """What a ``/v1/embeddings`` body asks to score: the texts and their prompt token counts."""
+
+    texts: list[str]
+    prompt_tokens: list[int]
+    base64: bool = False
+
+
+def openai_error(message: str, status: int = 400) -> dict[str, Any]:
+    """SGLang's OpenAI-style error object (``serving_base.create_error_response``)."""
+    return {
+        "object": "error",
+        "message": message,
+        "type": "BadRequestError",
+        "param": None,
+        "code": status,
+    }
+
+
+def embedding_inputs(body: Any, engine: SimEngine) -> EmbeddingInput:
+    """Validate an embeddings body like SGLang's ``OpenAIServingEmbedding``; raises
+    `ProtocolError` (answered as `openai_error` of its message)."""
+    if not isinstance(body, dict) or "input" not in body:
+        raise _embedding_error("input is required: a string, a list of strings or token ids")
+    fmt = body.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise _embedding_error(f"encoding_format must be either 'float' or 'base64', got {fmt!r}")
+    problem = _input_problem(body["input"])
+    if problem is not None:
+        raise _embedding_error(problem)
+    value = body["input"]
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value[0], str):
+        return EmbeddingInput(value, [len(engine.tokenize(t)) for t in value], fmt == "base64")
+    rows = [value] if isinstance(value[0], int) else value
+    try:
+        texts = [engine.detokenize(row) for row in rows]
+    except ValueError as exc:
+        raise _embedding_error(str(exc)) from None
+    return EmbeddingInput(texts, [len(row) for row in rows], fmt == "base64")
+
+
+def _input_problem(value: Any) -> str | None:
+    """SGLang's message for an input it refuses, or None (``_validate_request``, plus the shape
+    checks its request model makes)."""
+    if not value:
+        return "Input cannot be empty"
+    if isinstance(value, str):
+        return None if value.strip() else "Input cannot be empty or whitespace only"
+    if not isinstance(value, list):
+        return "input must be a string, a list of strings or token ids"
+    first = value[0]
+    if isinstance(first, str):
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                return "All items in input list must be strings"
+            if not item.strip():
+                return f"Input at index {i} cannot be empty or whitespace only"
+        return None
+    if isinstance(first, int) and not isinstance(first, bool):
+        for i, item in enumerate(value):
+            if not isinstance(item, int) or isinstance(item, bool):
+                return "All items in input list must be integers"
+            if item < 0:
+                return f"Token ID at index {i} must be non-negative"
+        return None
+    rows_ok = all(
+        isinstance(row, list) and row and all(isinstance(t, int) and t >= 0 for t in row)
+        for row in value
+    )
+    return None if rows_ok else "input must be a string, a list of strings or token ids"
+
+
+def _embedding_error(message: str) -> ProtocolError:
+    return ProtocolError(message)  # the route renders it with `openai_error`
+
+
+def embeddings_json(
+    engine: SimEngine, inputs: EmbeddingInput, scores: Sequence[float]
+) -> dict[str, Any]:
+    """The response: one one-number "embedding" per input, in input order."""
+    data = [
+        {"embedding": _encode(score, inputs.base64), "index": i, "object": "embedding"}
+        for i, score in enumerate(scores)
+    ]
+    prompt = sum(inputs.prompt_tokens)
+    return {
+        "data": data,
+        "model": engine.config.model,
+        "object": "list",
+        "usage": {
+            "prompt_tokens": prompt,
+            "total_tokens": prompt,
+            "completion_tokens": 0,
+            "prompt_tokens_details": None,
+            "reasoning_tokens": 0,
+            "completion_tokens_details": None,
+        },
+    }
+
+
+def _encode(score: float, as_base64: bool) -> list[float] | str:
+    if not as_base64:
+        return [score]
+    return base64.b64encode(struct.pack("<1f", score)).decode("ascii")

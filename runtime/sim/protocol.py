@@ -2,15 +2,21 @@
 shaping responses exactly like ``sglang==0.5.23`` (the recorded exchanges in
 ``tests/fixtures/sim/`` are the reference).
 
-Pure functions, no I/O: `parse_generate` turns a decoded JSON body into engine requests or
-raises `ProtocolError` carrying the status and body SGLang would send; `output_json` renders an
-`EngineOutput` as a response object or a streaming chunk.
+No I/O: `parse_generate` turns a decoded JSON body into engine requests or raises
+`ProtocolError` carrying the status and body SGLang would send; `output_json` renders an
+`EngineOutput` as a response object, `StreamChunks` one item's chunks of a stream as encoded
+events (keeping what consecutive cumulative chunks share).
 
 Parsing follows SGLang: unknown ``sampling_params`` keys are a 400 with a plain-string error
 (``{"error": "unknown field `bogus`, expected one of ..."}``), unknown top-level keys are ignored,
 bad values are a 400 ``{"error": {"message": ...}}`` (for a stream: HTTP 200 with an error event),
 ``text``/``input_ids`` may be single or batched, ``sampling_params`` a dict or a batch-aligned
-list, and ``n > 1`` expands prompt-major after one warm-up per prompt.  Accepted but without
+list, and ``n > 1`` expands prompt-major after one warm-up per prompt.  A batch answers a JSON
+list in input order, or, streaming, interleaved chunks that carry their ``"index"``; a string
+``rid`` names batch items ``{rid}_{i}``, a list names them one by one (its length must be the
+batch size).  As on SGLang, ``/abort_request`` reaches every rid that *starts with* the given
+one, so with a string rid aborting item ``x_1`` of a batch of more than ten also aborts
+``x_10``...; rids of equal length (a list) avoid that.  Accepted but without
 effect: ``top_p``, ``top_k``, ``min_p``, the penalties, ``regex``/``json_schema``/``ebnf``
 (no constrained decoding), ``logit_bias``, ``stream_interval``, ``extra_key``/``cache_salt``.
 Deviations, on purpose: ``sampling_params.seed`` is accepted as an alias of ``sampling_seed``;
@@ -30,14 +36,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ttcdsl.runtime.sim.engine import EngineOutput, EngineRequest, SimEngine, SimRequestError
-from ttcdsl.runtime.sim.tokenizer import tokenizer
+import msgspec
+
+from .engine import EngineOutput, EngineRequest, SimEngine, SimRequestError
+from .tokenizer import tokenizer
 
 __all__ = [
     "SAMPLING_KEYS",
     "GenerateCall",
     "Item",
     "ProtocolError",
+    "StreamChunks",
     "error_body",
     "output_json",
     "parse_generate",
@@ -230,9 +239,9 @@ def _prompts(body: dict[str, Any], engine: SimEngine) -> tuple[list[list[int]], 
         raise _bad("text must be a string or a non-empty list of strings")
     if not isinstance(input_ids, list) or not input_ids:
         raise _bad("input_ids cannot be empty.")
-    if all(_is_int(t) for t in input_ids):
+    if _ints(input_ids):
         return [list(input_ids)], True
-    if all(isinstance(row, list) and row and all(_is_int(t) for t in row) for row in input_ids):
+    if all(isinstance(row, list) and row and _ints(row) for row in input_ids):
         return [list(row) for row in input_ids], False
     raise _bad("input_ids must be a list of token ids or a list of such lists")
 
@@ -248,12 +257,15 @@ def _rids(rid: Any, size: int, n: int, single: bool) -> list[str]:
     if isinstance(rid, list) and all(isinstance(r, str) for r in rid):
         if len(rid) != size:
             raise _bad(
-                f"The specified rids length mismatch with the batch_size ({len(rid)} != {size})."
+                "The specified rids length mismatch with the batch_size for batch processing."
             )
+        duplicates = [r for r in dict.fromkeys(rid) if rid.count(r) > 1]
+        if duplicates:
+            raise _bad(f"Duplicate request IDs detected within the request: {duplicates}")
         if n == 1:
             return list(rid)
         return [f"{rid[k // n]}_{k % n}" for k in range(total)]
-    raise _bad("rid must be a string or a list of strings")
+    raise _bad("The rid should be a string or a list of strings.")
 
 
 def _per_prompt(body: dict[str, Any], key: str, size: int, default: Any, conv: Any) -> list[Any]:
@@ -263,6 +275,11 @@ def _per_prompt(body: dict[str, Any], key: str, size: int, default: Any, conv: A
             raise _bad(f"{key} has {len(value)} entries for a batch of {size} prompts")
         return [conv(v, key, default) for v in value]
     return [conv(value, key, default)] * size
+
+
+def _ints(values: list[Any]) -> bool:
+    """Every item is an int, not a bool (checked in C: prompts can be long)."""
+    return set(map(type, values)) <= {int}
 
 
 def _is_int(v: Any) -> bool:
@@ -399,9 +416,8 @@ def output_text(item: Item, out: EngineOutput, final: bool) -> str:
     ids = out.output_ids
     finish = out.finish if final else None
     matched = finish.get("matched") if finish and finish.get("type") == "stop" else None
-    if isinstance(matched, int) and not item.no_stop_trim and ids:
-        ids = ids[:-1]
-    text = tokenizer.decode(ids, skip_special_tokens=item.skip_special_tokens)
+    drop_last = isinstance(matched, int) and not item.no_stop_trim and bool(ids)
+    text = _decoded(item, out, drop_last)
     if isinstance(matched, str) and not item.no_stop_trim and matched not in item.req.stop_regex:
         cut = text.find(matched)
         if cut >= 0:
@@ -409,15 +425,69 @@ def output_text(item: Item, out: EngineOutput, final: bool) -> str:
     return text
 
 
+def _decoded(item: Item, out: EngineOutput, drop_last: bool) -> str:
+    """The output ids as text (without the last one if ``drop_last``), from the engine's running
+    bytes when they cover every id (see `EngineOutput`), else from the ids."""
+    ids = out.output_ids
+    if out.plain_upto != len(ids) or (out.specials and not item.skip_special_tokens):
+        kept = ids[:-1] if drop_last else ids
+        return tokenizer.decode(kept, skip_special_tokens=item.skip_special_tokens)
+    plain = out.plain_bytes
+    if drop_last and not tokenizer.is_special(ids[-1]):
+        plain = plain[: len(plain) - len(tokenizer.token_bytes(ids[-1]))]
+    return plain.decode("utf-8", errors="replace")
+
+
 def _triple(lp: float | None, token_id: int, with_text: bool) -> list[Any]:
     return [lp, token_id, tokenizer.token_text(token_id) if with_text else None]
 
 
+class _Logprobs:
+    """The logprob lists of one item's ``meta_info``, rendered once per token and kept across the
+    chunks of a stream (each chunk carries them all: SGLang's cumulative streaming)."""
+
+    __slots__ = ("input", "input_top", "output", "output_top", "text")
+
+    def __init__(self, item: Item, out: EngineOutput) -> None:
+        wt = self.text = item.return_text_in_logprobs
+        self.input = [_triple(lp, t, wt) for lp, t in out.input_logprobs]
+        self.output: list[list[Any]] = []
+        self.input_top: list[Any] | None = None
+        self.output_top: list[list[list[Any]]] = []
+        if item.top_logprobs_num > 0:
+            self.input_top = [
+                None if row is None else [_triple(lp, t, wt) for t, lp in row]
+                for row in out.input_top
+            ]
+
+    def update(self, out: EngineOutput) -> None:
+        """Render the tokens added since the last call (a cut output is rendered again)."""
+        if len(self.output) > len(out.output_logprobs):
+            del self.output[:], self.output_top[:]
+        wt = self.text
+        done = len(self.output)
+        ids = out.output_ids
+        self.output += [
+            _triple(lp, t, wt) for lp, t in zip(out.output_logprobs[done:], ids[done:])
+        ]
+        if self.input_top is not None:
+            self.output_top += [
+                [_triple(lp, t, wt) for t, lp in row] for row in out.output_top[done:]
+            ]
+
+
 def meta_info(
-    item: Item, out: EngineOutput, *, final: bool, first: bool, stream: bool
+    item: Item,
+    out: EngineOutput,
+    *,
+    final: bool,
+    first: bool,
+    stream: bool,
+    logprobs: _Logprobs | None = None,
 ) -> dict[str, Any]:
     """``meta_info`` with SGLang's keys in SGLang's order (a stream stamps the send time on its
-    first chunk only, a plain response on itself)."""
+    first chunk only, a plain response on itself).  ``logprobs`` reuses lists rendered for the
+    stream's earlier chunks."""
     meta: dict[str, Any] = {
         "id": out.rid,
         "finish_reason": out.finish if final else None,
@@ -426,20 +496,15 @@ def meta_info(
         "num_retractions": 0,
     }
     if item.return_logprob:
-        wt = item.return_text_in_logprobs
-        meta["input_token_logprobs"] = [_triple(lp, t, wt) for lp, t in out.input_logprobs]
-        meta["output_token_logprobs"] = [
-            _triple(lp, t, wt) for lp, t in zip(out.output_logprobs, out.output_ids)
-        ]
+        if logprobs is None:
+            logprobs = _Logprobs(item, out)
+        logprobs.update(out)
+        meta["input_token_logprobs"] = logprobs.input
+        meta["output_token_logprobs"] = logprobs.output
         meta["output_token_logprobs_length"] = len(out.output_logprobs)
-        if item.top_logprobs_num > 0:
-            meta["input_top_logprobs"] = [
-                None if row is None else [_triple(lp, t, wt) for t, lp in row]
-                for row in out.input_top
-            ]
-            meta["output_top_logprobs"] = [
-                [_triple(lp, t, wt) for t, lp in row] for row in out.output_top
-            ]
+        if logprobs.input_top is not None:
+            meta["input_top_logprobs"] = logprobs.input_top
+            meta["output_top_logprobs"] = logprobs.output_top
     meta["reasoning_tokens"] = 0
     meta["completion_tokens"] = out.completion_tokens
     meta["cached_tokens"] = out.cached_tokens
@@ -469,12 +534,39 @@ def output_json(
     chunk of its item); ``index`` for batch streams."""
     obj: dict[str, Any] = {
         "text": output_text(item, out, final),
-        "output_ids": list(out.output_ids),
+        "output_ids": out.output_ids,
         "meta_info": meta_info(item, out, final=final, first=first, stream=stream),
     }
     if index is not None:
         obj["index"] = index
     return obj
+
+
+class StreamChunks:
+    """Renders the chunks of one item of a stream as SSE events (``data: {...}``), keeping what
+    the chunks share (the logprob lists) from one chunk to the next."""
+
+    def __init__(self, item: Item, index: int | None) -> None:
+        self.item = item
+        self.index = index
+        self._logprobs: _Logprobs | None = None
+        self._first = True
+
+    def event(self, out: EngineOutput, final: bool) -> bytes:
+        item = self.item
+        if item.return_logprob and self._logprobs is None:
+            self._logprobs = _Logprobs(item, out)
+        obj: dict[str, Any] = {
+            "text": output_text(item, out, final),
+            "output_ids": out.output_ids,
+            "meta_info": meta_info(
+                item, out, final=final, first=self._first, stream=True, logprobs=self._logprobs
+            ),
+        }
+        if self.index is not None:
+            obj["index"] = self.index
+        self._first = False
+        return b"data: " + msgspec.json.encode(obj) + b"\n\n"
 
 
 def stream_error(message: str) -> dict[str, Any]:

@@ -171,8 +171,17 @@ class RadixCache:
 
 
 def _common(key: tuple[int, ...], ids: Sequence[int], start: int) -> int:
+    """Length of the common prefix of ``key`` and ``ids[start:]``.  Slices are compared whole
+    (in C), bisecting only where they differ: a walk down a long prompt costs a few
+    comparisons per node, not a Python step per token."""
     n = min(len(key), len(ids) - start)
-    i = 0
-    while i < n and key[i] == ids[start + i]:
-        i += 1
-    return i
+    if key[:n] == tuple(ids[start : start + n]):
+        return n
+    lo, hi = 0, n  # key[:lo] matches; key[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if key[lo:mid] == tuple(ids[start + lo : start + mid]):
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -8,8 +8,9 @@ Routes (SGLang 0.5.23 shapes, see `ttcdsl.runtime.sim.protocol` and the recorded
 stops), ``/abort_request``, ``/flush_cache`` (GET, POST), ``/health``, ``/health_generate``,
 ``/model_info``, ``/get_model_info``, ``/server_info``, ``/get_server_info``, ``/classify``
 (the PRM: ``{"embedding": [score], ...}`` per text), ``/tokenize``, ``/detokenize``,
-``/v1/models``, ``/v1/completions``; plus ``GET /sim/stats`` (the engine's counters as JSON) and
-``POST /sim/stats/reset``.  Unknown paths answer 404 ``{"detail": "Not Found"}``.
+``/v1/models``, ``/v1/completions``, ``/v1/embeddings`` (the same PRM scores, OpenAI-shaped:
+the reward route sglang-router forwards); plus ``GET /sim/stats`` (the engine's counters as
+JSON) and ``POST /sim/stats/reset``.  Unknown paths answer 404 ``{"detail": "Not Found"}``.
 
 Closing a stream, or disconnecting while waiting for a response, aborts the request.  Faults
 (`Faults`) apply to ``/generate`` and ``/v1/completions``: an error answers
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-import math
 import signal
 import sys
 import time
@@ -36,20 +36,21 @@ import anyio
 import msgspec
 from aiohttp import web
 
-from ttcdsl.errors import UsageError
-from ttcdsl.runtime.sim import openai
-from ttcdsl.runtime.sim.engine import EngineOutput, SimConfig, SimEngine, SimRequestError
-from ttcdsl.runtime.sim.protocol import (
+from . import openai
+from .engine import EngineOutput, SimConfig, SimEngine
+from .errors import ServeError, SimRequestError
+from .protocol import (
     GenerateCall,
     Item,
     ProtocolError,
+    StreamChunks,
     error_body,
     is_stream,
     output_json,
     parse_generate,
     stream_error,
 )
-from ttcdsl.runtime.sim.task import SimTask
+from .task import SimTask
 
 __all__ = ["VERSION", "build_app", "running_server", "serve"]
 
@@ -78,8 +79,14 @@ class _BadJSON(Exception):
 
 
 async def _read_json(request: web.Request) -> Any:
-    """The body as JSON (None if empty), or raise `_BadJSON`."""
+    """The body as JSON (None if empty), or raise `_BadJSON`.  msgspec decodes it; what msgspec
+    refuses goes to the standard library, which also takes NaN and huge integers and words the
+    error as before."""
     raw = await request.read()
+    try:
+        return msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError:
+        pass
     try:
         return json.loads(raw) if raw.strip() else None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -146,11 +153,12 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if fault == "stall":
         await engine.stall()
     if call.stream:
-        indexed = not call.single
+        chunks = [
+            StreamChunks(item, None if call.single else i) for i, item in enumerate(call.items)
+        ]
 
-        def render(i: int, item: Item, out: EngineOutput, final: bool, first: bool) -> Any:
-            index = i if indexed else None
-            return output_json(item, out, final=final, index=index, first=first, stream=True)
+        def render(i: int, out: EngineOutput, final: bool) -> bytes:
+            return chunks[i].event(out, final)
 
         return await _stream(request, engine, call, render, reset_after_first=fault == "reset")
     try:
@@ -172,6 +180,11 @@ async def _stream_failure(request: web.Request, message: str) -> web.StreamRespo
 async def _run_all(engine: SimEngine, call: GenerateCall) -> list[EngineOutput]:
     """Warm-ups in order, then every item concurrently; raises `ProtocolError` if the engine
     refuses one (e.g. its rid became busy while the request waited)."""
+    if len(call.items) == 1 and not call.warmups:  # the common case needs no task group
+        try:
+            return [await engine.execute(call.items[0].req)]
+        except SimRequestError as exc:
+            raise ProtocolError(exc.message, status=exc.status) from None
     outs: list[EngineOutput | None] = [None] * len(call.items)
     refused: list[SimRequestError] = []
 
@@ -195,7 +208,7 @@ async def _run_all(engine: SimEngine, call: GenerateCall) -> list[EngineOutput]:
     return [o for o in outs if o is not None]
 
 
-Render = Callable[[int, Item, EngineOutput, bool, bool], Any]
+Render = Callable[[int, EngineOutput, bool], bytes]
 
 
 async def _stream(
@@ -207,61 +220,57 @@ async def _stream(
     reset_after_first: bool = False,
     epilogue: Callable[[list[EngineOutput]], list[Any]] | None = None,
 ) -> web.StreamResponse:
-    """Server-sent events: ``render(index, item, out, final, first)`` per token of every item
-    (interleaved), then the ``epilogue`` chunks, then ``[DONE]``.  A client that goes away
-    cancels (and so aborts) the requests."""
+    """Server-sent events: ``render(index, out, final)`` (one encoded event) per token of every
+    item (interleaved, each written as soon as it is made), then the ``epilogue`` chunks, then
+    ``[DONE]``.  A client that goes away cancels (and so aborts) the requests."""
     resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     await resp.prepare(request)
-    send, recv = anyio.create_memory_object_stream[bytes](math.inf)
     finals: list[EngineOutput | None] = [None] * len(call.items)
+    reset = False
 
-    async def run(i: int, item: Item) -> None:
-        first = True
+    with anyio.CancelScope() as scope:
 
-        async def progress(out: EngineOutput) -> None:
-            nonlocal first
-            chunk = render(i, item, out, False, first)
-            first = False
-            await send.send(_sse(chunk))
+        async def emit(data: bytes) -> None:
+            nonlocal reset
+            if scope.cancel_called:
+                return  # nothing more goes out once the stream is being torn down
+            try:
+                await resp.write(data)
+            except ConnectionResetError:
+                scope.cancel()  # the client went away: the cancellation aborts its requests
+                return
+            if reset_after_first:
+                reset = True
+                scope.cancel()
+
+        async def run(i: int, item: Item) -> None:
+            async def progress(out: EngineOutput) -> None:
+                await emit(render(i, out, False))
+
+            try:
+                out = await engine.execute(item.req, progress)
+            except SimRequestError as exc:
+                await emit(_sse(stream_error(exc.message)))
+                return
+            finals[i] = out
+            await emit(render(i, out, True))
 
         try:
-            out = await engine.execute(item.req, progress)
+            for warm in call.warmups:
+                await engine.execute(warm)
         except SimRequestError as exc:
-            await send.send(_sse(stream_error(exc.message)))
-            return
-        finals[i] = out
-        await send.send(_sse(render(i, item, out, True, first)))
-
-    async def produce() -> None:
-        async with send:
-            try:
-                for warm in call.warmups:
-                    await engine.execute(warm)
-            except SimRequestError as exc:
-                await send.send(_sse(stream_error(exc.message)))
-                return
-            async with anyio.create_task_group() as inner:
-                for i, item in enumerate(call.items):
-                    inner.start_soon(run, i, item)
+            await emit(_sse(stream_error(exc.message)))
+        else:
+            if len(call.items) == 1:
+                await run(0, call.items[0])
+            else:
+                async with anyio.create_task_group() as tg:
+                    for i, item in enumerate(call.items):
+                        tg.start_soon(run, i, item)
             if epilogue is not None:
                 for chunk in epilogue([o for o in finals if o is not None]):
-                    await send.send(_sse(chunk))
-
-    reset = False
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(produce)
-        try:
-            async with recv:
-                async for data in recv:
-                    await resp.write(data)
-                    if reset_after_first:
-                        reset = True
-                        break
-                else:
-                    await resp.write(b"data: [DONE]\n\n")
-        except ConnectionResetError:
-            pass  # the client went away: the cancellation below aborts its requests
-        tg.cancel_scope.cancel()
+                    await emit(_sse(chunk))
+        await emit(b"data: [DONE]\n\n")
     if reset:
         _reset(request)
     return resp
@@ -393,6 +402,18 @@ async def classify(request: web.Request) -> web.Response:
     return _json(out[0] if single else out)
 
 
+async def v1_embeddings(request: web.Request) -> web.Response:
+    """OpenAI-style embeddings: the reward score of each input (what sglang-router offers for
+    reward models, since it has no ``/classify``)."""
+    engine = request.app[_ENGINE_KEY]
+    body = await _read_json(request)
+    try:
+        inputs = openai.embedding_inputs(body, engine)
+    except ProtocolError as exc:
+        return _json(openai.openai_error(exc.message, exc.status), exc.status)
+    return _json(openai.embeddings_json(engine, inputs, engine.reward(inputs.texts)))
+
+
 async def tokenize(request: web.Request) -> web.Response:
     engine = request.app[_ENGINE_KEY]
     body = await _read_json(request)
@@ -460,9 +481,10 @@ async def v1_completions(request: web.Request) -> web.StreamResponse:
             return _json(exc.body(), exc.status)
         return _json(openai.completion_json(call, outs))
     streamer = openai.CompletionStream(call)
+    items = call.generate.items
 
-    def render(i: int, item: Item, out: EngineOutput, final: bool, first: bool) -> Any:
-        return streamer.chunk(i, item, out, final)
+    def render(i: int, out: EngineOutput, final: bool) -> bytes:
+        return _sse(streamer.chunk(i, items[i], out, final))
 
     def epilogue(outs: list[EngineOutput]) -> list[Any]:
         return [streamer.usage_chunk(outs)] if call.include_usage else []
@@ -502,6 +524,7 @@ def build_app(engine: SimEngine) -> web.Application:
     r.add_post("/detokenize", detokenize)
     r.add_get("/v1/models", v1_models)
     r.add_post("/v1/completions", v1_completions)
+    r.add_post("/v1/embeddings", v1_embeddings)
     r.add_get("/sim/stats", sim_stats)
     r.add_post("/sim/stats/reset", sim_stats_reset)
     return app
@@ -530,10 +553,10 @@ async def running_server(
             await site.start()
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise UsageError(
+                raise ServeError(
                     f"port {port} on {host} is already in use; choose another with --port"
                 ) from None
-            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         bound = runner.addresses[0]
         app[_ADDRESS_KEY][:] = [bound[0], bound[1]]
         yield f"http://{bound[0]}:{bound[1]}"
@@ -550,7 +573,7 @@ def serve(
     port: int,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the server until SIGINT/SIGTERM (``ttc sim serve``); raises `UsageError` if the
+    """Run the server until SIGINT/SIGTERM (``ttc sim serve``); raises `ServeError` if the
     address cannot be bound."""
 
     async def main() -> None:

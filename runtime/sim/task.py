@@ -19,7 +19,7 @@ wording, about 13 tokens), ``prm_noise`` (verifier noise in [0, 1], default 0.1;
 `ttcdsl.runtime.sim.model`).  Numbers given as answers are read as their JSON text.  Unknown keys
 are errors, so a typo cannot silently fall back to a default.
 
-`load_task` raises `UsageError` with one line naming the file, the problem and what is wrong.
+`load_task` raises `TaskError` with one line naming the file, the problem and what is wrong.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from ttcdsl.errors import UsageError
+from .errors import TaskError
 
 __all__ = ["GENERIC", "Problem", "SimTask", "load_task"]
 
@@ -120,18 +120,18 @@ def _last_bounded(text: str, needle: str) -> int:
 
 
 def load_task(path: str | Path) -> SimTask:
-    """Read and validate a task file; raises `UsageError` naming the file and the problem."""
+    """Read and validate a task file; raises `TaskError` naming the file and the problem."""
     p = Path(path)
     try:
         raw = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"task file {p} does not exist") from None
+        raise TaskError(f"task file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read task file {p}: {exc}") from None
+        raise TaskError(f"cannot read task file {p}: {exc}") from None
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise UsageError(
+        raise TaskError(
             f"{p}:{exc.lineno}:{exc.colno}: task file is not valid JSON: {exc.msg}"
         ) from None
     return _parse_task(data, str(p))
@@ -139,13 +139,13 @@ def load_task(path: str | Path) -> SimTask:
 
 def _parse_task(data: Any, source: str) -> SimTask:
     if not isinstance(data, Mapping):
-        raise UsageError(f'{source}: a task file must be a JSON object {{"problems": [...]}}')
+        raise TaskError(f'{source}: a task file must be a JSON object {{"problems": [...]}}')
     extra = sorted(set(data) - {"problems"})
     if extra:
-        raise UsageError(f'{source}: unknown top-level key "{extra[0]}" (expected "problems")')
+        raise TaskError(f'{source}: unknown top-level key "{extra[0]}" (expected "problems")')
     problems = data.get("problems")
     if not isinstance(problems, list) or not problems:
-        raise UsageError(f'{source}: "problems" must be a non-empty list of problem objects')
+        raise TaskError(f'{source}: "problems" must be a non-empty list of problem objects')
     parsed: list[Problem] = []
     ids: set[str] = set()
     questions: set[str] = set()
@@ -153,9 +153,9 @@ def _parse_task(data: Any, source: str) -> SimTask:
         problem = _parse_problem(item, index, source)
         where = f'{source}: problems[{index}] ("{problem.id}")'
         if problem.id in ids:
-            raise UsageError(f'{where}: duplicate id "{problem.id}"')
+            raise TaskError(f'{where}: duplicate id "{problem.id}"')
         if problem.question in questions:
-            raise UsageError(f"{where}: duplicate question {problem.question!r}")
+            raise TaskError(f"{where}: duplicate question {problem.question!r}")
         ids.add(problem.id)
         questions.add(problem.question)
         parsed.append(problem)
@@ -165,37 +165,37 @@ def _parse_task(data: Any, source: str) -> SimTask:
 def _parse_problem(item: Any, index: int, source: str) -> Problem:
     where = f"{source}: problems[{index}]"
     if not isinstance(item, Mapping):
-        raise UsageError(f"{where}: expected an object, got {_kind(item)}")
+        raise TaskError(f"{where}: expected an object, got {_kind(item)}")
     pid = item.get("id", f"p{index + 1}")
     if isinstance(pid, bool) or not isinstance(pid, (str, int)) or str(pid) == "":
-        raise UsageError(f'{where}: "id" must be a non-empty string')
+        raise TaskError(f'{where}: "id" must be a non-empty string')
     where = f'{where} ("{pid}")'
     extra = [k for k in item if k not in _PROBLEM_KEYS]
     if extra:
-        raise UsageError(
+        raise TaskError(
             f'{where}: unknown key "{extra[0]}" (expected one of {", ".join(_PROBLEM_KEYS)})'
         )
     for key in ("question", "answer", "answers"):
         if key not in item:
-            raise UsageError(f'{where}: missing "{key}"')
+            raise TaskError(f'{where}: missing "{key}"')
     question = item["question"]
     if not isinstance(question, str) or not question.strip():
-        raise UsageError(f'{where}: "question" must be a non-empty string')
+        raise TaskError(f'{where}: "question" must be a non-empty string')
     answer = _answer_text(item["answer"], f'{where}: "answer"')
     answers = item["answers"]
     if not isinstance(answers, Mapping) or not answers:
-        raise UsageError(f'{where}: "answers" must be a non-empty object of answer -> probability')
+        raise TaskError(f'{where}: "answers" must be a non-empty object of answer -> probability')
     probs: dict[str, float] = {}
     for key, value in answers.items():
         text = _answer_text(key, f"{where}: answers key {key!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise UsageError(f"{where}: answers[{key!r}] must be a number, got {_kind(value)}")
+            raise TaskError(f"{where}: answers[{key!r}] must be a number, got {_kind(value)}")
         if not 0.0 <= value <= 1.0:
-            raise UsageError(f"{where}: answers[{key!r}] = {value} is not a probability in [0, 1]")
+            raise TaskError(f"{where}: answers[{key!r}] = {value} is not a probability in [0, 1]")
         probs[text] = float(value)
     total = math.fsum(probs.values())
     if abs(total - 1.0) > 1e-6:
-        raise UsageError(
+        raise TaskError(
             f"{where}: answers probabilities sum to {total:.6g}, expected 1 (within 1e-6)"
         )
     steps = _range(item.get("steps", [2, 5]), f'{where}: "steps"', _MAX_STEPS)
@@ -204,7 +204,7 @@ def _parse_problem(item: Any, index: int, source: str) -> Problem:
     )
     noise = item.get("prm_noise", 0.1)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 <= noise <= 1.0:
-        raise UsageError(f'{where}: "prm_noise" must be a number in [0, 1], got {noise!r}')
+        raise TaskError(f'{where}: "prm_noise" must be a number in [0, 1], got {noise!r}')
     return Problem(
         id=str(pid),
         question=question,
@@ -221,10 +221,10 @@ _BAD_ANSWER = re.compile(r"[\r\n]")
 
 def _answer_text(value: Any, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise UsageError(f"{what} must be a string, got {_kind(value)}")
+        raise TaskError(f"{what} must be a string, got {_kind(value)}")
     text = value if isinstance(value, str) else json.dumps(value)
     if not text or text != text.strip() or _BAD_ANSWER.search(text):
-        raise UsageError(
+        raise TaskError(
             f"{what} must be one non-empty line without surrounding spaces, got {text!r}"
         )
     return text
@@ -237,10 +237,10 @@ def _range(value: Any, what: str, upper: int) -> tuple[int, int]:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     )
     if not ok:
-        raise UsageError(f"{what} must be a list of two integers [low, high], got {value!r}")
+        raise TaskError(f"{what} must be a list of two integers [low, high], got {value!r}")
     low, high = value
     if not 1 <= low <= high <= upper:
-        raise UsageError(f"{what} = [{low}, {high}] must satisfy 1 <= low <= high <= {upper}")
+        raise TaskError(f"{what} = [{low}, {high}] must satisfy 1 <= low <= high <= {upper}")
     return (low, high)
 
 

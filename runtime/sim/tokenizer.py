@@ -223,6 +223,15 @@ class SimTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (special tokens recognised; no BOS added)."""
         ids: list[int] = []
+        if "<|" not in text:  # no special token can occur: skip the split
+            known, piece_ids = self._piece_to_id, self.encode_piece
+            for piece in _PIECE_RE.findall(text):
+                one = known.get(piece)
+                if one is not None:
+                    ids.append(one)
+                else:
+                    ids.extend(piece_ids(piece))
+            return ids
         for part in _SPECIAL_RE.split(text):
             if not part:
                 continue
@@ -271,6 +280,8 @@ class SimTokenizer:
         return self.token_bytes(token_id).decode("utf-8", errors="replace")
 
     def validate_ids(self, ids: Sequence[int]) -> None:
+        if not ids or (min(ids) >= 0 and max(ids) < len(self._id_bytes)):
+            return  # the usual case, checked in C; the loop below names the first bad id
         for token_id in ids:
             if not 0 <= token_id < len(self._id_bytes):
                 raise ValueError(

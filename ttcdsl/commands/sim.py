@@ -11,7 +11,8 @@ the number of requests running at once (e.g. ``0.0002,0.02,8``; also
 ``prefill=0.0002,decode=0.02,batch=8``).  ``--faults`` takes ``error=P``, ``reset=P``,
 ``stall=P``, ``stall_s=SECONDS``, ``status=HTTP_STATUS`` and ``seed=N`` (e.g.
 ``error=0.1,status=503,seed=1``).  Without ``--task`` every prompt gets generic text.
-``check`` validates task files and prints a one-line summary of each.
+``check`` validates task files and prints a one-line summary of each.  The simulator's own
+errors (`ttcdsl.runtime.sim.errors`) are shown as one-line usage errors with their text.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def register(subparsers: Any) -> None:
 
 def parse_latency(spec: str) -> Any:
     """``PREFILL,DECODE[,BATCH]`` or ``prefill=..,decode=..,batch=..`` -> `Latency`."""
+    from ttcdsl.runtime.backends.sim import usage_errors
     from ttcdsl.runtime.sim import Latency
 
     names = {"prefill": "prefill_s", "decode": "decode_s", "batch": "max_batch"}
@@ -87,11 +89,13 @@ def parse_latency(spec: str) -> Any:
             raise UsageError(f"--latency expects PREFILL_S,DECODE_S[,BATCH], got {spec!r}")
     except ValueError:
         raise UsageError(f"--latency: not a number in {spec!r}") from None
-    return Latency(**values)
+    with usage_errors():
+        return Latency(**values)
 
 
 def parse_faults(spec: str) -> Any:
     """``error=P,reset=P,stall=P,stall_s=S,status=N,seed=N`` -> `Faults`."""
+    from ttcdsl.runtime.backends.sim import usage_errors
     from ttcdsl.runtime.sim import Faults
 
     names = {
@@ -115,10 +119,18 @@ def parse_faults(spec: str) -> Any:
             values[field] = conv(value)
         except ValueError:
             raise UsageError(f"--faults: {key}={value!r} is not a number") from None
-    return Faults(**values)
+    with usage_errors():
+        return Faults(**values)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from ttcdsl.runtime.backends.sim import usage_errors
+
+    with usage_errors():
+        return _serve_sim(args)
+
+
+def _serve_sim(args: argparse.Namespace) -> int:
     from ttcdsl.runtime.sim import SimConfig, SimTask, load_task
     from ttcdsl.runtime.sim.server import serve
 
@@ -155,7 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from ttcdsl.runtime.sim import load_task
+    from ttcdsl.runtime.backends.sim import load_task
 
     console = Console(highlight=False)
     for path in args.files:

@@ -13,25 +13,43 @@ awaiting task stops the generation.  It runs on a `SimEngine`, the same engine c
 server (`ttcdsl.runtime.sim.server`) uses, so both answer identically; pass ``engine=`` to share
 one engine (and its radix cache and counters) with a server.  Faults from `SimConfig.faults`
 surface as `TransientBackendError` (errors and resets) or a hang (stalls).
+
+The simulator package imports nothing from ttcdsl; this adapter is where its errors meet
+ttcdsl's: a refused request becomes `BackendError`, and `usage_errors` / `load_task` turn the
+simulator's `SimError` (a bad task file, configuration value or address) into the one-line
+`UsageError` the command line prints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
-from ttcdsl.errors import BackendError, ProtocolViolation, TransientBackendError
+from ttcdsl.errors import BackendError, ProtocolViolation, TransientBackendError, UsageError
 from ttcdsl.runtime.backend import BackendInfo, FinishKind, GenRequest, GenResult, WarmResult
-from ttcdsl.runtime.sim.engine import (
-    EngineOutput,
-    EngineRequest,
-    SimConfig,
-    SimEngine,
-    SimRequestError,
-    SimStats,
-)
+from ttcdsl.runtime.sim import SimError, SimRequestError
+from ttcdsl.runtime.sim import load_task as _load_task
+from ttcdsl.runtime.sim.engine import EngineOutput, EngineRequest, SimConfig, SimEngine, SimStats
 from ttcdsl.runtime.sim.task import SimTask
 
-__all__ = ["SimBackend"]
+__all__ = ["SimBackend", "load_task", "usage_errors"]
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Re-raise the simulator's `SimError` raised inside the block as a `UsageError` with the
+    same text (what the command line shows the user, as one line)."""
+    try:
+        yield
+    except SimError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def load_task(path: str | Path) -> SimTask:
+    """`ttcdsl.runtime.sim.load_task`, with its `TaskError` as a `UsageError`."""
+    with usage_errors():
+        return _load_task(path)
 
 
 class SimBackend:
