@@ -39,6 +39,9 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("ttcdsl.plan", ("ttcdsl.parse", "ttcdsl.ast", "ttcdsl.check", "ttcdsl.lower", "lark")),
     # Backends implement the contract in runtime/backend.py and know nothing of how plans run.
     ("ttcdsl.runtime.backends.*", tuple(f"ttcdsl.runtime.{m}" for m in INTERPRETER)),
+    # The simulator is a package of its own: it imports nothing of ttcdsl outside itself.
+    ("ttcdsl.runtime.sim*", ("ttcdsl.errors", "ttcdsl.plan", "ttcdsl.runtime.backend", "ttcdsl.runtime.backends",
+                             *(f"ttcdsl.runtime.{m}" for m in INTERPRETER), "ttcdsl.compiler", "ttcdsl.args")),
     # The model client is below the interpreters and the steps.
     ("ttcdsl.runtime.client", tuple(f"ttcdsl.runtime.{m}" for m in ("interpreter", "reference", "steps", "executor"))),
 ]
