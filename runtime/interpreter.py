@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ttcdsl import plan as P
 from ttcdsl.errors import NodeFailed
@@ -145,6 +146,9 @@ class Interpreter:
                     times = sem.repeat_count(await self.ev(frame, st.times), st)
                     outer = frame.loops
                     for i in range(times):
+                        # A pass may do no I/O at all (its steps out of budget): give the event
+                        # loop a turn, so deadlines and Ctrl-C still end a long loop.
+                        await anyio.lowlevel.checkpoint()
                         frame.loops = (*outer, i)
                         try:
                             # Tested before every pass: an early stop spends nothing more.

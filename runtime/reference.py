@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+import anyio
+import anyio.lowlevel
+
 from ttcdsl import plan as P
 from ttcdsl.errors import NodeFailed
 from ttcdsl.runtime import semantics as sem
@@ -73,6 +76,7 @@ class Reference:
                 outer = frame.loops
                 try:
                     for i in range(sem.repeat_count(await self.ev(frame, st.times), st)):
+                        await anyio.lowlevel.checkpoint()  # deadlines and Ctrl-C end long loops
                         frame.loops = (*outer, i)
                         if st.until is not None and await self.ev(frame, st.until):
                             break

@@ -131,10 +131,26 @@ async def run_step(ev: Evaluator, frame: Frame, n: P.Node) -> Any:
 # ---- inputs ----
 
 
+# The most forks one invocation of `sample` or `expand` may make: far beyond any useful strategy,
+# small enough that a mistaken count fails at once instead of filling memory.
+MAX_FORKS = 100_000
+
+
 def _count(value: Any, n: P.Node) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise NodeFailed(f"{op_name(n)} count must be a non-negative int at run time, got {value!r}", n.span)
     return value
+
+
+def _forks(count: int, per: int, n: P.Node) -> int:
+    """``count`` forks of each of ``per`` branches, refused when more than `MAX_FORKS`."""
+    if count * per > MAX_FORKS:
+        product = f" ({count} for each of {per} branches)" if per > 1 else ""
+        raise NodeFailed(
+            f"{op_name(n)} would make {count * per} forks{product}; one step makes at most {MAX_FORKS}",
+            n.span,
+        )
+    return count
 
 
 async def _both(ev: Evaluator, frame: Frame, a: P.Ref, b: P.Ref) -> list[Any]:
@@ -168,7 +184,7 @@ async def sample(ev: Evaluator, frame: Frame, n: P.Sample) -> Branches:
     count, prompt = await _both(ev, frame, n.count, n.prompt)
     settings = await _settings(ev, frame, n.settings)
     with ev.state.measure(n):
-        count, text = _count(count, n), sem.interpolate(prompt)
+        count, text = _forks(_count(count, n), 1, n), sem.interpolate(prompt)
         client = ev.state.client
         prompt_ids = tuple(await client.tokenize(n, text))
         branches = []
@@ -186,7 +202,7 @@ async def expand(ev: Evaluator, frame: Frame, n: P.Expand) -> Branches:
     branches, count = await _both(ev, frame, n.branches, n.count)
     settings = await _settings(ev, frame, n.settings)
     with ev.state.measure(n):
-        count = _count(count, n)
+        count = _forks(_count(count, n), sum(not b.finished for b in branches.items), n)
         out: list[Branch] = []
         pending: list[tuple[Branch, int]] = []
         for j, b in enumerate(branches.items):

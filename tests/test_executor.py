@@ -273,3 +273,29 @@ strategy rank(question: text) {
 """
     r = run(src)
     assert all(b.score == -0.5 for b in r.value.items)
+
+
+def test_an_absurd_fork_count_fails_at_once_naming_the_limit() -> None:
+
+    src = 'strategy s(n: int = 1) {\n    return sample n from "x"\n}\n'
+    plan = compile_source(src).plan
+    with pytest.raises(NodeFailed, match=r"sample would make 100000000000000000000 forks; one step makes at most 100000"):
+        anyio.run(run_plan, plan, ScriptedBackend(), {"n": 10**20})
+
+
+def test_a_long_loop_that_spends_nothing_still_meets_its_deadline() -> None:
+
+    src = """
+strategy s() {
+    budget 10 tokens
+    b = sample 1 from "x" with max_tokens = 5
+    repeat 1000000000 {
+        b = expand b by 1 with max_tokens = 5
+    }
+    return b
+}
+"""
+    plan = compile_source(src).plan
+    for sequential in (False, True):
+        with pytest.raises(RunError, match="timed out after 0.5 s"):
+            anyio.run(run_plan, plan, ScriptedBackend(), {}, RunOptions(timeout_s=0.5, sequential=sequential))
