@@ -297,5 +297,5 @@ strategy s() {
 """
     plan = compile_source(src).plan
     for sequential in (False, True):
-        with pytest.raises(RunError, match="timed out after 0.5 s"):
+        with pytest.raises(RunError, match=r"timed out after 0\.5 s"):
             anyio.run(run_plan, plan, ScriptedBackend(), {}, RunOptions(timeout_s=0.5, sequential=sequential))
