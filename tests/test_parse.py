@@ -213,7 +213,7 @@ SYNTAX_ERRORS = [
             return vote b
         """,
         """\
-        prog.ttc:3:18: error: unexpected end of file; expected '}', 'on', 'weighted', an operator or a new statement (the '{' opened at line 1 is still open: close it with '}')
+        prog.ttc:3:18: error: unexpected end of file; expected '}', 'on', 'until', 'weighted', an operator or a new statement (the '{' opened at line 1 is still open: close it with '}')
                 return vote b
                              ^""",
     ),

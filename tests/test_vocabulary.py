@@ -48,7 +48,8 @@ def test_the_plan_and_the_ast_use_the_vocabularys_types() -> None:
     assert typing.get_args(V.BuiltinName) == tuple(V.BUILTINS)
     assert all(name == b.name for name, b in V.BUILTINS.items())
     assert P.Settings.__struct_fields__ == tuple(V.SAMPLING_KEYS)
-    assert {c.__name__.lower() for c in (ast.Sample, ast.Expand, ast.Score, ast.Prune, ast.Vote)} == set(V.STEP_KINDS)
+    steps = (ast.Sample, ast.Expand, ast.Score, ast.Prune, ast.Vote, ast.Resample)
+    assert {c.__name__.lower() for c in steps} == set(V.STEP_KINDS)
     assert {c.__struct_config__.tag for c in P.STEP_NODES} == {*V.STEP_KINDS, "call"}
     budgeted = {c.__struct_config__.tag for c in P.STEP_NODES if issubclass(c, P.Budgeted)}
     assert budgeted == {"sample", "expand", "score", "call"}
