@@ -323,19 +323,22 @@ class _Checker:
             case ast.Vote():
                 return self.vote(e, scope)
             case ast.Resample():
-                self.expect(e.branches, scope, ("branches",), "the input of `resample`")
-                if e.count is not None:
-                    self.expect(e.count, scope, ("int",), "the resample count")
-                    count = _literal_int(e.count)
-                    if count is not None and count < 0:
-                        self.error(f"the resample count must be at least 0, got {count}", e.count.span)
-                if e.temperature is not None:
-                    self.expect(e.temperature, scope, NUMERIC, "the softmax temperature")
-                    t = _literal_number(e.temperature)
-                    if t is not None and t <= 0:
-                        self.error(f"the softmax temperature must be above 0, got {t:g}", e.temperature.span)
-                return "branches"
+                return self.resample(e, scope)
         raise AssertionError(f"unhandled expression {e!r}")
+
+    def resample(self, e: ast.Resample, scope: dict[str, str]) -> str:
+        self.expect(e.branches, scope, ("branches",), "the input of `resample`")
+        if e.count is not None:
+            self.expect(e.count, scope, ("int",), "the resample count")
+            count = _literal_int(e.count)
+            if count is not None and count < 0:
+                self.error(f"the resample count must be at least 0, got {count}", e.count.span)
+        if e.temperature is not None:
+            self.expect(e.temperature, scope, NUMERIC, "the softmax temperature")
+            temperature = _literal_number(e.temperature)
+            if temperature is not None and temperature <= 0:
+                self.error(f"the softmax temperature must be above 0, got {temperature:g}", e.temperature.span)
+        return "branches"
 
     def vote(self, e: ast.Vote, scope: dict[str, str]) -> str:
         t = self.expect(e.branches, scope, ("branches",), "the input of `vote`")

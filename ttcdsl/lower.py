@@ -193,14 +193,17 @@ class _StrategyLowering:
             case ast.Vote():
                 return self.vote(e)
             case ast.Resample():
-                branches = self.expr(e.branches)
-                count = self.expr(e.count) if e.count is not None else None
-                temperature = self.expr(e.temperature) if e.temperature is not None else None
-                return self.add(
-                    plan.Resample, e, branches=branches, count=count, temperature=temperature,
-                    method=e.method or DEFAULT_RESAMPLE_METHOD,
-                )
+                return self.resample(e)
         raise AssertionError(f"unhandled expression {e!r}")
+
+    def resample(self, e: ast.Resample) -> plan.Ref:
+        branches = self.expr(e.branches)
+        count = self.expr(e.count) if e.count is not None else None
+        temperature = self.expr(e.temperature) if e.temperature is not None else None
+        return self.add(
+            plan.Resample, e, branches=branches, count=count, temperature=temperature,
+            method=e.method or DEFAULT_RESAMPLE_METHOD,
+        )
 
     def vote(self, e: ast.Vote) -> plan.Ref:
         # An anytime vote's input is a step written in place (the checker saw to it), so the
