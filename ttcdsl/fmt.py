@@ -688,8 +688,8 @@ def _vote_parts(e: ast.Vote) -> list[Any]:
     if e.weighted:
         parts.append("weighted")
     if e.until is None:
-        # What the vote would still take: `until` is read as the vote's only before a stopping
-        # rule, but a repeat count is parenthesised anyway rather than relying on that.
+        # What the vote would still take; `until` too, so a vote ending a repeat count with an
+        # `until` of its own is parenthesised: `repeat (b | vote) until COND`.
         still = {"until"} | ({"weighted"} if not e.weighted else set()) | (
             {"on"} if e.on is None and not e.weighted else set())
         return [*parts, _Open(frozenset(still))]
