@@ -120,6 +120,48 @@ def test_prune_shrinks_sizes_and_per_root_keeps_per_root() -> None:
     ]
 
 
+def test_resample_is_free_and_has_count_branches_or_as_many_as_its_input() -> None:
+    plan = compiled("""\
+        strategy s(q: text, k: int = 3) {
+            b = sample 2 from q with max_tokens = 10 | score with prm
+            x = resample b to 5 by softmax 0.5 | expand by 2 with max_tokens = 10
+            y = expand (resample b) by 1 with max_tokens = 10
+            z = expand (b | resample to k * 2 multinomial) by 1 with max_tokens = 10
+            w = expand (resample b to size(b)) by 1 with max_tokens = 10
+            return x + y + z + w
+        }
+    """)
+    assert bounds(plan) == [
+        ("sample", 20, 1, 20), ("score", 0, 1, 0),
+        ("expand", 100, 1, 100), ("expand", 20, 1, 20), ("expand", 60, 1, 60), ("expand", None, 1, None),
+    ]
+    assert plan.strategy().worst is None
+
+
+def test_resampled_copies_keep_their_roots() -> None:
+    plan = compiled("""\
+        strategy s(q: text) {
+            three = sample 3 from q with max_tokens = 1
+            many = resample three to 10 | prune keep 1 per root | expand by 1 with max_tokens = 1
+            few = resample three to 2 | prune keep 2 per root | expand by 1 with max_tokens = 1
+            return many + few
+        }
+    """)
+    # 10 copies of 3 roots keep one per root: 3; 2 copies have at most 2 roots: 2.
+    assert bounds(plan) == [("sample", 3, 1, 3), ("expand", 3, 1, 3), ("expand", 2, 1, 2)]
+
+
+def test_an_anytime_vote_costs_nothing_and_its_input_keeps_its_worst_case() -> None:
+    plan = compiled("""\
+        strategy s(q: text) {
+            budget 100 tokens
+            return sample 8 from q with max_tokens = 10 | vote until agreement >= 0.5 after 2
+        }
+    """)
+    assert bounds(plan) == [("sample", 80, 1, 80)]
+    assert plan.strategy().worst == 80
+
+
 def test_defaults_for_max_tokens_and_judge_cost() -> None:
     plan = compiled("""\
         strategy s(q: text) {

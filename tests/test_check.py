@@ -323,6 +323,126 @@ SEMANTIC_ERRORS = [
                                          ^^^^^^""",
     ),
     (
+        "an anytime vote on a name",
+        HEAD + "    b = sample 4 from question\n    return vote b until agreement >= 0.8\n}\n",
+        """\
+        prog.ttc:3:17: error: an anytime vote (`until`) takes its branches straight from a `sample` or `expand`, so it can stop them as they finish; write `sample ... | vote ... until ...`
+                return vote b until agreement >= 0.8
+                            ^""",
+    ),
+    (
+        "an anytime vote on a piped name",
+        HEAD + "    b = sample 4 from question\n    return b | vote until agreement >= 0.8\n}\n",
+        """\
+        prog.ttc:3:12: error: an anytime vote (`until`) takes its branches straight from a `sample` or `expand`, so it can stop them as they finish; write `sample ... | vote ... until ...`
+                return b | vote until agreement >= 0.8
+                       ^""",
+    ),
+    (
+        "an anytime vote on a union",
+        HEAD + "    return vote (sample 2 from question + sample 2 from question) until agreement >= 0.8\n}\n",
+        """\
+        prog.ttc:2:18: error: an anytime vote (`until`) takes its branches straight from a `sample` or `expand`, so it can stop them as they finish; write `sample ... | vote ... until ...`
+                return vote (sample 2 from question + sample 2 from question) until agreement >= 0.8
+                             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^""",
+    ),
+    (
+        "an anytime vote on a call",
+        HEAD + "    b = sample 4 from question\n    return vote best(b) until confidence >= 0.9\n}\n",
+        """\
+        prog.ttc:3:17: error: an anytime vote (`until`) takes its branches straight from a `sample` or `expand`, so it can stop them as they finish; write `sample ... | vote ... until ...`
+                return vote best(b) until confidence >= 0.9
+                            ^^^^^^^""",
+    ),
+    (
+        "an anytime vote on a scored sample",
+        HEAD + "    return sample 4 from question | score with prm | vote weighted until confidence >= 0.9\n}\n",
+        """\
+        prog.ttc:2:37: error: an anytime vote (`until`) takes its branches straight from a `sample` or `expand`, so it can stop them as they finish; write `sample ... | vote ... until ...`
+                return sample 4 from question | score with prm | vote weighted until confidence >= 0.9
+                                                ^^^^^^^^^^^^^^""",
+    ),
+    (
+        "an until threshold that is not a number",
+        HEAD + '    return sample 4 from question | vote until agreement >= "high"\n}\n',
+        """\
+        prog.ttc:2:61: error: the threshold of `until` must be an int or a float, got a text
+                return sample 4 from question | vote until agreement >= "high"
+                                                                        ^^^^^^""",
+    ),
+    (
+        "an until threshold above one",
+        HEAD + "    return sample 4 from question | vote until agreement >= 1.5\n}\n",
+        """\
+        prog.ttc:2:61: error: the threshold of `until` must be in [0, 1], got 1.5
+                return sample 4 from question | vote until agreement >= 1.5
+                                                                        ^^^""",
+    ),
+    (
+        "a negative until threshold",
+        HEAD + "    return sample 4 from question | vote until confidence >= -0.5\n}\n",
+        """\
+        prog.ttc:2:62: error: the threshold of `until` must be in [0, 1], got -0.5
+                return sample 4 from question | vote until confidence >= -0.5
+                                                                         ^^^^""",
+    ),
+    (
+        "an after count that is not an int",
+        HEAD + "    return sample 4 from question | vote until agreement >= 0.8 after 2.5\n}\n",
+        """\
+        prog.ttc:2:71: error: the `after` count must be an int, got a float
+                return sample 4 from question | vote until agreement >= 0.8 after 2.5
+                                                                                  ^^^""",
+    ),
+    (
+        "an after count of zero",
+        HEAD + "    return sample 4 from question | vote until agreement >= 0.8 after 0\n}\n",
+        """\
+        prog.ttc:2:71: error: the `after` count must be at least 1, got 0
+                return sample 4 from question | vote until agreement >= 0.8 after 0
+                                                                                  ^""",
+    ),
+    (
+        "resampling an answer",
+        HEAD + "    a = vote sample 2 from question\n    return resample a\n}\n",
+        """\
+        prog.ttc:3:21: error: the input of `resample` must be branches, got an answer
+                return resample a
+                                ^""",
+    ),
+    (
+        "a resample count that is not an int",
+        HEAD + "    b = sample 4 from question\n    return resample b to 1.5\n}\n",
+        """\
+        prog.ttc:3:26: error: the resample count must be an int, got a float
+                return resample b to 1.5
+                                     ^^^""",
+    ),
+    (
+        "a negative resample count",
+        HEAD + "    b = sample 4 from question\n    return b | resample to -1\n}\n",
+        """\
+        prog.ttc:3:28: error: the resample count must be at least 0, got -1
+                return b | resample to -1
+                                       ^^""",
+    ),
+    (
+        "a softmax temperature that is not a number",
+        HEAD + "    b = sample 4 from question\n    return resample b by softmax question\n}\n",
+        """\
+        prog.ttc:3:34: error: the softmax temperature must be an int or a float, got a text
+                return resample b by softmax question
+                                             ^^^^^^^^""",
+    ),
+    (
+        "a softmax temperature of zero",
+        HEAD + "    b = sample 4 from question\n    return resample b by softmax 0\n}\n",
+        """\
+        prog.ttc:3:34: error: the softmax temperature must be above 0, got 0
+                return resample b by softmax 0
+                                             ^""",
+    ),
+    (
         "a file without strategies",
         "# nothing here\n",
         """\
@@ -436,3 +556,24 @@ def test_until_sees_only_names_bound_before_the_loop() -> None:
 """
     with pytest.raises(CheckErrors, match="unknown name 'later'"):
         compile_source(src, "u.ttc")
+
+
+def test_anytime_votes_on_a_sample_or_expand_written_in_place_check_clean() -> None:
+    checked = check(loads(textwrap.dedent("""\
+        strategy s(question: text, n: int = 16, t: float = 0.9) {
+            a = sample 16 from question with max_tokens = 512 | vote on number until agreement >= 0.8
+            b = vote (sample n from question) on boxed until confidence >= 0.95 after 5
+            roots = sample 2 from question
+            c = roots | expand by n | vote until confidence >= t after n / 2
+            d = vote expand roots by 2 on line until agreement >= 1
+            return resample roots to n by softmax t + 1 multinomial
+        }
+    """)))
+    assert checked.returns == {"s": "branches"}
+
+
+def test_an_anytime_vote_on_something_that_is_not_branches_gets_the_type_error_only() -> None:
+    report = errors_of("strategy s(n: int) {\n    return vote n until agreement >= 0.5\n}\n")
+    assert [line for line in report.splitlines() if ": error: " in line] == [
+        "prog.ttc:2:17: error: the input of `vote` must be branches, got an int",
+    ]

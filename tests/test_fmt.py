@@ -105,6 +105,57 @@ def test_parentheses_only_where_the_grammar_needs_them(source: str, expected: st
     assert text.splitlines()[1] == "    " + expected
 
 
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("x = vote (sample 2 from q) until agreement >= 0.5", "x = vote sample 2 from q until agreement >= 0.5"),
+        ("x = vote (vote b) until agreement >= 0.5", "x = vote (vote b) until agreement >= 0.5"),
+        ("x = vote (sample 2 from q) until agreement >= (0.5 + t) after (n)", "x = vote sample 2 from q until agreement >= 0.5 + t after n"),
+        ("x = vote (sample 2 from q) until agreement >= (0.5 < t)", "x = vote sample 2 from q until agreement >= (0.5 < t)"),
+        ("x = (vote b until agreement >= 0.5) + c", "x = (vote b until agreement >= 0.5) + c"),
+        ("x = (vote b on line) + c", "x = vote b on line + c"),
+        ("x = vote (b | vote until confidence >= 0.9) on boxed", "x = vote (b | vote until confidence >= 0.9) on boxed"),
+        ("x = resample (resample b) to 2", "x = resample (resample b) to 2"),
+        ("x = resample (resample b to 2) by weight", "x = resample (resample b to 2) by weight"),
+        ("x = resample (resample b by weight) multinomial", "x = resample (resample b by weight) multinomial"),
+        ("x = resample b to (2 + k) by softmax (t * 2)", "x = resample b to 2 + k by softmax t * 2"),
+        ("x = expand (resample b) by 2", "x = expand (resample b) by 2"),
+        ("x = (b | resample to 2) + c", "x = (b | resample to 2) + c"),
+        ("x = (resample b systematic) + c", "x = resample b systematic + c"),
+        ("x = (resample b to 2 multinomial) + c", "x = resample b to 2 multinomial + c"),
+    ],
+)
+def test_parentheses_where_an_anytime_vote_or_a_resample_would_take_what_follows(source: str, expected: str) -> None:
+    text = fmt(f"strategy s() {{\n    {source}\n    return x\n}}\n")
+    assert text.splitlines()[1] == "    " + expected
+    assert parse(text) == parse(f"strategy s() {{\n    {source}\n    return x\n}}\n")
+
+
+def test_the_anytime_vote_and_resample_get_the_canonical_layout() -> None:
+    messy = """\
+        strategy s(question:text,n:int=16){
+        a=sample n from question with max_tokens=512|vote on number until agreement>=0.8
+        b=vote(sample n from question)on boxed until confidence>=0.95 after 5
+        c=sample 4 from question|score with prm|resample to n by softmax 0.5 multinomial
+        repeat(c|vote)until finished(c){c=resample c by weight}
+        return c}
+    """
+    assert fmt(messy) == textwrap.dedent("""\
+        strategy s(question: text, n: int = 16) {
+            a = sample n from question with max_tokens = 512
+              | vote on number until agreement >= 0.8
+            b = vote sample n from question on boxed until confidence >= 0.95 after 5
+            c = sample 4 from question
+              | score with prm
+              | resample to n by softmax 0.5 multinomial
+            repeat (c | vote) until finished(c) {
+                c = resample c by weight
+            }
+            return c
+        }
+    """)
+
+
 def test_parentheses_keep_a_step_from_swallowing_the_next_statement() -> None:
     source = textwrap.dedent("""\
         strategy s(q: text) {
@@ -293,3 +344,65 @@ def test_comments_survive_formatting_and_formatting_is_idempotent(source: str) -
     assert format_source(formatted) == formatted
     for comment in re.findall(r"# (?:own|end) \d+", source):
         assert comment in formatted
+
+
+# ---- the anytime vote and resample in any position ----
+
+_NUMBERS = st.sampled_from([
+    ast.IntLit(2), ast.FloatLit(0.5), ast.Name("t"), ast.BinOp("+", ast.Name("t"), ast.IntLit(1)),
+    ast.BinOp("*", ast.Name("t"), ast.IntLit(2)), ast.Compare("<", ast.Name("t"), ast.IntLit(1)),
+    ast.Neg(ast.Name("t")), ast.Call("size", (ast.Name("b"),)),
+])
+_LEAVES = st.sampled_from([
+    ast.Name("b"), ast.Sample(ast.IntLit(2), ast.Name("q")), ast.Prune(ast.Name("b"), ast.IntLit(1)),
+    ast.Vote(ast.Name("b")), ast.Expand(ast.Name("b"), ast.IntLit(2)), ast.BinOp("+", ast.Name("b"), ast.Name("c")),
+])
+
+
+@st.composite
+def _anytime_vote(draw: st.DrawFn, inner: st.SearchStrategy[ast.Expr]) -> ast.Expr:
+    on = draw(st.sampled_from([None, "number", "regex"]))
+    until = draw(st.sampled_from([None, "agreement", "confidence"]))
+    return ast.Vote(
+        draw(inner), on, r"x (\d)" if on == "regex" else None, draw(st.booleans()), until,
+        draw(_NUMBERS) if until else None, draw(st.one_of(st.none(), _NUMBERS)) if until else None,
+        piped=draw(st.booleans()),
+    )
+
+
+@st.composite
+def _resample(draw: st.DrawFn, inner: st.SearchStrategy[ast.Expr]) -> ast.Expr:
+    by = draw(st.sampled_from([None, "weight", "softmax"]))
+    return ast.Resample(
+        draw(inner), draw(st.one_of(st.none(), _NUMBERS)), by, draw(_NUMBERS) if by == "softmax" else None,
+        draw(st.sampled_from([None, "systematic", "multinomial"])), piped=draw(st.booleans()),
+    )
+
+
+_NESTED = st.recursive(_LEAVES, lambda inner: st.one_of(_anytime_vote(inner), _resample(inner)), max_leaves=4)
+_NEW_FORMS = st.one_of(_anytime_vote(_NESTED), _resample(_NESTED))
+
+
+@st.composite
+def _placed(draw: st.DrawFn) -> ast.Module:
+    """A vote or resample where a clause, an operator or another statement could follow it."""
+    e = draw(_NEW_FORMS)
+    # Names a step could take as a clause word (`agg`, `tokens`); a word that can follow any
+    # value (`on`, `to`, `after`, ...) cannot start the next statement at all.
+    after = ast.Assign(draw(st.sampled_from(["y", "agg", "tokens"])), ast.IntLit(1))
+    body: tuple[ast.Stmt, ...] = draw(st.sampled_from([
+        (ast.Assign("x", e), after),
+        (ast.Assign("x", ast.BinOp("+", e, ast.Name("c"))),),
+        (ast.Assign("x", ast.Expand(e, ast.IntLit(2))),),
+        (ast.Assign("x", ast.Vote(e, until="agreement", threshold=ast.FloatLit(0.5))),),
+        (ast.Assign("x", ast.Resample(e, ast.IntLit(3))),),
+        (ast.Repeat(e, ast.Compare(">=", ast.Name("agreement"), ast.FloatLit(0.5)), (after,)),),
+        (ast.Repeat(ast.IntLit(2), None, (ast.Assign("x", e),)),),
+    ]))
+    return strategy_of(*body, ast.Return(ast.Name("x")))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_placed())
+def test_anytime_votes_and_resamples_round_trip_wherever_they_stand(module: ast.Module) -> None:
+    roundtrip(module)

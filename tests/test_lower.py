@@ -52,7 +52,8 @@ def test_golden_fixtures_cover_every_core_form() -> None:
         for s in data["strategies"].values():
             for n in s["nodes"]:
                 ops.add(n["op"])
-                clauses.update(f"{n['op']}.{k}={v}" for k, v in n.items() if k in ("agg", "by", "per", "on", "weighted"))
+                clauses.update(f"{n['op']}.{k}={v}" for k, v in n.items() if k in ("agg", "by", "per", "on", "weighted", "until", "method"))
+                clauses.update(f"{n['op']}.{k}" for k in ("count", "temperature", "min_votes") if n["op"] in ("vote", "resample") and k in n)
                 clauses.update(f"setting.{k}" for k in n.get("settings", {}))
                 if n["op"] == "score":
                     clauses.add(f"scorer.{n['scorer']['kind']}")
@@ -64,7 +65,7 @@ def test_golden_fixtures_cover_every_core_form() -> None:
                 stmts.add(st["stmt"] + (".until" if st.get("until") else ""))
                 pending += st.get("body", []) + st.get("then", []) + st.get("orelse", [])
     assert ops >= {"const", "param", "var", "prompt", "list", "arith", "union", "compare", "logic",
-                   "not", "neg", "builtin", "call", "sample", "expand", "score", "prune", "vote"}
+                   "not", "neg", "builtin", "call", "sample", "expand", "score", "prune", "vote", "resample"}
     assert stmts >= {"bind", "repeat", "repeat.until", "if", "return"}
     assert clauses >= {
         *(f"setting.{k}" for k in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "step")),
@@ -72,6 +73,8 @@ def test_golden_fixtures_cover_every_core_form() -> None:
         "score.agg=min", "score.agg=mean", "score.agg=prod", "score.agg=last",
         "prune.by=score", "prune.by=logprob", "prune.by=length", "prune.per=root", "prune.per=parent",
         "vote.on=number", "vote.on=boxed", "vote.on=line", "vote.on=regex", "vote.weighted=True",
+        "vote.until=agreement", "vote.until=confidence", "vote.min_votes",
+        "resample.count", "resample.temperature", "resample.method=systematic", "resample.method=multinomial",
         "sample.budget", "expand.budget", "score.budget", "call.budget",
     }
 
@@ -156,6 +159,59 @@ def test_omitted_clauses_lower_to_their_defaults() -> None:
     prune = next(n for n in nodes if isinstance(n, P.Prune))
     vote = next(n for n in nodes if isinstance(n, P.Vote))
     assert (score.agg, score.budget, prune.by, prune.per, vote.on, vote.weighted) == ("last", None, "score", "all", "number", False)
+
+
+def test_an_anytime_vote_reads_a_step_no_other_node_reads_and_defaults_after_to_3() -> None:
+    nodes = entry_nodes("""\
+        strategy s(question: text, n: int = 8) {
+            b = sample n from question
+            return vote (sample n from question) until agreement >= 0.8
+        }
+    """)
+    by_id = {n.id: n for n in nodes}
+    vote = next(n for n in nodes if isinstance(n, P.Vote))
+    assert (vote.until, vote.on, vote.weighted) == ("agreement", "number", False)
+    assert vote.threshold is not None and vote.min_votes is not None
+    assert isinstance(by_id[vote.branches.node], P.Sample)
+    readers = [n.id for n in nodes if vote.branches in P.refs(n)]
+    assert readers == [vote.id]
+    assert [by_id[r.node] for r in P.refs(vote)][1:] == [
+        P.Const(id=vote.threshold.node, span=by_id[vote.threshold.node].span, value=0.8),
+        P.Const(id=vote.min_votes.node, span=vote.span, value=3),
+    ]
+
+
+def test_an_ordinary_vote_keeps_its_json_and_a_half_set_anytime_vote_is_refused() -> None:
+    nodes = entry_nodes("strategy s(q: text) {\n    return sample 2 from q | vote\n}\n")
+    vote = next(n for n in nodes if isinstance(n, P.Vote))
+    assert vote.until is None and vote.threshold is None and vote.min_votes is None
+    encoded = msgspec.json.decode(msgspec.json.encode(vote))
+    assert set(encoded) == {"op", "id", "span", "branches"}
+    with pytest.raises(ValueError, match="all set or all unset"):
+        P.Vote(id=1, span=vote.span, branches=P.Ref(2), until="confidence", threshold=P.Ref(3))
+    encoded.update(until="agreement", threshold={"type": "ref", "node": 1})
+    with pytest.raises(msgspec.ValidationError, match="all set or all unset"):
+        msgspec.json.decode(msgspec.json.encode(encoded), type=P.Vote)
+
+
+def test_resample_lowers_omitted_clauses_to_none_and_systematic() -> None:
+    nodes = entry_nodes("""\
+        strategy s(q: text, k: int = 3) {
+            b = sample 4 from q | score with prm
+            c = resample b
+            d = b | resample to k by softmax 0.5 multinomial
+            return resample (c + d) by weight
+        }
+    """)
+    by_id = {n.id: n for n in nodes}
+    plain, tuned, union = [n for n in nodes if isinstance(n, P.Resample)]
+    assert (plain.count, plain.temperature, plain.method) == (None, None, "systematic")
+    assert tuned.count is not None and isinstance(by_id[tuned.count.node], P.Param)
+    assert tuned.temperature is not None and by_id[tuned.temperature.node] == P.Const(
+        id=tuned.temperature.node, span=by_id[tuned.temperature.node].span, value=0.5)
+    assert tuned.method == "multinomial" and isinstance(by_id[union.branches.node], P.Union)
+    assert (union.count, union.temperature) == (None, None)
+    assert isinstance(plain, P.Step) and not isinstance(plain, P.Budgeted) and plain.op == "resample"
 
 
 def test_logprob_scoring_or_pruning_asks_every_generation_for_logprobs() -> None:

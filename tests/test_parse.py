@@ -46,6 +46,82 @@ def test_pipeline_desugars_to_nested_steps_marked_piped() -> None:
     )
 
 
+def test_anytime_vote_direct_and_piped() -> None:
+    (piped, direct) = body("""
+        strategy s(p: text, n: int) {
+            return sample 16 from p with max_tokens = 512 | vote on number until agreement >= 0.8
+            return vote (sample n from p) on boxed until confidence >= 0.95 after 5
+        }
+    """)
+    assert isinstance(piped, ast.Return) and isinstance(direct, ast.Return)
+    sixteen = ast.Sample(ast.IntLit(16), ast.Name("p"), (ast.Setting("max_tokens", ast.IntLit(512)),))
+    assert piped.value == ast.Vote(sixteen, "number", until="agreement", threshold=ast.FloatLit(0.8), piped=True)
+    assert direct.value == ast.Vote(
+        ast.Sample(ast.Name("n"), ast.Name("p")), "boxed",
+        until="confidence", threshold=ast.FloatLit(0.95), min_votes=ast.IntLit(5),
+    )
+    weighted = body("strategy s(p: text) { return sample 2 from p | vote weighted until agreement >= 1 - 0.5 after 2 * 2 }")[0]
+    assert isinstance(weighted, ast.Return) and isinstance(weighted.value, ast.Vote)
+    assert weighted.value.weighted and weighted.value.threshold == ast.BinOp("-", ast.IntLit(1), ast.FloatLit(0.5))
+    assert weighted.value.min_votes == ast.BinOp("*", ast.IntLit(2), ast.IntLit(2))
+
+
+def test_resample_direct_and_piped_with_every_clause() -> None:
+    stmts = body("""
+        strategy s(b: int) {
+            x = resample b
+            y = resample b to 4 by softmax 0.5 multinomial
+            z = b | score with prm | resample by weight systematic
+            return b | resample to size(b) + 1
+        }
+    """)
+    values = [st.value for st in stmts if isinstance(st, (ast.Assign, ast.Return))]
+    b = ast.Name("b")
+    assert values == [
+        ast.Resample(b),
+        ast.Resample(b, ast.IntLit(4), "softmax", ast.FloatLit(0.5), "multinomial"),
+        ast.Resample(ast.Score(b, ast.Scorer("prm"), piped=True), by="weight", method="systematic", piped=True),
+        ast.Resample(b, ast.BinOp("+", ast.Call("size", (b,)), ast.IntLit(1)), piped=True),
+    ]
+    assert list(ast.children(values[1])) == [b, ast.IntLit(4), ast.FloatLit(0.5)]
+
+
+def test_repeat_until_reads_as_before_beside_the_votes_until() -> None:
+    (loop, _) = body("""
+        strategy s(n: int, v: int) {
+            repeat n until agreement(v) >= 0.5 { v = v + 1 }
+            return v
+        }
+    """)
+    assert loop == ast.Repeat(
+        ast.Name("n"),
+        ast.Compare(">=", ast.Call("agreement", (ast.Name("v"),)), ast.FloatLit(0.5)),
+        (ast.Assign("v", ast.BinOp("+", ast.Name("v"), ast.IntLit(1))),),
+    )
+    # `agreement` and `confidence` still name values, in a repeat's condition too.
+    (_, named, _) = body("""
+        strategy s(n: int) {
+            agreement = 0.0
+            repeat n until agreement >= 0.5 { agreement = 1.0 }
+            return agreement
+        }
+    """)
+    assert isinstance(named, ast.Repeat) and named.until == ast.Compare(">=", ast.Name("agreement"), ast.FloatLit(0.5))
+    # A vote ending a repeat count takes the `until` (as every dangling clause goes to the step
+    # before it); in parentheses it leaves it to the repeat.
+    (open_vote, closed_vote, _) = body("""
+        strategy s(b: int) {
+            repeat b | vote until agreement >= 0.5 { b = 1 }
+            repeat (b | vote) until agreement >= 0.5 { b = 1 }
+            return b
+        }
+    """)
+    assert isinstance(open_vote, ast.Repeat) and isinstance(closed_vote, ast.Repeat)
+    assert open_vote.until is None and isinstance(open_vote.times, ast.Vote) and open_vote.times.until == "agreement"
+    assert closed_vote.times == ast.Vote(ast.Name("b"), piped=True)
+    assert closed_vote.until == ast.Compare(">=", ast.Name("agreement"), ast.FloatLit(0.5))
+
+
 def test_budget_statement_and_step_budget_are_told_apart_by_tokens() -> None:
     stmts = body("""
         strategy s(q: text) {
@@ -213,7 +289,7 @@ SYNTAX_ERRORS = [
             return vote b
         """,
         """\
-        prog.ttc:3:18: error: unexpected end of file; expected '}', 'on', 'weighted', an operator or a new statement (the '{' opened at line 1 is still open: close it with '}')
+        prog.ttc:3:18: error: unexpected end of file; expected '}', 'on', 'until', 'weighted', an operator or a new statement (the '{' opened at line 1 is still open: close it with '}')
                 return vote b
                              ^""",
     ),
@@ -435,6 +511,45 @@ SYNTAX_ERRORS = [
         prog.ttc:2:5: error: 'vote' is a keyword and cannot name a value; choose another name
                 vote = 1
                 ^^^^""",
+    ),
+    (
+        "an anytime vote compared with something else than >=",
+        """\
+        strategy s(q: text) {
+            return sample 4 from q | vote until agreement > 0.8
+        }
+        """,
+        """\
+        prog.ttc:2:51: error: an anytime vote stops once `agreement` reaches its threshold: write `until agreement >= X`, not '>'
+                return sample 4 from q | vote until agreement > 0.8
+                                                              ^""",
+    ),
+    (
+        "a vote ending a repeat count takes the until",
+        """\
+        strategy s(b: int) {
+            repeat b | vote until finished(b) {
+                b = 1
+            }
+            return b
+        }
+        """,
+        """\
+        prog.ttc:2:27: error: unexpected 'finished'; expected agreement or confidence; an `until` right after a vote is the vote's own, `vote ... until agreement >= X` (put a vote that ends a repeat count in parentheses)
+                repeat b | vote until finished(b) {
+                                      ^^^^^^^^""",
+    ),
+    (
+        "resample clauses out of order",
+        """\
+        strategy s(b: int) {
+            return resample b by weight to 2
+        }
+        """,
+        """\
+        prog.ttc:2:33: error: unexpected 'to'; expected '}', an operator or a new statement
+                return resample b by weight to 2
+                                            ^^""",
     ),
     (
         "a character outside the language",

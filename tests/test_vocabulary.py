@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 import typing
 
+import msgspec
+
 from ttcdsl import ast
 from ttcdsl import plan as P
 from ttcdsl import vocabulary as V
@@ -34,6 +36,9 @@ def test_the_grammars_word_lists_are_the_vocabularys() -> None:
     assert tuple(_alternatives("PER_KIND")) == V.PRUNE_GROUPS
     assert tuple(_alternatives("EXTRACTOR")) == V.EXTRACTORS
     assert tuple(_alternatives("scorer")) == tuple(V.SCORERS)
+    assert tuple(_alternatives("STOP_RULE")) == V.STOP_RULES
+    assert tuple(_alternatives("!resample_method")) == V.RESAMPLE_METHODS
+    assert tuple(w for w in _alternatives("resample_by") if w != "by") == V.RESAMPLE_WEIGHTINGS
     assert tuple(_rule_names("_step")) == V.STEP_KINDS
     assert tuple(_rule_names("_pipe_step")) == tuple(f"p{k}" for k in V.PIPE_STEPS)
 
@@ -48,7 +53,8 @@ def test_the_plan_and_the_ast_use_the_vocabularys_types() -> None:
     assert typing.get_args(V.BuiltinName) == tuple(V.BUILTINS)
     assert all(name == b.name for name, b in V.BUILTINS.items())
     assert P.Settings.__struct_fields__ == tuple(V.SAMPLING_KEYS)
-    assert {c.__name__.lower() for c in (ast.Sample, ast.Expand, ast.Score, ast.Prune, ast.Vote)} == set(V.STEP_KINDS)
+    steps = (ast.Sample, ast.Expand, ast.Score, ast.Prune, ast.Vote, ast.Resample)
+    assert {c.__name__.lower() for c in steps} == set(V.STEP_KINDS)
     assert {c.__struct_config__.tag for c in P.STEP_NODES} == {*V.STEP_KINDS, "call"}
     budgeted = {c.__struct_config__.tag for c in P.STEP_NODES if issubclass(c, P.Budgeted)}
     assert budgeted == {"sample", "expand", "score", "call"}
@@ -67,3 +73,15 @@ def test_or_list_reads_like_a_sentence() -> None:
     assert V.or_list(["a"]) == "a"
     assert V.or_list(V.PRUNE_GROUPS) == "root or parent"
     assert V.or_list(V.AGGREGATIONS) == "last, min, mean or prod"
+
+
+def test_the_new_clauses_of_vote_and_resample_use_the_vocabularys_types_and_defaults() -> None:
+    vote, resample = typing.get_type_hints(P.Vote), typing.get_type_hints(P.Resample)
+    assert vote["until"] == V.StopRule | None and resample["method"] == V.ResampleMethod
+    assert typing.get_type_hints(ast.Vote)["until"] == V.StopRule | None
+    assert typing.get_type_hints(ast.Resample)["by"] == V.ResampleWeighting | None
+    assert typing.get_type_hints(ast.Resample)["method"] == V.ResampleMethod | None
+    defaults = {f.name: f.default for f in msgspec.structs.fields(P.Resample)}
+    assert defaults["method"] == V.DEFAULT_RESAMPLE_METHOD and defaults["temperature"] is None
+    assert V.DEFAULT_RESAMPLE_WEIGHTING in V.RESAMPLE_WEIGHTINGS and V.DEFAULT_MIN_VOTES >= 1
+    assert "resample" in V.RESERVED_NAMES and set(V.STOP_RULES) <= V.KEYWORDS

@@ -22,7 +22,17 @@ from functools import cached_property
 from typing import Literal, TypeAlias
 
 from ttcdsl.span import NO_SPAN, Span
-from ttcdsl.vocabulary import Aggregation, Extractor, PruneGroup, PruneOrder, ScorerKind, TypeName
+from ttcdsl.vocabulary import (
+    Aggregation,
+    Extractor,
+    PruneGroup,
+    PruneOrder,
+    ResampleMethod,
+    ResampleWeighting,
+    ScorerKind,
+    StopRule,
+    TypeName,
+)
 
 __all__ = [
     "Assign",
@@ -48,6 +58,7 @@ __all__ = [
     "Param",
     "Prune",
     "Repeat",
+    "Resample",
     "Return",
     "Sample",
     "Score",
@@ -299,10 +310,30 @@ class Prune:
 
 @dataclass(frozen=True)
 class Vote:
+    """`vote BRANCHES [on KIND ["pattern"]] [weighted] [until RULE >= THRESHOLD [after MIN_VOTES]]`.
+    `until` is None for an ordinary vote; `min_votes` is None when `after` is omitted."""
+
     branches: Expr
     on: Extractor | None = None
     pattern: str | None = None
     weighted: bool = False
+    until: StopRule | None = None
+    threshold: Expr | None = None
+    min_votes: Expr | None = None
+    piped: bool = False
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Resample:
+    """`resample BRANCHES [to COUNT] [by softmax TEMPERATURE | by weight] [systematic|multinomial]`;
+    each clause is None when omitted (`temperature` is set only `by softmax`)."""
+
+    branches: Expr
+    count: Expr | None = None
+    by: ResampleWeighting | None = None
+    temperature: Expr | None = None
+    method: ResampleMethod | None = None
     piped: bool = False
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
@@ -325,6 +356,7 @@ Expr: TypeAlias = (
     | Score
     | Prune
     | Vote
+    | Resample
 )
 
 # ---- statements ----
@@ -409,8 +441,8 @@ Node: TypeAlias = Expr | Stmt | KwArg | Setting | Scorer | Param | Strategy | Im
 _STMT_TYPES = (BudgetStmt, Assign, Repeat, If, Return)
 _NODE_TYPES = (
     IntLit, FloatLit, StrLit, BoolLit, Name, ListLit, BinOp, Compare, BoolOp, Not, Neg, Call,
-    Sample, Expand, Score, Prune, Vote, *_STMT_TYPES, KwArg, Setting, Scorer, Param, Strategy,
-    Import, Module,
+    Sample, Expand, Score, Prune, Vote, Resample, *_STMT_TYPES, KwArg, Setting, Scorer, Param,
+    Strategy, Import, Module,
 )
 # The fields of each node class that can hold sub-nodes (a node or a tuple of nodes), in
 # declaration order, which is source order for every node.
@@ -461,5 +493,5 @@ def statements(body: tuple[Stmt, ...]) -> Iterator[Stmt]:
 
 _EXPR_TYPES = (
     IntLit, FloatLit, StrLit, BoolLit, Name, ListLit, BinOp, Compare, BoolOp, Not, Neg, Call,
-    Sample, Expand, Score, Prune, Vote,
+    Sample, Expand, Score, Prune, Vote, Resample,
 )

@@ -10,6 +10,10 @@ the worst single invocation (``per_call``), how many times it can run (``calls``
 all runs (``total``), each *before* the step's own budget caps it.  `None` means the bound depends
 on something only known at run time.
 
+`vote` and `resample` cost nothing themselves.  An anytime vote (`until`) may stop its input step
+early, but that step keeps its full worst case: nothing forces an early stop.  A `resample` has
+COUNT branches when COUNT is static, as many as its input when COUNT is omitted.
+
 The unit is the backend's completion tokens.  A `sample`/`expand` without `max_tokens` is bounded
 by `DEFAULT_MAX_TOKENS` per request, as the runtime enforces; a scorer costs its
 `tokens_per_branch` (`ttcdsl.vocabulary.SCORERS`: `JUDGE_TOKENS` for a judge, nothing for `prm`,
@@ -231,7 +235,23 @@ class _Interp:
                 if cap is not None:
                     size = cap if size is None else min(cap, size)
                 return _Branches(size, roots)
+            case plan.Resample():
+                return self.resample(n)
         raise AssertionError(n)
+
+    def resample(self, n: plan.Resample) -> _Branches:
+        """Free; COUNT copies (or as many as the input has), each keeping its root, so there are
+        at most as many roots as in the input and as copies."""
+        branches = self.ev(n.branches)
+        size = _size(branches) if n.count is None else _int(self.ev(n.count))
+        if size is not None:
+            size = max(0, size)  # a negative count fails at run time: nothing comes out
+        if n.temperature is not None:
+            self.ev(n.temperature)
+        roots = _roots(branches)
+        if roots is not None and size is not None:
+            roots = min(roots, size)
+        return _Branches(size, roots)
 
     def max_tokens(self, settings: plan.Settings) -> int | None:
         if settings.max_tokens is None:

@@ -4,7 +4,8 @@
 return type and a topological order of strategies, callees first) or raises `CheckErrors` with
 *all* problems found, in source order.  It checks names (parameters, bindings, interpolations,
 strategies, builtins), types (e.g. `vote` needs branches, `expand` cannot take an answer),
-sampling keys and values, literal counts and budgets, regex patterns, calls between strategies
+sampling keys and values, literal counts, thresholds, temperatures and budgets, regex patterns,
+that an anytime vote reads a `sample`/`expand` written right there, calls between strategies
 (arguments, recursion) and that every strategy returns a value.  Builtin signatures and sampling
 keys (types, ranges) come from `ttcdsl.vocabulary`.
 """
@@ -25,6 +26,11 @@ from ttcdsl.vocabulary import BUILTINS, JUDGE_BRANCH, NUMERIC, SAMPLING_KEYS, SC
 __all__ = ["Checked", "check"]
 
 _ERR = "error"  # the type of an expression that already failed; suppresses follow-up errors
+
+_ANYTIME_INPUT = (
+    "an anytime vote (`until`) takes its branches straight from a `sample` or `expand`, so it can "
+    "stop them as they finish; write `sample ... | vote ... until ...`"
+)
 
 
 @dataclass
@@ -315,20 +321,53 @@ class _Checker:
                 self.positive_literal(e.keep, "the `keep` count")
                 return "branches"
             case ast.Vote():
-                self.expect(e.branches, scope, ("branches",), "the input of `vote`")
-                if e.on == "regex" and e.pattern is not None:
-                    try:
-                        groups = re.compile(e.pattern).groups
-                    except re.error as exc:
-                        self.error(f"bad regex {e.pattern!r}: {exc}", e.span)
-                    else:
-                        if groups < 1:
-                            self.error(
-                                f"the regex {e.pattern!r} needs a group: the vote uses group 1 of the last match",
-                                e.span,
-                            )
-                return "answer"
+                return self.vote(e, scope)
+            case ast.Resample():
+                return self.resample(e, scope)
         raise AssertionError(f"unhandled expression {e!r}")
+
+    def resample(self, e: ast.Resample, scope: dict[str, str]) -> str:
+        self.expect(e.branches, scope, ("branches",), "the input of `resample`")
+        if e.count is not None:
+            self.expect(e.count, scope, ("int",), "the resample count")
+            count = _literal_int(e.count)
+            if count is not None and count < 0:
+                self.error(f"the resample count must be at least 0, got {count}", e.count.span)
+        if e.temperature is not None:
+            self.expect(e.temperature, scope, NUMERIC, "the softmax temperature")
+            temperature = _literal_number(e.temperature)
+            if temperature is not None and temperature <= 0:
+                self.error(f"the softmax temperature must be above 0, got {temperature:g}", e.temperature.span)
+        return "branches"
+
+    def vote(self, e: ast.Vote, scope: dict[str, str]) -> str:
+        t = self.expect(e.branches, scope, ("branches",), "the input of `vote`")
+        if e.on == "regex" and e.pattern is not None:
+            try:
+                groups = re.compile(e.pattern).groups
+            except re.error as exc:
+                self.error(f"bad regex {e.pattern!r}: {exc}", e.span)
+            else:
+                if groups < 1:
+                    self.error(
+                        f"the regex {e.pattern!r} needs a group: the vote uses group 1 of the last match",
+                        e.span,
+                    )
+        if e.until is None:
+            return "answer"
+        # The runtime drives the input step itself and cancels its requests once the vote is
+        # settled, so that step must be written right here, not arrive as a finished value.
+        if t == "branches" and not isinstance(e.branches, (ast.Sample, ast.Expand)):
+            self.error(_ANYTIME_INPUT, e.branches.span)
+        if e.threshold is not None:
+            self.expect(e.threshold, scope, NUMERIC, "the threshold of `until`")
+            v = _literal_number(e.threshold)
+            if v is not None and not 0 <= v <= 1:
+                self.error(f"the threshold of `until` must be in [0, 1], got {v:g}", e.threshold.span)
+        if e.min_votes is not None:
+            self.expect(e.min_votes, scope, ("int",), "the `after` count")
+            self.positive_literal(e.min_votes, "the `after` count")
+        return "answer"
 
     def binop(self, e: ast.BinOp, scope: dict[str, str]) -> str:
         lt, rt = self.expr(e.left, scope), self.expr(e.right, scope)

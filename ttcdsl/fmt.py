@@ -37,7 +37,7 @@ from lark import Lark, Token
 from ttcdsl import ast
 from ttcdsl.parse import dedent_triple, grammar_text, parse, unescape
 from ttcdsl.span import NO_SPAN
-from ttcdsl.vocabulary import SCORERS
+from ttcdsl.vocabulary import RESAMPLE_METHODS, SCORERS
 
 __all__ = ["INDENT", "format_module", "format_source"]
 
@@ -508,7 +508,7 @@ class _Formatter:
                 operand = self.sub(e.operand, _FACTOR, follow)
                 sep = " " if operand.text.startswith("-") else ""
                 return _Out(f"-{sep}{operand.text}", _FACTOR, operand.absorbs)
-            case ast.Sample() | ast.Expand() | ast.Score() | ast.Prune() | ast.Vote():
+            case ast.Sample() | ast.Expand() | ast.Score() | ast.Prune() | ast.Vote() | ast.Resample():
                 if _piped(e):
                     left = self.sub(e.branches, _PIPE, frozenset({"|"}))
                     step = self.pipe_step(e, follow)
@@ -629,8 +629,8 @@ def _first_token(part: Any) -> str:
     return "STRING" if word.startswith('"') else word
 
 
-def _piped(e: ast.Expr) -> TypeGuard[ast.Expand | ast.Score | ast.Prune | ast.Vote]:
-    return isinstance(e, (ast.Expand, ast.Score, ast.Prune, ast.Vote)) and e.piped
+def _piped(e: ast.Expr) -> TypeGuard[ast.Expand | ast.Score | ast.Prune | ast.Vote | ast.Resample]:
+    return isinstance(e, (ast.Expand, ast.Score, ast.Prune, ast.Vote, ast.Resample)) and e.piped
 
 
 def _statement_start(st: ast.Stmt) -> frozenset[str]:
@@ -673,16 +673,47 @@ def _step_parts(e: Any, with_input: bool) -> list[Any]:
             else:
                 parts.append(_Open(frozenset({"per"} if e.by else {"by", "per"})))
         case ast.Vote():
-            parts = ["vote", *_input(e, with_input)]
-            if e.on is not None:
-                parts.append(f"on {e.on}")
-                if e.pattern is not None:
-                    parts.append(_one_line(e.pattern))
-            if e.weighted:
-                parts.append("weighted")
-            else:
-                parts.append(_Open(frozenset({"weighted"} if e.on else {"on", "weighted"})))
+            parts = ["vote", *_input(e, with_input), *_vote_parts(e)]
+        case ast.Resample():
+            parts = ["resample", *_input(e, with_input), *_resample_parts(e)]
     return parts
+
+
+def _vote_parts(e: ast.Vote) -> list[Any]:
+    parts: list[Any] = []
+    if e.on is not None:
+        parts.append(f"on {e.on}")
+        if e.pattern is not None:
+            parts.append(_one_line(e.pattern))
+    if e.weighted:
+        parts.append("weighted")
+    if e.until is None:
+        # What the vote would still take; `until` too, so a vote ending a repeat count with an
+        # `until` of its own is parenthesised: `repeat (b | vote) until COND`.
+        still = {"until"} | ({"weighted"} if not e.weighted else set()) | (
+            {"on"} if e.on is None and not e.weighted else set())
+        return [*parts, _Open(frozenset(still))]
+    assert e.threshold is not None
+    parts += [f"until {e.until} >=", _Sub(e.threshold, _SUM)]
+    if e.min_votes is None:
+        return [*parts, _Open(frozenset({"after"}))]
+    return [*parts, "after", _Sub(e.min_votes, _SUM)]
+
+
+def _resample_parts(e: ast.Resample) -> list[Any]:
+    parts: list[Any] = []
+    if e.count is not None:
+        parts += ["to", _Sub(e.count, _SUM)]
+    if e.by == "softmax":
+        assert e.temperature is not None, "the parser sets a temperature with `by softmax`"
+        parts += ["by softmax", _Sub(e.temperature, _SUM)]
+    elif e.by is not None:
+        parts.append(f"by {e.by}")
+    if e.method is not None:
+        return [*parts, e.method]
+    still = set(RESAMPLE_METHODS) | ({"by"} if e.by is None else set()) | (
+        {"to"} if e.by is None and e.count is None else set())
+    return [*parts, _Open(frozenset(still))]
 
 
 def _input(e: Any, with_input: bool) -> list[Any]:

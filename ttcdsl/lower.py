@@ -5,7 +5,8 @@ definition order, each strategy's expressions depth first, left to right), so th
 always gives the same plan.  Pipelines have already been desugared by the parser, a name that is
 a never-reassigned parameter becomes a `Param` node and every other name a `Var`, `+` on
 branches becomes a `Union`, prompts with `{name}` become `Prompt` nodes, omitted clauses get the
-defaults of `ttcdsl.vocabulary`.  The steps' static bounds are left empty: that is the next
+defaults of `ttcdsl.vocabulary` (an anytime vote without `after` gets a `Const` of
+`DEFAULT_MIN_VOTES`).  The steps' static bounds are left empty: that is the next
 stage (`ttcdsl.bounds.annotate`).
 """
 
@@ -21,8 +22,10 @@ from ttcdsl.vocabulary import (
     BUILTINS,
     DEFAULT_AGGREGATION,
     DEFAULT_EXTRACTOR,
+    DEFAULT_MIN_VOTES,
     DEFAULT_PRUNE_GROUP,
     DEFAULT_PRUNE_ORDER,
+    DEFAULT_RESAMPLE_METHOD,
     JUDGE_BRANCH,
     PRUNE_NEEDS_LOGPROBS,
     SCORERS,
@@ -188,12 +191,37 @@ class _StrategyLowering:
                     per=e.per or DEFAULT_PRUNE_GROUP,
                 )
             case ast.Vote():
-                branches = self.expr(e.branches)
-                return self.add(
-                    plan.Vote, e, branches=branches, on=e.on or DEFAULT_EXTRACTOR, pattern=e.pattern,
-                    weighted=e.weighted,
-                )
+                return self.vote(e)
+            case ast.Resample():
+                return self.resample(e)
         raise AssertionError(f"unhandled expression {e!r}")
+
+    def resample(self, e: ast.Resample) -> plan.Ref:
+        branches = self.expr(e.branches)
+        count = self.expr(e.count) if e.count is not None else None
+        temperature = self.expr(e.temperature) if e.temperature is not None else None
+        return self.add(
+            plan.Resample, e, branches=branches, count=count, temperature=temperature,
+            method=e.method or DEFAULT_RESAMPLE_METHOD,
+        )
+
+    def vote(self, e: ast.Vote) -> plan.Ref:
+        # An anytime vote's input is a step written in place (the checker saw to it), so the
+        # node lowered here is referenced by this vote alone: the runtime may stop it early.
+        branches = self.expr(e.branches)
+        anytime: dict[str, Any] = {}
+        if e.until is not None:
+            assert e.threshold is not None, "the parser sets a threshold with every `until`"
+            threshold = self.expr(e.threshold)
+            if e.min_votes is not None:
+                min_votes = self.expr(e.min_votes)
+            else:
+                min_votes = self.add(plan.Const, e, value=DEFAULT_MIN_VOTES)
+            anytime = {"until": e.until, "threshold": threshold, "min_votes": min_votes}
+        return self.add(
+            plan.Vote, e, branches=branches, on=e.on or DEFAULT_EXTRACTOR, pattern=e.pattern,
+            weighted=e.weighted, **anytime,
+        )
 
     def call(self, e: ast.Call) -> plan.Ref:
         if e.func in self.checked.program.strategies and e.func not in BUILTINS:

@@ -28,6 +28,7 @@ from ttcdsl.vocabulary import (
     PRUNE_GROUPS,
     PRUNE_ORDERS,
     RESERVED_NAMES,
+    STOP_RULES,
     TypeName,
     or_list,
 )
@@ -149,8 +150,11 @@ _PARAM_TYPE: dict[str, TypeName] = {t: t for t in PARAM_TYPES}
 
 # A step written after `|`: its class and its fields but the input (the value on the left).
 _PipeStep: TypeAlias = tuple[
-    type[ast.Expand] | type[ast.Score] | type[ast.Prune] | type[ast.Vote], dict[str, Any]
+    type[ast.Expand] | type[ast.Score] | type[ast.Prune] | type[ast.Vote] | type[ast.Resample],
+    dict[str, Any],
 ]
+# `vote ... until RULE >= THRESHOLD [after MIN_VOTES]` as the builder passes it on.
+_Until: TypeAlias = tuple[str, ast.Expr, ast.Expr | None]
 
 
 def _settings(clause: Any) -> tuple[ast.Setting, ...]:
@@ -295,9 +299,11 @@ class _Builder(Transformer[Token, Any]):
     def prune(self, meta: Any, branches: Any, keep: Any, by: Any, per: Any) -> ast.Prune:
         return ast.Prune(branches, keep, by, per, span=self._s(meta))
 
-    def vote(self, meta: Any, branches: Any, on: Any, weighted: Any) -> ast.Vote:
-        kind, pattern = on if on is not None else (None, None)
-        return ast.Vote(branches, kind, pattern, weighted is not None, span=self._s(meta))
+    def vote(self, meta: Any, branches: Any, on: Any, weighted: Any, until: Any) -> ast.Vote:
+        return ast.Vote(branches, **self._vote_fields(meta, on, weighted, until))
+
+    def resample(self, meta: Any, branches: Any, count: Any, by: Any, method: Any) -> ast.Resample:
+        return ast.Resample(branches, **self._resample_fields(meta, count, by, method))
 
     def pexpand(self, meta: Any, count: Any, settings: Any, budget: Any) -> _PipeStep:
         return ast.Expand, {"count": count, "settings": _settings(settings), "budget": budget, "span": self._s(meta)}
@@ -308,9 +314,22 @@ class _Builder(Transformer[Token, Any]):
     def pprune(self, meta: Any, keep: Any, by: Any, per: Any) -> _PipeStep:
         return ast.Prune, {"keep": keep, "by": by, "per": per, "span": self._s(meta)}
 
-    def pvote(self, meta: Any, on: Any, weighted: Any) -> _PipeStep:
+    def pvote(self, meta: Any, on: Any, weighted: Any, until: Any) -> _PipeStep:
+        return ast.Vote, self._vote_fields(meta, on, weighted, until)
+
+    def presample(self, meta: Any, count: Any, by: Any, method: Any) -> _PipeStep:
+        return ast.Resample, self._resample_fields(meta, count, by, method)
+
+    def _vote_fields(self, meta: Any, on: Any, weighted: Any, until: _Until | None) -> dict[str, Any]:
         kind, pattern = on if on is not None else (None, None)
-        return ast.Vote, {"on": kind, "pattern": pattern, "weighted": weighted is not None, "span": self._s(meta)}
+        rule, threshold, min_votes = until if until is not None else (None, None, None)
+        return {"on": kind, "pattern": pattern, "weighted": weighted is not None, "until": rule,
+                "threshold": threshold, "min_votes": min_votes, "span": self._s(meta)}
+
+    def _resample_fields(self, meta: Any, count: Any, by: Any, method: Any) -> dict[str, Any]:
+        weighting, temperature = by if by is not None else (None, None)
+        return {"count": count, "by": weighting, "temperature": temperature, "method": method,
+                "span": self._s(meta)}
 
     @v_args(meta=True, inline=False)
     def with_clause(self, meta: Any, settings: list[ast.Setting]) -> tuple[ast.Setting, ...]:
@@ -358,6 +377,28 @@ class _Builder(Transformer[Token, Any]):
             )
         return str(kind), None
 
+    def vote_until(self, meta: Any, rule: Token, op: Token, threshold: ast.Expr,
+                   min_votes: ast.Expr | None) -> _Until:
+        if str(op) != ">=":
+            raise TTCSyntaxError(
+                f"an anytime vote stops once `{rule}` reaches its threshold: "
+                f"write `until {rule} >= X`, not '{op}'",
+                _tok_span(self.file, op),
+            )
+        return str(rule), threshold, min_votes
+
+    def resample_to(self, meta: Any, count: ast.Expr) -> ast.Expr:
+        return count
+
+    def by_softmax(self, meta: Any, temperature: ast.Expr) -> tuple[str, ast.Expr]:
+        return "softmax", temperature
+
+    def by_weight(self, meta: Any) -> tuple[str, None]:
+        return "weight", None
+
+    def resample_method(self, meta: Any, word: Token) -> str:
+        return str(word)
+
 
 # ---- syntax errors ----
 
@@ -375,6 +416,7 @@ _TOKEN_NAMES = {
     "PRUNE_KEY": or_list(PRUNE_ORDERS),
     "PER_KIND": or_list(PRUNE_GROUPS),
     "EXTRACTOR": or_list(EXTRACTORS),
+    "STOP_RULE": or_list(STOP_RULES),
     "BUDGET_STMT": "budget",
     "$END": "the end of the file",
 }
@@ -535,6 +577,11 @@ def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxErro
         msg = (
             "`budget N tokens` is a statement of its own and cannot stand here; "
             "a step takes `budget N` without 'tokens'"
+        )
+    elif expected == {"STOP_RULE"}:
+        msg += (
+            "; an `until` right after a vote is the vote's own, `vote ... until agreement >= X`"
+            " (put a vote that ends a repeat count in parentheses)"
         )
     elif token.type == "COMP_OP" and "COMP_OP" not in expected:
         msg = f"unexpected {shown!r}: comparisons do not chain; write `a < b and b < c`"

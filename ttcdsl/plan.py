@@ -7,7 +7,7 @@ typed `Ref`s (never bare strings), ids are assigned deterministically by the low
 unique across the whole plan, and every node and statement keeps the `Span` of the source it came
 from so a runtime failure can name the `.ttc` line.
 
-The plan knows nothing about execution.  The six step nodes (the five steps and `Call`) are
+The plan knows nothing about execution.  The seven step nodes (the six steps and `Call`) are
 `Step`s; those that spend tokens (`sample`, `expand`, `score`, a call) are also `Budgeted`: an
 optional `budget` of their own and a static `Bound` on their completion tokens, filled in by
 `ttcdsl.bounds.annotate`.  `Step` and `Budgeted` are plain mixins, not Struct bases, so each node
@@ -32,12 +32,15 @@ from ttcdsl.vocabulary import (
     DEFAULT_EXTRACTOR,
     DEFAULT_PRUNE_GROUP,
     DEFAULT_PRUNE_ORDER,
+    DEFAULT_RESAMPLE_METHOD,
     Aggregation,
     BuiltinName,
     Extractor,
     PruneOrder,
     PruneScope,
+    ResampleMethod,
     ScorerKind,
+    StopRule,
     TypeName,
     ValueType,
 )
@@ -68,6 +71,7 @@ __all__ = [
     "Prune",
     "Ref",
     "Repeat",
+    "Resample",
     "Return",
     "Sample",
     "Score",
@@ -152,7 +156,7 @@ def _tag(config: msgspec.structs.StructConfig) -> str:
 
 
 class Step:
-    """Mixin of the step nodes: the five steps and `Call`.  These are what `ttc plan` tabulates
+    """Mixin of the step nodes: the six steps and `Call`.  These are what `ttc plan` tabulates
     and what a run reports usage for."""
 
     __slots__ = ()
@@ -290,10 +294,33 @@ class Prune(NodeBase, Step, tag="prune", frozen=True):
 
 
 class Vote(NodeBase, Step, tag="vote", frozen=True):
+    """The answer most branches give.  An anytime vote (`until` set) takes its branches from the
+    `Sample`/`Expand` node `branches` refers to (no other node refers to it), counts votes as they
+    finish and stops once the rule `until` reaches `threshold`, never before `min_votes` votes;
+    `threshold` and `min_votes` are set exactly when `until` is."""
+
     branches: Ref
     on: Extractor = DEFAULT_EXTRACTOR
     pattern: str | None = None
     weighted: bool = False
+    until: StopRule | None = None
+    threshold: Ref | None = None
+    min_votes: Ref | None = None
+
+    def __post_init__(self) -> None:
+        if (self.until is None) != (self.threshold is None) or (self.until is None) != (self.min_votes is None):
+            raise ValueError("a vote has `until`, `threshold` and `min_votes` all set or all unset")
+
+
+class Resample(NodeBase, Step, tag="resample", frozen=True):
+    """`count` branches drawn with replacement (None: as many as `branches` has), each with a
+    probability from its score: softmax(score / `temperature`), or without a temperature the
+    scores normalised (negative ones count as 0); drawn by `method`.  Copies keep their root."""
+
+    branches: Ref
+    count: Ref | None = None
+    temperature: Ref | None = None
+    method: ResampleMethod = DEFAULT_RESAMPLE_METHOD
 
 
 Node: TypeAlias = (
@@ -315,8 +342,9 @@ Node: TypeAlias = (
     | Score
     | Prune
     | Vote
+    | Resample
 )
-STEP_NODES = (Sample, Expand, Score, Prune, Vote, Call)
+STEP_NODES = (Sample, Expand, Score, Prune, Vote, Resample, Call)
 """The `Step` classes, in the order `ttc plan` documents them."""
 
 

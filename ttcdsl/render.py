@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from ttcdsl import plan as P
-from ttcdsl.vocabulary import DEFAULT_AGGREGATION, DEFAULT_PRUNE_GROUP
+from ttcdsl.vocabulary import DEFAULT_AGGREGATION, DEFAULT_PRUNE_GROUP, DEFAULT_RESAMPLE_METHOD
 
 __all__ = ["describe", "to_dot", "to_text"]
 
@@ -61,6 +61,12 @@ def _params(nodes: dict[int, P.Node], n: P.Node) -> str:
             head = f"{d(n.branches)} keep {d(n.keep)} by {n.by}" + (f" per {n.per}" if n.per != DEFAULT_PRUNE_GROUP else "")
         case P.Vote():
             head = f"{d(n.branches)} on {n.on}" + (f" {json.dumps(n.pattern)}" if n.pattern else "") + (" weighted" if n.weighted else "")
+            if n.until is not None:
+                head += f" until {n.until} >= {d(n.threshold)} after {d(n.min_votes)}"
+        case P.Resample():
+            head = d(n.branches) + (f" to {d(n.count)}" if n.count is not None else "")
+            head += f" by softmax {d(n.temperature)}" if n.temperature is not None else " by weight"
+            head += f" {n.method}" if n.method != DEFAULT_RESAMPLE_METHOD else ""
         case P.Call():
             head = f"{n.strategy.name}(" + ", ".join(f"{k}={d(v)}" for k, v in n.args.items()) + ")"
         case _:

@@ -483,6 +483,7 @@ def _terminal_strategies() -> dict[str, st.SearchStrategy[str]]:
         "PRUNE_KEY": st.sampled_from(["score", "logprob", "length"]),
         "PER_KIND": st.sampled_from(["root", "parent"]),
         "EXTRACTOR": st.sampled_from(["number", "boxed", "line", "regex"]),
+        "STOP_RULE": st.sampled_from(["agreement", "confidence"]),
         "WEIGHTED": st.just("weighted"),
         "COMMENT": st.sampled_from(["# c", "# budget 5 tokens", '# "']),
         "WS": st.sampled_from([" ", "\n", "  ", "\t", "\n\n    "]),

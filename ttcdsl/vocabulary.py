@@ -23,8 +23,11 @@ __all__ = [
     "DEFAULT_AGGREGATION",
     "DEFAULT_EXTRACTOR",
     "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MIN_VOTES",
     "DEFAULT_PRUNE_GROUP",
     "DEFAULT_PRUNE_ORDER",
+    "DEFAULT_RESAMPLE_METHOD",
+    "DEFAULT_RESAMPLE_WEIGHTING",
     "EXTRACTORS",
     "JUDGE_BRANCH",
     "JUDGE_TOKENS",
@@ -35,10 +38,13 @@ __all__ = [
     "PRUNE_GROUPS",
     "PRUNE_NEEDS_LOGPROBS",
     "PRUNE_ORDERS",
+    "RESAMPLE_METHODS",
+    "RESAMPLE_WEIGHTINGS",
     "RESERVED_NAMES",
     "SAMPLING_KEYS",
     "SCORERS",
     "STEP_KINDS",
+    "STOP_RULES",
     "VALUE_TYPES",
     "Aggregation",
     "BuiltinName",
@@ -47,10 +53,13 @@ __all__ = [
     "PruneGroup",
     "PruneOrder",
     "PruneScope",
+    "ResampleMethod",
+    "ResampleWeighting",
     "SamplingKey",
     "ScorerInfo",
     "ScorerKind",
     "StepKind",
+    "StopRule",
     "TypeName",
     "ValueType",
     "or_list",
@@ -70,11 +79,11 @@ NUMERIC: tuple[ValueType, ...] = ("int", "float")
 
 # ---- steps ----
 
-StepKind: TypeAlias = Literal["sample", "expand", "score", "prune", "vote"]
+StepKind: TypeAlias = Literal["sample", "expand", "score", "prune", "vote", "resample"]
 STEP_KINDS: tuple[StepKind, ...] = get_args(StepKind)
-"""The five steps; each becomes one plan node."""
+"""The six steps; each becomes one plan node."""
 
-PIPE_STEPS: tuple[StepKind, ...] = ("expand", "score", "prune", "vote")
+PIPE_STEPS: tuple[StepKind, ...] = ("expand", "score", "prune", "vote", "resample")
 """The steps that can take their input from the left of a `|`."""
 
 Aggregation: TypeAlias = Literal["last", "min", "mean", "prod"]
@@ -97,6 +106,26 @@ Extractor: TypeAlias = Literal["number", "boxed", "line", "regex"]
 EXTRACTORS: tuple[Extractor, ...] = get_args(Extractor)
 DEFAULT_EXTRACTOR: Extractor = "number"
 """What `vote ... on KIND` reads from each branch; only `regex` takes a pattern."""
+
+StopRule: TypeAlias = Literal["agreement", "confidence"]
+STOP_RULES: tuple[StopRule, ...] = get_args(StopRule)
+"""`vote ... until RULE >= X`: stop once the leader's share of the votes so far (`agreement`), or
+the Beta-posterior probability that the leader is ahead of the runner-up (`confidence`), is at
+least X."""
+
+DEFAULT_MIN_VOTES = 3
+"""`vote ... until ... after N`: no anytime vote stops before N votes; 3 when `after` is omitted."""
+
+ResampleWeighting: TypeAlias = Literal["softmax", "weight"]
+RESAMPLE_WEIGHTINGS: tuple[ResampleWeighting, ...] = get_args(ResampleWeighting)
+DEFAULT_RESAMPLE_WEIGHTING: ResampleWeighting = "weight"
+"""`resample ... by softmax T` draws with softmax(score / T); `by weight` (the default) with the
+scores normalised, negative ones counting as 0.  Only `softmax` takes an argument."""
+
+ResampleMethod: TypeAlias = Literal["systematic", "multinomial"]
+RESAMPLE_METHODS: tuple[ResampleMethod, ...] = get_args(ResampleMethod)
+DEFAULT_RESAMPLE_METHOD: ResampleMethod = "systematic"
+"""How `resample` draws its copies: one systematic sweep (the default) or independent draws."""
 
 # ---- scorers ----
 
@@ -201,9 +230,9 @@ RESERVED_NAMES: frozenset[str] = frozenset({*STEP_KINDS, "not", "true", "false"}
 
 KEYWORDS: frozenset[str] = frozenset({
     "import", "strategy", "budget", "tokens", "repeat", "until", "if", "else", "return",
-    "and", "or", "from", "by", "with", "keep", "agg", "per", "on", "weighted",
+    "and", "or", "from", "by", "with", "keep", "agg", "per", "on", "weighted", "after", "to",
     *RESERVED_NAMES, *SCORERS, *PARAM_TYPES, *AGGREGATIONS, *PRUNE_ORDERS, *PRUNE_GROUPS,
-    *EXTRACTORS,
+    *EXTRACTORS, *STOP_RULES, *RESAMPLE_WEIGHTINGS, *RESAMPLE_METHODS,
 })
 """Every word the grammar spells out.  Most are contextual (`score` is a step and a prune
 order; `line` can still name a value); only `RESERVED_NAMES` cannot name a value."""
