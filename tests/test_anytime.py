@@ -36,7 +36,7 @@ strategy s(n: int = 16, threshold: float = 0.9, after: int = 3) {{
 
 
 def _text(request: GenRequest, seed: int) -> str:
-    """Fork i writes ANSWERS[i % 16]: the fork index is recoverable from the seed's position."""
+    """Each fork writes the answer its (derived) seed picks from ANSWERS."""
     return f"so the answer is {ANSWERS[seed % len(ANSWERS)]}."
 
 
