@@ -203,19 +203,22 @@ class ModelClient:
 
     async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
                              reservations: Sequence[Reservation],
-                             enough: Callable[[int, GenResult], bool]) -> list[GenResult | None]:
+                             enough: Callable[[int, GenResult], bool]
+                             ) -> tuple[list[GenResult | None], list[bool]]:
         """The forks of an anytime step: one request each (no batch, so each result arrives as
         its generation ends), ``enough(i, result)`` asked after every result; once it says yes,
         every request still running is cancelled (the backend aborts it on the server) and
-        every reservation not settled is refunded at every level.  Results in request order,
-        None for a request aborted or never sent."""
+        every reservation not settled is refunded at every level.  Returns the results in
+        request order (None for a request aborted or never sent) and which requests were sent."""
         results: list[GenResult | None] = [None] * len(requests)
+        sent = [False] * len(requests)
         pending = iter(range(len(requests)))
         try:
             async with anyio.create_task_group() as tg:
 
                 async def worker() -> None:
                     for i in pending:
+                        sent[i] = True
                         results[i] = result = await self.generate(n, chain, requests[i], reservations[i])
                         if enough(i, result):
                             tg.cancel_scope.cancel()
@@ -228,7 +231,7 @@ class ModelClient:
         finally:
             for res in reservations:
                 res.release()
-        return results
+        return results, sent
 
     async def _one(self, request: GenRequest) -> list[GenResult]:
         return [await self.backend.generate(request)]

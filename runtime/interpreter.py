@@ -102,6 +102,11 @@ class Interpreter:
                        reservations: Sequence[Reservation]) -> list[GenResult]:
         return await self.state.client.generate_many(n, chain, requests, reservations)
 
+    async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                             reservations: Sequence[Reservation], enough: Callable[[int, GenResult], bool]
+                             ) -> tuple[list[GenResult | None], list[bool]]:
+        return await self.state.client.generate_until(n, chain, requests, reservations, enough)
+
     # ---- frames and statements ----
 
     async def call(self, name: str, args: Mapping[str, Any], budget: Budget, key: str,

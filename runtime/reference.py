@@ -48,6 +48,23 @@ class Reference:
                        reservations: Sequence[Reservation]) -> list[GenResult]:
         return [await self.state.client.generate(n, chain, r, res) for r, res in zip(requests, reservations)]
 
+    async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                             reservations: Sequence[Reservation], enough: Callable[[int, GenResult], bool]
+                             ) -> tuple[list[GenResult | None], list[bool]]:
+        """One request at a time; after the one that settles the vote, no more are sent."""
+        results: list[GenResult | None] = [None] * len(requests)
+        sent = [False] * len(requests)
+        try:
+            for i, (request, res) in enumerate(zip(requests, reservations)):
+                sent[i] = True
+                results[i] = result = await self.state.client.generate(n, chain, request, res)
+                if enough(i, result):
+                    break
+        finally:
+            for res in reservations:
+                res.release()
+        return results, sent
+
     async def call(self, name: str, args: Mapping[str, Any], budget: Budget, key: str,
                    chain: tuple[int, ...]) -> Any:
         s = self.plan.strategies[name]

@@ -19,6 +19,7 @@ deterministic backends whatever the scheduling.  Branch ids say where a branch w
 from __future__ import annotations
 
 import importlib
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ from ttcdsl.runtime.backend import GenRequest, GenResult, Sampling
 from ttcdsl.runtime.budget import Budget, Reservation, split
 from ttcdsl.runtime.client import ModelClient, Stats, op_name
 from ttcdsl.runtime.seeds import derive_seed
-from ttcdsl.runtime.values import Branch, Branches
+from ttcdsl.runtime.values import Answer, Branch, Branches
 from ttcdsl.vocabulary import DEFAULT_MAX_TOKENS, JUDGE_TOKENS, SAMPLING_KEYS
 
 __all__ = ["SCORERS", "STEPS", "Evaluator", "Frame", "RunState", "run_step"]
@@ -118,6 +119,13 @@ class Evaluator(Protocol):
         """The generations of one step (each settles its reservation), results in order."""
         ...
 
+    async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
+                             reservations: Sequence[Reservation],
+                             enough: Callable[[int, GenResult], bool]) -> tuple[list[GenResult | None], list[bool]]:
+        """The generations of an anytime step: ``enough(i, result)`` after each; once it holds
+        the rest are stopped.  Results (None where stopped) and which requests were sent."""
+        ...
+
 
 Step = Callable[[Evaluator, Frame, Any], Awaitable[Any]]
 Scorer = Callable[[Evaluator, Frame, P.Score, list[Branch]], Awaitable[list[float | None]]]
@@ -180,7 +188,7 @@ def _branch_id(frame: Frame, node: int, fork: int) -> str:
 # ---- generating steps ----
 
 
-async def sample(ev: Evaluator, frame: Frame, n: P.Sample) -> Branches:
+async def sample(ev: Evaluator, frame: Frame, n: P.Sample, anytime: _Anytime | None = None) -> Branches:
     count, prompt = await _both(ev, frame, n.count, n.prompt)
     settings = await _settings(ev, frame, n.settings)
     with ev.state.measure(n):
@@ -194,11 +202,11 @@ async def sample(ev: Evaluator, frame: Frame, n: P.Sample) -> Branches:
         if count > 1:
             # Done once per invocation (so which node is charged never depends on scheduling).
             await client.warm(n, frame.chain, prompt_ids)
-        await _generate_forks(ev, frame, n, [(b, i) for i, b in enumerate(branches)], settings)
+        await _generate_forks(ev, frame, n, [(b, i) for i, b in enumerate(branches)], settings, anytime)
         return Branches(branches)
 
 
-async def expand(ev: Evaluator, frame: Frame, n: P.Expand) -> Branches:
+async def expand(ev: Evaluator, frame: Frame, n: P.Expand, anytime: _Anytime | None = None) -> Branches:
     branches, count = await _both(ev, frame, n.branches, n.count)
     settings = await _settings(ev, frame, n.settings)
     with ev.state.measure(n):
@@ -214,7 +222,7 @@ async def expand(ev: Evaluator, frame: Frame, n: P.Expand) -> Branches:
                 child = b.child(_branch_id(frame, n.id, fork))
                 out.append(child)
                 pending.append((child, fork))
-        await _generate_forks(ev, frame, n, pending, settings)
+        await _generate_forks(ev, frame, n, pending, settings, anytime)
         return Branches(out)
 
 
@@ -247,10 +255,12 @@ class _Generation:
 
 
 async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
-                          forks: list[tuple[Branch, int]], settings: dict[str, Any]) -> None:
+                          forks: list[tuple[Branch, int]], settings: dict[str, Any],
+                          anytime: _Anytime | None = None) -> None:
     """One request per fork, each continuing its branch's exact tokens, sent together through
     the interpreter (`Evaluator.generate`); the node's remaining budget is split fairly across the
-    forks (`budget.split`) before any is sent."""
+    forks (`budget.split`) before any is sent.  Driven by an anytime vote, the requests are
+    streamed and each branch is handed to the vote as it finishes (`_Anytime`)."""
     if not forks:
         return
     state = ev.state
@@ -273,13 +283,28 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
             sampling=msgspec.structs.replace(
                 gen.base, max_new_tokens=tokens, seed=_seed(state, frame, n.id, fork, gen.seed)
             ),
-            logprobs=n.logprobs,
+            logprobs=n.logprobs, stream=anytime is not None,
         )
         for branch, fork, tokens, _ in work
     ]
-    results = await ev.generate(n, frame.chain, requests, [res for *_, res in work])
-    for (branch, _, tokens, _), result in zip(work, results):
+    reservations = [res for *_, res in work]
+    if anytime is None:
+        results = await ev.generate(n, frame.chain, requests, reservations)
+        for (branch, _, tokens, _), result in zip(work, results):
+            sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+        return
+
+    def finished(i: int, result: GenResult) -> bool:
+        branch, _, tokens, _ = work[i]
         sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+        return anytime.counted(branch)
+
+    _, sent = await ev.generate_until(n, frame.chain, requests, reservations, finished)
+    anytime.aborted = sum(sent) - len(anytime.votes)
+    anytime.unsent = len(sent) - sum(sent)
+    for (branch, *_), was_sent in zip(work, sent):
+        if branch not in anytime.votes and not branch.finished:
+            branch.finished, branch.finish_reason = True, "abort" if was_sent else "budget"
 
 
 # ---- score and its scorers ----
@@ -392,9 +417,87 @@ async def prune(ev: Evaluator, frame: Frame, n: P.Prune) -> Branches:
 
 
 async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
+    if n.until is not None:
+        return await _anytime_vote(ev, frame, n)
     branches = await ev.ev(frame, n.branches)
     with ev.state.measure(n):
         return agg.vote(branches.items, n.on, n.pattern, n.weighted)
+
+
+@dataclass
+class _Anytime:
+    """The state of an anytime vote while its input step runs: the branches that voted, in the
+    order they finished, and whether the stopping rule holds yet."""
+
+    n: P.Vote
+    threshold: float
+    min_votes: int
+    votes: list[Branch] = field(default_factory=list)
+    answer: Answer | None = None
+    stopped: bool = False
+    aborted: int = 0
+    unsent: int = 0
+
+    def counted(self, branch: Branch) -> bool:
+        """Count a finished branch; True once the vote may stop (the rest are then aborted)."""
+        self.votes.append(branch)
+        self.answer = agg.vote(self.votes, self.n.on, self.n.pattern, self.n.weighted)
+        assert self.n.until is not None
+        self.stopped = agg.settled(self.answer, self.n.until, self.threshold, self.min_votes)
+        return self.stopped
+
+
+async def _anytime_vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Answer:
+    """`vote ... until RULE >= T after K`: runs its input step itself, counts each branch as it
+    finishes, and once the rule holds stops the step: requests still generating are aborted on
+    the server, those not yet sent are never sent, and their reservations are refunded."""
+    assert n.threshold is not None and n.min_votes is not None
+    threshold, min_votes = await ev.ev_all(frame, [n.threshold, n.min_votes])
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise NodeFailed(f"the vote's threshold must be a number, got {threshold!r}", n.span)
+    anytime = _Anytime(n, float(threshold), _count(min_votes, n))
+    source = frame.nodes[n.branches.node]
+    if isinstance(source, P.Sample):
+        await sample(ev, frame, source, anytime)
+    elif isinstance(source, P.Expand):
+        await expand(ev, frame, source, anytime)
+    else:
+        raise NodeFailed("an anytime vote takes its branches straight from a sample or expand", n.span)
+    with ev.state.measure(n):
+        answer = anytime.answer or agg.vote([], n.on, n.pattern, n.weighted)
+        answer.used = len(anytime.votes)
+        answer.aborted = anytime.aborted
+        answer.unsent = anytime.unsent
+        answer.stopped_early = anytime.stopped
+        return answer
+
+
+async def resample(ev: Evaluator, frame: Frame, n: P.Resample) -> Branches:
+    """Draw branches with replacement in proportion to their scores (`aggregate.weights`,
+    `aggregate.resample`); each copy is a child of the branch it copies and continues from its
+    exact tokens, so copies share their prefix.  Reproducible: the draw's seed is derived like a
+    request's."""
+    refs = [r for r in (n.count, n.temperature) if r is not None]
+    branches, *extra = await ev.ev_all(frame, [n.branches, *refs])
+    values = iter(extra)
+    count = next(values) if n.count is not None else None
+    temperature = next(values) if n.temperature is not None else None
+    with ev.state.measure(n):
+        items = branches.items
+        draws = len(items) if count is None else _count(count, n)
+        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                        or not temperature > 0):
+            raise NodeFailed(f"the softmax temperature must be a number > 0, got {temperature!r}", n.span)
+        if not items:
+            return Branches([])
+        rng = random.Random(_seed(ev.state, frame, n.id, 0, None))
+        picks = agg.resample(agg.weights(items, temperature), draws, n.method, rng)
+        out = []
+        for k, i in enumerate(picks):
+            copy = items[i].child(_branch_id(frame, n.id, k))
+            copy.finished, copy.finish_reason = items[i].finished, items[i].finish_reason
+            out.append(copy)
+        return Branches(out)
 
 
 async def call(ev: Evaluator, frame: Frame, n: P.Call) -> Any:
@@ -412,5 +515,6 @@ STEPS: dict[type, Step] = {
     P.Score: score,
     P.Prune: prune,
     P.Vote: vote,
+    P.Resample: resample,
     P.Call: call,
 }

@@ -86,6 +86,13 @@ class Answer(msgspec.Struct, kw_only=True):
     agreement: float
     votes: dict[str, float]
     branches: list[Branch]
+    # An anytime vote (`vote ... until`) also says how it stopped: the branches that voted, the
+    # requests it aborted while they were generating, those it never sent, and whether the
+    # stopping rule held (False: every branch voted and the rule never held).  None otherwise.
+    used: int | None = None
+    aborted: int | None = None
+    unsent: int | None = None
+    stopped_early: bool | None = None
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -157,12 +164,16 @@ def _branch_json(b: Branch) -> dict[str, Any]:
 def value_to_json(value: Any) -> Any:
     """The `result` part of `ttc run --json` (DESIGN §7)."""
     if isinstance(value, Answer):
-        return {
+        out: dict[str, Any] = {
             "value": value.value,
             "agreement": value.agreement,
             "support": value.support,
             "votes": value.votes,
         }
+        if value.used is not None:
+            out |= {"used": value.used, "aborted": value.aborted, "unsent": value.unsent,
+                    "stopped_early": value.stopped_early}
+        return out
     if isinstance(value, Branches):
         return {"branches": [_branch_json(b) for b in value.items]}
     return {"value": value}
