@@ -25,13 +25,16 @@ Conventions every backend follows:
   connection, abort by rid) and must not leak the request.
 * A backend that can send several generations in one round trip also implements
   `BatchBackend.generate_batch`; the runtime uses it for the forks of a step.
+* A backend that streams also implements `StreamingBackend.generate_stream`, which reports the
+  tokens generated so far as they come, so a request cancelled mid-way (an anytime vote that
+  stopped) is charged what the server really spent on it.
 * Transient failures raise `TransientBackendError` (the runtime retries with backoff); anything
   else raises `BackendError` with a message a user can act on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import anyio
@@ -45,6 +48,7 @@ __all__ = [
     "GenRequest",
     "GenResult",
     "Sampling",
+    "StreamingBackend",
     "WarmResult",
     "first_failure",
 ]
@@ -161,6 +165,16 @@ class BatchBackend(Backend, Protocol):
     async def generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:
         """Run the requests as one batch; results in request order.  A failure of the batch
         raises as `generate` would (the caller retries the whole batch)."""
+        ...
+
+
+@runtime_checkable
+class StreamingBackend(Backend, Protocol):
+    """A `Backend` that can tell, while a generation streams, how far it has got."""
+
+    async def generate_stream(self, request: GenRequest, progress: Callable[[int], None]) -> GenResult:
+        """`generate`, streamed, calling ``progress(n)`` with the completion tokens generated so
+        far after each chunk."""
         ...
 
 

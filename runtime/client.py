@@ -38,7 +38,14 @@ import anyio
 
 from ttcdsl import plan as P
 from ttcdsl.errors import BackendError, NodeFailed, ProtocolViolation, TransientBackendError
-from ttcdsl.runtime.backend import Backend, BatchBackend, GenRequest, GenResult, first_failure
+from ttcdsl.runtime.backend import (
+    Backend,
+    BatchBackend,
+    GenRequest,
+    GenResult,
+    StreamingBackend,
+    first_failure,
+)
 from ttcdsl.runtime.budget import Reservation
 from ttcdsl.runtime.values import NodeUsage, TraceRecord, Usage
 
@@ -163,9 +170,25 @@ class ModelClient:
 
     async def generate(self, n: P.Node, chain: tuple[int, ...], request: GenRequest,
                        res: Reservation) -> GenResult:
-        """One generation; settles ``res`` with the completion tokens the backend reported."""
-        (result,) = await self._generations(n, chain, [request], [res], 1,
-                                            lambda: self._one(request))
+        """One generation; settles ``res`` with the completion tokens the backend reported.
+        A streamed request on a `StreamingBackend` that is cancelled (an anytime vote stopped)
+        is charged the tokens the server generated for it before the abort."""
+        backend = self.backend
+        if not (request.stream and isinstance(backend, StreamingBackend)):
+            (result,) = await self._generations(n, chain, [request], [res], 1,
+                                                lambda: self._one(request))
+            return result
+        seen = [0]
+
+        def progress(tokens: int) -> None:
+            seen[0] = tokens
+
+        async def streamed() -> list[GenResult]:
+            seen[0] = 0  # a retried attempt starts over
+            return [await backend.generate_stream(request, progress)]
+
+        (result,) = await self._generations(n, chain, [request], [res], 1, streamed,
+                                            aborted=lambda: seen[0])
         return result
 
     async def generate_many(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
@@ -238,9 +261,12 @@ class ModelClient:
 
     async def _generations(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
                            reservations: Sequence[Reservation], slots: int,
-                           send: Callable[[], Awaitable[list[GenResult]]]) -> list[GenResult]:
+                           send: Callable[[], Awaitable[list[GenResult]]],
+                           aborted: Callable[[], int] | None = None) -> list[GenResult]:
         """Send generations (one, or a batch holding ``slots`` limiter slots), check what came
-        back against each request's allowance, settle the reservations and charge the usage."""
+        back against each request's allowance, settle the reservations and charge the usage.
+        ``aborted`` (one streamed request) tells how many tokens the server had generated when
+        the request was cancelled: those are charged, and traced as an aborted attempt."""
         try:
             results = await self._retrying(
                 n, "generate", [r.rid for r in requests], send,
@@ -261,12 +287,28 @@ class ModelClient:
                         f"completion tokens for a request allowed {limit}", n.span,
                     )
                 res.settle(result.completion_tokens)
+        except anyio.get_cancelled_exc_class():
+            if aborted is not None:
+                self._charge_aborted(n, chain, requests[0], reservations[0], aborted())
+            raise
         finally:
             for res in reservations:
                 res.release()
         for result in results:
             self.stats.charge(n.id, chain, result.completion_tokens, result.prompt_tokens, result.cached_tokens)
         return results
+
+    def _charge_aborted(self, n: P.Node, chain: tuple[int, ...], request: GenRequest,
+                        res: Reservation, tokens: int) -> None:
+        used = max(0, min(tokens, res.tokens))
+        res.settle(used)
+        self.stats.charge(n.id, chain, used)
+        if self._trace_sink is not None:
+            self._trace_sink(TraceRecord(
+                kind="generate", node=n.id, rid=request.rid, t_end=time.monotonic() - self._t0,
+                input_tokens=len(request.input_ids), max_new_tokens=request.sampling.max_new_tokens,
+                seed=request.sampling.seed, finish="abort", completion_tokens=used, error="aborted",
+            ))
 
     async def warm(self, n: P.Node, chain: tuple[int, ...], ids: tuple[int, ...]) -> None:
         """Prefill a prompt before its forks are sent (see `SingleFlight.after`)."""

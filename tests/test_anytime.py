@@ -216,10 +216,13 @@ strategy s(question: text) {
     stats = backend.engine.stats
     assert answer.used >= 1 and answer.aborted >= 1 and answer.stopped_early
     assert answer.used + answer.aborted + answer.unsent == 16
-    # The simulator saw every abort and has nothing left running; what it generated for the
-    # aborted requests was never charged: the budget kept only the finished branches' tokens.
+    # The simulator saw every abort and has nothing left running.  The run was charged what was
+    # streamed, the aborted requests' partial output included: everything the simulator
+    # generated except, per aborted request, the one token it was writing when the abort came.
     assert stats.aborted == answer.aborted and stats.in_flight == 0
     assert root.violations() == [] and root.spent == result.usage.completion_tokens
+    charged = result.usage.completion_tokens
+    assert charged <= stats.completion_tokens <= charged + answer.aborted
     generated = stats.completion_tokens
     anyio.run(anyio.sleep, 0.2)
     assert backend.engine.stats.completion_tokens == generated

@@ -904,3 +904,12 @@ async def test_a_step_ending_on_its_token_costs_no_round_trip_once_the_token_is_
         for _ in range(3):
             assert (await backend.generate(request())).text == "Step one.\n\n"
     assert fake.bodies("/detokenize") == [{"tokens": [11], "skip_special_tokens": False}]
+
+
+async def test_a_streamed_generation_reports_its_progress(fake: FakeSGLang) -> None:
+    seen: list[int] = []
+    async with SGLangBackend(fake.url) as backend:
+        result = await backend.generate_stream(request(), seen.append)
+    (body,) = fake.bodies("/generate")
+    assert body["stream"] is True
+    assert seen == sorted(seen) and seen[-1] == result.completion_tokens and len(seen) > 1

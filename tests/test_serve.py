@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -48,12 +49,20 @@ def model(tmp_path: Path) -> Path:
     return folder
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+def alive(pid: int, within: float = 5.0) -> bool:
+    """Whether ``pid`` still runs ``within`` seconds from now (a SIGKILLed process takes a moment
+    to die, longer on a loaded machine; a zombie counts as dead)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            return False
+        if state == "Z":
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.02)  # polling the kernel's view of the process
 
 
 def test_missing_models_and_gguf_on_cpu_are_usage_errors(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Literal, TypeVar
 
 import aiohttp
@@ -199,6 +199,8 @@ class _Stream:
         self.logprobs: list[_LogprobEntry] = []
         self.top: list[list[_LogprobEntry] | None] = []
         self.meta: _Meta | None = None
+        # Told the completion tokens so far after every chunk, if set.
+        self.progress: Callable[[int], None] | None = None
 
     def feed(self, chunk: _Chunk) -> None:
         if chunk.error is not None:
@@ -241,6 +243,8 @@ class _Stream:
                 f"SGLang server at {self.url} returned {produced} completion tokens "
                 f"but max_new_tokens was {self.limit}"
             )
+        if self.progress is not None:
+            self.progress(produced)
 
     def _mode_of(self, ids: list[int], total: int | None) -> Literal["cumulative", "delta"]:
         if not self.ids:
@@ -516,10 +520,21 @@ class SGLangBackend:
         return not self._active().router
 
     async def generate(self, request: GenRequest) -> GenResult:
+        return await self._generate(request, request.stream, None)
+
+    async def generate_stream(self, request: GenRequest, progress: Callable[[int], None]) -> GenResult:
+        """`generate`, always streamed, calling ``progress`` with the tokens so far after each
+        chunk (what an aborted request cost the server)."""
+        return await self._generate(request, True, progress)
+
+    async def _generate(self, request: GenRequest, stream: bool,
+                        progress: Callable[[int], None] | None) -> GenResult:
         server = self._active()
         rid, payload = _payload(request)
-        payload["stream"] = request.stream
-        (result,) = await self._run(server, payload, [rid], [_reader(server.url, request)])
+        payload["stream"] = stream
+        reader = _reader(server.url, request)
+        reader.progress = progress
+        (result,) = await self._run(server, payload, [rid], [reader])
         return await self._whole_text(result)
 
     async def generate_batch(self, requests: Sequence[GenRequest]) -> list[GenResult]:

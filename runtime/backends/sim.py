@@ -22,7 +22,7 @@ simulator's `SimError` (a bad task file, configuration value or address) into th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,6 +101,19 @@ class SimBackend:
         return WarmResult(prompt_tokens=out.prompt_tokens, cached_tokens=out.cached_tokens)
 
     async def generate(self, request: GenRequest) -> GenResult:
+        return await self._generate(request, None)
+
+    async def generate_stream(self, request: GenRequest, progress: Callable[[int], None]) -> GenResult:
+        """`generate`, token by token as the server streams, telling ``progress`` how many
+        tokens are out so far."""
+
+        async def each(out: EngineOutput) -> None:
+            progress(len(out.output_ids))
+
+        return await self._generate(request, each)
+
+    async def _generate(self, request: GenRequest,
+                        on_progress: Callable[[EngineOutput], Awaitable[None]] | None) -> GenResult:
         s = request.sampling
         if s.max_new_tokens < 0:
             raise BackendError(f"sim: max_new_tokens must be >= 0, got {s.max_new_tokens}")
@@ -125,7 +138,7 @@ class SimBackend:
             return_logprob=request.logprobs or request.top_logprobs > 0,
             top_logprobs_num=request.top_logprobs,
         )
-        out = await self._run(req)
+        out = await self._run(req, on_progress)
         if out.completion_tokens > s.max_new_tokens:
             raise ProtocolViolation(
                 f"sim returned {out.completion_tokens} tokens for max_new_tokens={s.max_new_tokens}"
@@ -153,9 +166,10 @@ class SimBackend:
             top_logprobs=top,
         )
 
-    async def _run(self, req: EngineRequest) -> EngineOutput:
+    async def _run(self, req: EngineRequest,
+                   on_progress: Callable[[EngineOutput], Awaitable[None]] | None = None) -> EngineOutput:
         try:
-            return await self.engine.execute(req)
+            return await self.engine.execute(req, on_progress)
         except SimRequestError as exc:
             raise BackendError(f"sim: {exc.message}") from None
 
