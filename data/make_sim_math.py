@@ -184,10 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     ap.add_argument("--task", type=Path, default=HERE / "tasks" / "math.json", help="task file to write")
     ap.add_argument("--data", type=Path, default=HERE / "sim_math.jsonl", help="dataset to write")
+    ap.add_argument("--prm-noise", type=float, default=None, metavar="X",
+                    help="give every problem this reward-model noise (default: drawn per problem)")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"--n must be >= 1, got {args.n}")
+    if args.prm_noise is not None and not 0 <= args.prm_noise:
+        ap.error(f"--prm-noise must be >= 0, got {args.prm_noise}")
     problems = generate(args.n, args.seed)
+    if args.prm_noise is not None:
+        for p in problems:
+            p["prm_noise"] = args.prm_noise
     args.task.parent.mkdir(parents=True, exist_ok=True)
     args.task.write_text(_task_json(problems), encoding="utf-8")
     with args.data.open("w", encoding="utf-8") as f:

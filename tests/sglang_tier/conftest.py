@@ -107,7 +107,7 @@ async def _warm_up(url: str) -> None:
 
 # The servers the tier knows, by name: extra SGLang arguments and whether it generates.
 SERVERS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "main": ((), True),
+    "main": (("--enable-metrics",), True),  # /metrics: the abort counter (test_anytime_real)
     "incremental": (("--incremental-streaming-output",), True),
     "reward": (("--is-embedding",), False),  # never send /generate to it: 0.5.23 crashes
 }

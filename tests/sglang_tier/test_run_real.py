@@ -395,3 +395,49 @@ def test_forks_through_the_router_reuse_the_warmed_prefix(routed: tuple[Run, Run
     gens = forks.generations()
     assert forks.kinds().count("warm") == 1 and len(gens) == 4
     assert [g["cached_tokens"] for g in gens] == [g["prompt_tokens"] - 1 for g in gens]
+
+
+# --- an anytime vote: the rest aborted on the server ----------------------------------------------
+# Once the vote stops, the requests still generating are aborted on the server (SGLang's own abort
+# counter, sglang:num_aborted_requests_total on /metrics, rises) and the run is charged only what
+# the server generated before the abort.
+
+FORKS, MAX_TOKENS = 6, 60
+ANYTIME = f"""
+strategy first_line() {{
+    p = "{CHAT_SAY_HI}"
+    return sample {FORKS} from p with max_tokens = {MAX_TOKENS}, temperature = 1.0, stop = "\\n"
+         | vote on line until agreement >= 0.0 after 1
+}}
+"""
+
+
+def aborted_total(url: str) -> float:
+    async def read() -> str:
+        async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+            assert resp.status == 200, "the tier's main server runs with --enable-metrics"
+            return await resp.text()
+
+    text = anyio.run(read)
+    found = re.findall(r"^sglang:num_aborted_requests_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    return sum(float(v) for v in found)
+
+
+def test_a_stopped_vote_aborts_its_remaining_requests_on_the_server(
+    folder: Path, sglang_url: str
+) -> None:
+    before = aborted_total(sglang_url)
+    run = succeeded(ttc_run(folder, ANYTIME, sglang_url))
+    result = run.out["result"]
+    assert result["stopped_early"] is True and result["used"] >= 1
+    assert result["used"] + result["aborted"] + result["unsent"] == FORKS
+    aborted = [r for r in run.generations() if r.get("finish") == "abort"]
+    assert len(aborted) == result["aborted"] >= 1
+    # The server counted the aborts (a request that ended on its own meanwhile is not counted).
+    assert 1 <= aborted_total(sglang_url) - before <= result["aborted"]
+    # Charged: the finished branches in full, the aborted ones what they had streamed, so the
+    # run costs less than its forks' worst case; each abort is traced with its partial tokens.
+    charged = run.out["usage"]["completion_tokens"]
+    assert charged == sum(r["completion_tokens"] for r in run.generations() if "error" not in r
+                          or r.get("finish") == "abort")
+    assert charged < FORKS * MAX_TOKENS
