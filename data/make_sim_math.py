@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"--n must be >= 1, got {args.n}")
-    if args.prm_noise is not None and not 0 <= args.prm_noise:
+    if args.prm_noise is not None and not args.prm_noise >= 0:
         ap.error(f"--prm-noise must be >= 0, got {args.prm_noise}")
     problems = generate(args.n, args.seed)
     if args.prm_noise is not None:
