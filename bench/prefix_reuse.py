@@ -47,7 +47,6 @@ from rich.table import Table
 
 from ttcdsl import plan as P
 from ttcdsl.args import bind_args
-from ttcdsl.commands.serve import SGLangProcess, build_launch, free_port, sglang_home
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import TTCError
 from ttcdsl.runtime.backend import GenRequest, WarmResult
@@ -279,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.no_sglang:
         return int(failed)
+    # Imported here: only the real-server half needs ttc serve's launcher (and `python -m bench`
+    # imports this module for its simulator half).
+    from ttcdsl.commands.serve import SGLangProcess, build_launch, free_port, sglang_home
+
     home = sglang_home()
     model = home / "models" / "SmolLM2-135M-Instruct"
     python = home / "venv" / "bin" / "python"
