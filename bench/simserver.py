@@ -13,7 +13,9 @@ compute the latency model's ideal for the requests a client actually sent:
   ``output_ids``, ``cached`` (the prefix-cache hit), ``warm`` (``max_new_tokens`` was 0);
 * ``POST /bench/log/reset``: forget the log.
 
-Recording costs one list append per request; nothing else about the server changes.  Once it
+Recording costs one list append per request.  The one other difference: the listen backlog is
+2048 (uvicorn's default, which SGLang's own server runs on) instead of aiohttp's 128, so a
+thousand forks connecting at once are not turned away into TCP retries.  Once it
 listens it prints ``bench sim: serving at URL`` on stderr; it stops on SIGINT or SIGTERM.
 """
 
@@ -101,7 +103,8 @@ async def serve(task: SimTask, config: SimConfig, port: int) -> None:
     await runner.setup()
     try:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            site = web.TCPSite(runner, "127.0.0.1", port)
+            # uvicorn's backlog (SGLang's server): a thousand forks may connect at once.
+            site = web.TCPSite(runner, "127.0.0.1", port, backlog=2048)
             await site.start()
             host, bound = runner.addresses[0][:2]
             print(f"{BANNER}http://{host}:{bound}", file=sys.stderr, flush=True)
