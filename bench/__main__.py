@@ -39,14 +39,23 @@ from rich.markup import escape
 from bench.critical import summarize
 from bench.procs import BenchError, SimServer, get_json, post, run_json
 from bench.report import Run, client_summary, goals, paired_ratio, print_report, slope
-from bench.workloads import PROFILES, ROOT, Profile, Workload, math_problems, questions_of, sc, spec
+from bench.workloads import (
+    PROFILES,
+    ROOT,
+    Profile,
+    Workload,
+    math_problems,
+    questions_of,
+    scaling,
+    spec,
+)
 from ttcdsl.commands.sim import parse_latency
 from ttcdsl.errors import TTCError
 from ttcdsl.runtime.sim import Latency
 from ttcdsl.runtime.sim.tokenizer import tokenizer
 
 CLIENTS = ("ttcdsl", "frontend")
-SETUP_HINT = "scripts/sglang_tier.sh setup creates it (about 11 GB, 4-6 minutes)"
+SETUP_HINT = "scripts/sglang_tier.sh setup creates it, about 11 GB in 4-6 minutes"
 RUN_TIMEOUT = 1800.0
 
 
@@ -109,12 +118,8 @@ def one_run(client: str, workload: Workload, spec_path: Path, url: str, seed: in
 
 
 def measured_workloads(profile: Profile) -> list[Workload]:
-    """The profile's workloads, then the self-consistency sizes of the scaling fit not already
-    among them."""
-    out = list(profile.workloads)
-    names = {w.name for w in out}
-    out += [sc(n) for n in profile.scaling if sc(n).name not in names]
-    return out
+    """The profile's workloads, then the points of the scaling fit."""
+    return [*profile.workloads, *(scaling(n) for n in profile.scaling)]
 
 
 def measure(profile: Profile, repeats: int, url: str, questions: list[str], python: str | None,
@@ -195,7 +200,7 @@ def build(profile: Profile, repeats: int, runs: dict[str, dict[str, list[Run]]],
     forks = list(profile.scaling)
     report["scaling_exponent"] = {"forks": forks}
     for c in CLIENTS if has_fe else CLIENTS[:1]:
-        rows = [report["workloads"][sc(n).name][c] for n in forks]
+        rows = [report["workloads"][scaling(n).name][c] for n in forks]
         report["scaling_exponent"][c] = {
             "wall": slope(forks, [r["wall_s"]["median"] for r in rows]),
             "cpu": slope(forks, [r["cpu_s"]["median"] for r in rows])}
@@ -260,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run_suite(args, console)
     except (BenchError, TTCError) as exc:
-        console.print("[red]bench:[/] " + escape(str(exc).splitlines()[0]), highlight=False)
+        console.print("[red]bench:[/] " + escape(str(exc).splitlines()[0]), highlight=False,
+                      soft_wrap=True)
         return 1
     print_report(report, console)
     if args.json:

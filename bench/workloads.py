@@ -28,8 +28,8 @@ import msgspec
 from ttcdsl import plan as P
 from ttcdsl.compiler import compile_file
 
-__all__ = ["FULL", "PROFILES", "QUICK", "ROOT", "SMOKE", "Profile", "Workload", "math_problems",
-           "plan_for", "spec"]
+__all__ = ["FULL", "PROFILES", "QUICK", "ROOT", "SMOKE", "Profile", "Workload", "beam", "dataset",
+           "math_problems", "plan_for", "questions_of", "sampling", "sc", "scaling", "spec"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SC = "programs/self_consistency.ttc"
@@ -54,15 +54,21 @@ class Workload:
     threads: int = 1
 
 
-def sc(n: int, *, name: str | None = None) -> Workload:
-    return Workload(name or f"self_consistency_{n}", f"self-consistency, {n} forks",
+def sc(n: int, questions: int = 1) -> Workload:
+    return Workload(f"self_consistency_{n}", f"self-consistency, {n} forks", "self_consistency",
+                    SC, {"n": n}, questions=questions, concurrency=n)
+
+
+def scaling(n: int) -> Workload:
+    """A point of the scaling fit: self-consistency with ``n`` forks on one question."""
+    return Workload(f"scaling_sc_{n}", f"self-consistency, {n} forks, 1 question",
                     "self_consistency", SC, {"n": n}, concurrency=n)
 
 
-def beam(width: int, branch: int, depth: int) -> Workload:
+def beam(width: int, branch: int, depth: int, questions: int = 1) -> Workload:
     return Workload(f"beam_search_{width}x{branch}_d{depth}",
                     f"beam search {width}x{branch}, depth {depth} (PRM)", "beam_search", BEAM,
-                    {"width": width, "branch": branch, "depth": depth},
+                    {"width": width, "branch": branch, "depth": depth}, questions=questions,
                     concurrency=width * branch)
 
 
@@ -78,7 +84,7 @@ class Profile:
     name: str
     repeats: int
     workloads: tuple[Workload, ...]
-    scaling: tuple[int, ...]  # self-consistency fork counts for the scaling fit
+    scaling: tuple[int, ...]  # fork counts of the scaling fit (`scaling`)
     best_of: int  # in-process overhead: best-of-N ...
     beam: tuple[int, int, int]  # ... and a (width, branch, depth) beam search
     rss_branches: int
@@ -86,9 +92,9 @@ class Profile:
     tasks: int = field(default=50)
 
 
-FULL = Profile("full", 3, (sc(16), sc(64), beam(4, 4, 6), dataset(50, 8, 8)),
+FULL = Profile("full", 3, (sc(16, 4), sc(64, 4), beam(4, 4, 6, 4), dataset(50, 8, 8)),
                (16, 64, 256, 1024), 1000, (16, 4, 20), 10_000)
-QUICK = Profile("quick", 1, (sc(16), sc(64), beam(4, 4, 3), dataset(16, 8, 8)),
+QUICK = Profile("quick", 1, (sc(16, 2), sc(64, 2), beam(4, 4, 3, 2), dataset(16, 8, 8)),
                 (16, 64, 256), 300, (16, 4, 5), 2_000)
 SMOKE = Profile("smoke", 1, (sc(4), beam(2, 2, 1), dataset(3, 2, 2)), (2, 4), 8, (2, 2, 2),
                 50, ("self_consistency",), tasks=4)

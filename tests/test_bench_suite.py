@@ -46,7 +46,7 @@ def test_the_ttcdsl_only_report_has_every_figure_as_a_positive_number(
     smoke: dict[str, Any],
 ) -> None:
     assert set(smoke["workloads"]) == {"self_consistency_4", "beam_search_2x2_d1", "dataset_3x2",
-                                       "self_consistency_2"}
+                                       "scaling_sc_2", "scaling_sc_4"}
     for name, ratio in smoke["critical_path_ratio"]["ttcdsl"].items():
         assert _positive(ratio), name
         assert _positive(smoke["model_path_ratio"]["ttcdsl"][name]), name
@@ -54,8 +54,9 @@ def test_the_ttcdsl_only_report_has_every_figure_as_a_positive_number(
         figures = workload["ttcdsl"]
         for key in ("wall_s", "cpu_s", "cpu_per_generation_ms", "prefilled_tokens"):
             assert _positive(figures[key]["median"]), key
-    assert len(smoke["overhead_us_per_request"]) == 2
+    assert set(smoke["overhead_us_per_request"]) == {"best_of_8", "beam_search_2x2_d2"}
     assert all(_positive(v) for v in smoke["overhead_us_per_request"].values())
+    assert all(_positive(v["sim_decode_s"]) for v in smoke["overhead_detail"].values())
     assert list(smoke["prefix_reuse_ratio"]) == ["self_consistency"]
     assert _positive(smoke["prefix_reuse_ratio"]["self_consistency"])
     assert _positive(smoke["peak_rss_mb"]) and smoke["peak_rss"]["branches"] == 50
