@@ -99,7 +99,8 @@ def flush(url: str, timeout: float = 60.0) -> None:
 
 
 def one_run(client: str, workload: Workload, spec_path: Path, url: str, seed: int,
-            python: str | None, latency: Latency) -> tuple[Run, dict[str, Any]]:
+            python: str | None, latency: Latency,
+            questions: list[str]) -> tuple[Run, dict[str, Any]]:
     flush(url)
     if client == "ttcdsl":
         argv = [sys.executable, "-m", "bench.ttc_client", url, str(spec_path), str(seed)]
@@ -108,12 +109,14 @@ def one_run(client: str, workload: Workload, spec_path: Path, url: str, seed: in
         # -I: the script's folder (bench/) stays off sys.path in the other venv.
         argv = [python, "-I", str(ROOT / "bench" / "frontend.py"), url, str(spec_path)]
     out = run_json(argv, cwd=ROOT, timeout=RUN_TIMEOUT, what=f"the {client} client on {workload.label}")
+    # Both clients run a workload's questions one after the other, except in a dataset.
+    in_turn = () if workload.kind == "dataset" else questions
     side = summarize(get_json(url + "/bench/log"), tokenizer.decode, prefill_s=latency.prefill_s,
-                     decode_s=latency.decode_s, max_batch=latency.max_batch)
+                     decode_s=latency.decode_s, max_batch=latency.max_batch, in_turn=in_turn)
+    ideal = side.ideal
     run = Run(wall_s=out["wall_s"], cpu_s=out["cpu_s"], requests=side.requests,
-              generations=side.generations, prefilled=side.prefilled,
-              chain_s=side.ideal.chain_s, work_s=side.ideal.work_s,
-              served_s=side.ideal.served_s)
+              generations=side.generations, prefilled=side.prefilled, chain_s=ideal.chain_s,
+              work_s=ideal.work_s, served_s=ideal.served_s, ideal_s=ideal.ideal_s)
     return run, out
 
 
@@ -134,7 +137,8 @@ def measure(profile: Profile, repeats: int, url: str, questions: list[str], pyth
     for repeat in range(repeats):
         for w in workloads:
             for client in clients:
-                run, _ = one_run(client, w, paths[w.name], url, repeat + 1, python, latency)
+                run, _ = one_run(client, w, paths[w.name], url, repeat + 1, python, latency,
+                                 questions[: w.questions])
                 runs[w.name][client].append(run)
                 console.print(f"[dim]repeat {repeat + 1}/{repeats} {w.label:<40} {client:<8} "
                               f"wall {run.wall_s:6.2f} s  cpu {run.cpu_s:6.2f} s  "

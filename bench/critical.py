@@ -16,6 +16,8 @@ to a server with this latency model:
   back (SGLang's frontend does) is judged like one that sends the exact ids;
 * ``chain_s``: the costliest chain of dependent requests; ``work_s``: the total cost divided by
   the batch limit (no more than that many requests run at once); ``ideal_s`` is the larger.
+  Questions a workload runs one after the other (``in_turn``) are bounded one by one and their
+  bounds added.
 * ``served_s``: the same bound with each request costing what the server really took to serve
   it (admission past the batch limit to finish, ``t1 - ta``): the larger of its costliest chain
   and its total over the batch limit.  On a loaded machine the simulator sleeps longer than its
@@ -44,10 +46,12 @@ class Ideal:
     chain_s: float
     work_s: float
     served_s: float
+    ideal_s: float
 
-    @property
-    def ideal_s(self) -> float:
-        return max(self.chain_s, self.work_s)
+    def __add__(self, other: Ideal) -> Ideal:
+        """The ideal of two request sets run one after the other."""
+        return Ideal(self.chain_s + other.chain_s, self.work_s + other.work_s,
+                     self.served_s + other.served_s, self.ideal_s + other.ideal_s)
 
 
 @dataclass(frozen=True)
@@ -89,16 +93,28 @@ def ideal(log: Sequence[dict[str, Any]], decode: Callable[[Sequence[int]], str],
     busy = [e["t1"] - e["ta"] for e in entries]
     work = sum(costs) / max_batch if max_batch > 0 else 0.0
     served_work = sum(busy) / max_batch if max_batch > 0 else 0.0
-    return Ideal(chain_s=max(finish, default=0.0), work_s=work,
-                 served_s=max(max(served, default=0.0), served_work))
+    chain = max(finish, default=0.0)
+    return Ideal(chain_s=chain, work_s=work, served_s=max(max(served, default=0.0), served_work),
+                 ideal_s=max(chain, work))
 
 
 def summarize(log: Sequence[dict[str, Any]], decode: Callable[[Sequence[int]], str], *,
-              prefill_s: float, decode_s: float, max_batch: int) -> ServerSide:
-    """Counts and the ideal of one client run's requests."""
+              prefill_s: float, decode_s: float, max_batch: int,
+              in_turn: Sequence[str] = ()) -> ServerSide:
+    """Counts and the ideal of one client run's requests.  ``in_turn``: questions the client
+    ran one after the other (each request belongs to the first whose text is in its input);
+    their ideals add up, since the workload itself puts them in sequence."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for entry in log:
+        text = decode(entry["input_ids"])
+        index = next((i for i, q in enumerate(in_turn) if q in text), len(in_turn))
+        groups.setdefault(index, []).append(entry)
+    total = Ideal(0.0, 0.0, 0.0, 0.0)
+    for group in groups.values():
+        total += ideal(group, decode, prefill_s=prefill_s, decode_s=decode_s, max_batch=max_batch)
     return ServerSide(
         requests=len(log),
         generations=sum(1 for e in log if not e["warm"]),
         prefilled=sum(len(e["input_ids"]) - e["cached"] for e in log),
-        ideal=ideal(log, decode, prefill_s=prefill_s, decode_s=decode_s, max_batch=max_batch),
+        ideal=total,
     )

@@ -32,10 +32,7 @@ class Run:
     chain_s: float
     work_s: float
     served_s: float
-
-    @property
-    def ideal_s(self) -> float:
-        return max(self.chain_s, self.work_s)
+    ideal_s: float
 
     @property
     def critical_path_ratio(self) -> float:
@@ -52,8 +49,7 @@ class Run:
         return 1000 * self.cpu_s / self.generations if self.generations else math.nan
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ideal_s": self.ideal_s,
-                "critical_path_ratio": self.critical_path_ratio,
+        return {**asdict(self), "critical_path_ratio": self.critical_path_ratio,
                 "model_path_ratio": self.model_path_ratio,
                 "cpu_per_generation_ms": self.cpu_per_generation_ms}
 

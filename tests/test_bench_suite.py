@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `bench/` is a folder of the repository, not an installed package
 
 from bench.__main__ import frontend_python  # noqa: E402
-from bench.critical import ideal  # noqa: E402
+from bench.critical import ideal, summarize  # noqa: E402
 from bench.procs import BenchError  # noqa: E402
 from bench.report import slope  # noqa: E402
 from bench.workloads import FULL, QUICK, sampling  # noqa: E402
@@ -151,6 +151,16 @@ def test_the_batch_limit_bounds_many_parallel_requests() -> None:
     log = [_req(0.0, 1.0, f"q{i}", "abcd") for i in range(8)]
     got = ideal(log, _decode, prefill_s=0.0, decode_s=1.0, max_batch=2)
     assert (got.chain_s, got.work_s, got.ideal_s) == (4.0, 16.0, 16.0)
+
+
+def test_questions_run_in_turn_add_up_their_ideals() -> None:
+    log = [_req(0.0, 1.0, "Q1: a", "bc"), _req(2.0, 3.0, "Q2: a", "bcd"),
+           _req(0.0, 0.5, "Q1: a", warm=True)]
+    apart = summarize(log, _decode, prefill_s=0.0, decode_s=1.0, max_batch=0)
+    in_turn = summarize(log, _decode, prefill_s=0.0, decode_s=1.0, max_batch=0,
+                        in_turn=["Q1", "Q2"])
+    assert apart.ideal.ideal_s == 3.0 and in_turn.ideal.ideal_s == 5.0
+    assert (in_turn.requests, in_turn.generations, in_turn.prefilled) == (3, 2, 15)
 
 
 def test_the_scaling_exponent_is_the_slope_in_log_log() -> None:
