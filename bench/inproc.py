@@ -33,13 +33,9 @@ import anyio
 
 from bench.workloads import BEAM, BEST_OF_N, ROOT, SC, plan_for
 from ttcdsl.args import bind_args
+from ttcdsl.runtime.backends.sim import SimBackend
 from ttcdsl.runtime.executor import RunOptions, run_plan
 from ttcdsl.runtime.sim import SimConfig, SimEngine, load_task
-
-try:  # where SimBackend is moving to
-    from ttcdsl.runtime.backends.sim import SimBackend
-except ImportError:  # where it was
-    from ttcdsl.runtime.sim import SimBackend
 
 TASK = ROOT / "data" / "tasks" / "math.json"
 QUESTION = "What is 494 + 876?"

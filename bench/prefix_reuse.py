@@ -279,10 +279,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.no_sglang:
         return int(failed)
-    # Imported here: only the real-server half needs ttc serve's launcher (and `python -m bench`
-    # imports this module for its simulator half).
-    from ttcdsl.commands.serve import SGLangProcess, build_launch, free_port, sglang_home
-
     home = sglang_home()
     model = home / "models" / "SmolLM2-135M-Instruct"
     python = home / "venv" / "bin" / "python"

@@ -35,6 +35,7 @@ from aiohttp import web
 from ttcdsl.commands.sim import parse_latency
 from ttcdsl.errors import TTCError
 from ttcdsl.runtime.sim.engine import EngineOutput, EngineRequest, SimConfig, SimEngine
+from ttcdsl.runtime.sim.errors import SimError
 from ttcdsl.runtime.sim.server import build_app
 from ttcdsl.runtime.sim.task import SimTask, load_task
 
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.latency:
             options["latency"] = parse_latency(args.latency)
         anyio.run(serve, task, SimConfig(**options), args.port)
-    except TTCError as exc:
+    except (TTCError, SimError) as exc:
         print(f"bench sim: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

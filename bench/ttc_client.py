@@ -29,8 +29,8 @@ import anyio
 from bench.workloads import plan_for
 from ttcdsl.args import bind_args
 from ttcdsl.errors import TTCError
+from ttcdsl.harness.dataset import Item, run_dataset
 from ttcdsl.runtime.backends.factory import BackendOptions, make_backend
-from ttcdsl.runtime.dataset import Item, run_dataset
 from ttcdsl.runtime.executor import RunOptions, run_plan
 from ttcdsl.runtime.values import Answer, RunResult
 
