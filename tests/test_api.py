@@ -19,6 +19,11 @@ HOMES = {
     "ttcdsl.compiler": ("Compiled", "compile_file", "compile_source"),
     "ttcdsl.runtime.executor": ("RunOptions", "run_plan"),
     "ttcdsl.runtime.values": ("Answer", "Branch", "Branches", "RunResult"),
+    "ttcdsl.runtime.budget": ("Budget",),
+    "ttcdsl.runtime.backends.sim": ("SimBackend",),
+    "ttcdsl.runtime.backends.sglang": ("SGLangBackend",),
+    "ttcdsl.runtime.backends.scripted": ("ScriptedBackend",),
+    "ttcdsl.runtime.sim": ("load_task",),
     "ttcdsl.errors": tuple(errors.__all__),
 }
 

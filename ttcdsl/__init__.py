@@ -3,13 +3,16 @@
 The public API, importable from here:
 
 * compile: `compile_file`, `compile_source` -> `Compiled` (the plan, its warnings, the sources);
-* run: `run_plan(plan, backend, args, RunOptions(...))`;
+* run: `run_plan(plan, backend, args, RunOptions(...), root)` with a `Budget` root if the caller
+  wants to inspect the budget tree afterwards;
+* backends: `SimBackend` (the in-process simulator; `load_task` reads its task file),
+  `SGLangBackend`, `ScriptedBackend` (a scriptable, misbehaving model for tests);
 * results: `RunResult` (value, usage, per-node usage, trace), `Answer`, `Branches`, `Branch`;
 * errors: `TTCError` and its tree (see `ttcdsl.errors`).
 
 Names are imported on first use (module `__getattr__`), so `import ttcdsl` or any front-half
 module costs nothing extra, and the runtime (anyio, aiohttp) is loaded only by code that runs
-plans.  Backends live in `ttcdsl.runtime.backends` and `ttcdsl.runtime.sim`.
+plans.  Other backends live in `ttcdsl.runtime.backends`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,12 @@ if TYPE_CHECKING:
         TTCSyntaxError,
         UsageError,
     )
+    from ttcdsl.runtime.backends.scripted import ScriptedBackend
+    from ttcdsl.runtime.backends.sglang import SGLangBackend
+    from ttcdsl.runtime.backends.sim import SimBackend
+    from ttcdsl.runtime.budget import Budget
     from ttcdsl.runtime.executor import RunOptions, run_plan
+    from ttcdsl.runtime.sim import load_task
     from ttcdsl.runtime.values import Answer, Branch, Branches, RunResult
 
 __version__ = "0.1.0"
@@ -55,6 +63,11 @@ _HOMES: dict[str, str] = {
     "Branch": "ttcdsl.runtime.values",
     "Branches": "ttcdsl.runtime.values",
     "RunResult": "ttcdsl.runtime.values",
+    "Budget": "ttcdsl.runtime.budget",
+    "SimBackend": "ttcdsl.runtime.backends.sim",
+    "SGLangBackend": "ttcdsl.runtime.backends.sglang",
+    "ScriptedBackend": "ttcdsl.runtime.backends.scripted",
+    "load_task": "ttcdsl.runtime.sim",
     **{name: "ttcdsl.errors" for name in _ERRORS},
 }
 
@@ -64,6 +77,7 @@ __all__ = [
     "BackendUnavailable",
     "Branch",
     "Branches",
+    "Budget",
     "CheckError",
     "CheckErrors",
     "CheckWarning",
@@ -73,6 +87,9 @@ __all__ = [
     "RunError",
     "RunOptions",
     "RunResult",
+    "SGLangBackend",
+    "ScriptedBackend",
+    "SimBackend",
     "SourceError",
     "TTCError",
     "TTCSyntaxError",
@@ -80,6 +97,7 @@ __all__ = [
     "UsageError",
     "compile_file",
     "compile_source",
+    "load_task",
     "run_plan",
 ]
 
