@@ -14,7 +14,9 @@ they do not end the run early (node budgets stay).
   That wall includes the simulator writing every token: ``sim_decode_s`` is the time the engine
   spent in its token loop during the run, and ``runtime_us_per_request`` =
   (wall - sim_decode_s) / requests is what is left: the executor, budgets, the in-process
-  backend and the engine's bookkeeping (admission, prefix cache).
+  backend and the engine's bookkeeping (admission, prefix cache).  ``instant_us_per_request``
+  runs the same plan on `Instant`, a backend that answers every request at once with a fixed
+  short text: CPU time per request of the runtime alone (executor, steps, budgets, client).
 * ``rss``: self-consistency with ``n`` = 10000 forks (16 requests in flight, ``ttc run``'s
   default) in this fresh process;
   ``peak_rss_mb`` is ``getrusage(RUSAGE_SELF).ru_maxrss`` after the run, ``base_rss_mb`` the
@@ -33,6 +35,7 @@ import anyio
 
 from bench.workloads import BEAM, BEST_OF_N, ROOT, SC, plan_for
 from ttcdsl.args import bind_args
+from ttcdsl.runtime.backend import BackendInfo, GenRequest, GenResult, WarmResult
 from ttcdsl.runtime.backends.sim import SimBackend
 from ttcdsl.runtime.executor import RunOptions, run_plan
 from ttcdsl.runtime.sim import SimConfig, SimEngine, load_task
@@ -63,6 +66,42 @@ def timed_engine(task: Any) -> tuple[SimEngine, list[float] | None]:
     return engine, spent
 
 
+class Instant:
+    """A backend with no model: every generation is the same short answer, at once."""
+
+    info = BackendInfo(name="instant", model="instant")
+
+    async def __aenter__(self) -> Instant:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def tokenize(self, text: str) -> list[int]:
+        return [1, 2, 3, 4]
+
+    async def detokenize(self, ids: Any) -> str:
+        return ""
+
+    async def warm(self, ids: Any) -> WarmResult:
+        return WarmResult(prompt_tokens=len(ids), cached_tokens=0)
+
+    async def generate(self, request: GenRequest) -> GenResult:
+        step = "\n\n" if "\n\n" in request.sampling.stop else None
+        return GenResult(text=" The answer is 4.\n\n", output_ids=[5, 6, 7],
+                         finish="stop" if step else "eos", matched=step or 0, completion_tokens=3,
+                         prompt_tokens=len(request.input_ids), cached_tokens=len(request.input_ids) - 1)
+
+    async def reward(self, texts: Any) -> list[float]:
+        return [0.5] * len(texts)
+
+
+async def _instant_cpu_per_request(plan: Any, values: dict[str, Any]) -> float:
+    t0 = time.process_time()
+    result = await run_plan(plan, Instant(), values, RunOptions(seed=1))
+    return 1e6 * (time.process_time() - t0) / result.usage.requests
+
+
 async def overhead(program: str, args: dict[str, int], worst_case: int | None) -> dict[str, Any]:
     task = load_task(TASK)
     plan = plan_for(program, worst_case)
@@ -74,10 +113,12 @@ async def overhead(program: str, args: dict[str, int], worst_case: int | None) -
         wall = time.perf_counter() - t0
     requests = result.usage.requests
     decode_s = None if spent is None else spent[0]
+    instant = min([await _instant_cpu_per_request(plan, values) for _ in range(3)])
     return {"program": program, "args": args, "wall_s": wall, "requests": requests,
             "completion_tokens": result.usage.completion_tokens, "sim_decode_s": decode_s,
             "us_per_request": 1e6 * wall / requests,
-            "runtime_us_per_request": None if decode_s is None else 1e6 * (wall - decode_s) / requests}
+            "runtime_us_per_request": None if decode_s is None else 1e6 * (wall - decode_s) / requests,
+            "instant_us_per_request": instant}
 
 
 def _rss_mb() -> float:

@@ -1,0 +1,90 @@
+"""One wall-time ratio against SGLang's frontend on the real engine (not a test).
+
+    python -m bench.real_sglang [--forks 8] [--repeats 3]
+
+Starts the real SGLang 0.5.23 CPU server of the real-SGLang tier (SmolLM2-135M-Instruct, the
+tier's venv and model under ``$TTC_SGLANG_HOME``; ``scripts/sglang_tier.sh setup`` makes them),
+then runs self-consistency with ``--forks`` forks on one question with both clients of
+``python -m bench`` — ``bench.ttc_client`` (ttcdsl, the lean path: one warm-up, one batch request)
+and ``bench/frontend.py`` (``sglang.lang``: ``fork`` + ``gen``) — interleaved, ``--repeats``
+times, and prints each pair's wall and CPU and the median ratios.  Same program, same prompt and
+sampling settings for both (read from ``programs/self_consistency.ttc``).  The server decodes
+about 25-45 tokens/s on 2 cores and busy-polls one of them, so expect minutes, and read the
+ratio, not the seconds.  The server is always stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.procs import BenchError, post, run_json
+from bench.workloads import ROOT, questions_of, sc, spec
+from ttcdsl.launch import free_port, sglang_home, sglang_launch
+
+QUESTION_DATA = ROOT / "data" / "sim_math.jsonl"
+
+
+def flush(url: str, timeout: float = 60.0) -> None:
+    """Empty the server's prefix cache (refused while requests still run: retry)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            post(url + "/flush_cache")
+            return
+        except BenchError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--forks", type=int, default=8, help="self-consistency forks (default 8)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved pairs (default 3)")
+    args = ap.parse_args(argv)
+    home = sglang_home()
+    python, model = home / "venv" / "bin" / "python", home / "models" / "SmolLM2-135M-Instruct"
+    if not (python.exists() and model.exists()):
+        print(f"bench real_sglang: no SGLang venv/model under {home}; run scripts/sglang_tier.sh setup",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="ttc-real-") as tmp:
+        folder = Path(tmp)
+        workload = sc(args.forks)
+        spec_path = folder / "spec.json"
+        spec_path.write_text(json.dumps(spec(workload, questions_of(QUESTION_DATA)[:1])))
+        launch = sglang_launch(str(model), port=free_port(), cpu=True, python=str(python))
+        with launch.process(log=folder / "sglang.log") as server:
+            print(f"starting SGLang at {launch.url} (30-60 s)...", file=sys.stderr)
+            server.wait_ready(600.0)
+            url = launch.url
+            # The first requests after start are slow (shape warm-up): one unmeasured pass each.
+            pairs: list[tuple[dict[str, float], dict[str, float]]] = []
+            for repeat in range(args.repeats + 1):
+                flush(url)
+                ttc = run_json([sys.executable, "-m", "bench.ttc_client", url, str(spec_path), "1"],
+                               cwd=ROOT, timeout=1800, what="the ttcdsl client")
+                flush(url)
+                fe = run_json([str(python), "-I", str(ROOT / "bench" / "frontend.py"), url, str(spec_path)],
+                              cwd=ROOT, timeout=1800, what="the frontend client")
+                label = "warm-up" if repeat == 0 else f"repeat {repeat}"
+                print(f"{label}: ttcdsl wall {ttc['wall_s']:.2f} s cpu {ttc['cpu_s']:.3f} s | "
+                      f"frontend wall {fe['wall_s']:.2f} s cpu {fe['cpu_s']:.3f} s")
+                if repeat:
+                    pairs.append((ttc, fe))
+    wall = [t["wall_s"] / f["wall_s"] for t, f in pairs]
+    cpu = [t["cpu_s"] / f["cpu_s"] for t, f in pairs]
+    print(f"self-consistency, {args.forks} forks, real SGLang on CPU: wall ttcdsl/frontend median "
+          f"{statistics.median(wall):.2f}x (range {min(wall):.2f}-{max(wall):.2f}); client CPU "
+          f"median {statistics.median(cpu):.2f}x (range {min(cpu):.2f}-{max(cpu):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
