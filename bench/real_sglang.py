@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forks", type=int, default=8, help="self-consistency forks (default 8)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved pairs (default 3)")
     args = ap.parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, so the server below is stopped whatever ends the run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     home = sglang_home()
     python, model = home / "venv" / "bin" / "python", home / "models" / "SmolLM2-135M-Instruct"
     if not (python.exists() and model.exists()):
