@@ -8,6 +8,7 @@ real SGLang /v1 in tests/sglang_tier/test_openai_real.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from ttcdsl.errors import (
 )
 from ttcdsl.launch import TTC, free_port
 from ttcdsl.runtime.backend import GenRequest, GenResult, Sampling
+from ttcdsl.runtime.backends._openai_wire import recover_stop
 from ttcdsl.runtime.backends.factory import BackendOptions, make_backend
 from ttcdsl.runtime.backends.openai import OpenAIBackend
 from ttcdsl.runtime.backends.sglang import SGLangBackend
@@ -445,3 +447,155 @@ async def test_self_consistency_on_vllm_sends_one_request_per_step() -> None:
         result = await run_plan(plan, backend, values, RunOptions(seed=2))
     assert fake.completions - before == 1 and fake.bodies[-1]["n"] == 8
     assert result.value.value in TASK.problems[0].answers and result.usage.completion_tokens > 0
+
+
+# --- a text-only server that cuts stop strings (llama-cpp-python's dialect, scripted) ------------
+
+
+TOY_VOCAB = ["\n\n", "\n", " is", "Step", " 1", " 2", ".", "ab", "a", "b", " "]
+
+
+def toy_tokens(text: str) -> list[int]:
+    """Greedy longest-match over `TOY_VOCAB` (so "\\n" + "\\n" merges into "\\n\\n"); any
+    other character is a token of its own (id 100 + its code point)."""
+    ids = []
+    while text:
+        words = [w for w in TOY_VOCAB if text.startswith(w)]
+        word = max(words, key=len) if words else text[0]
+        ids.append(TOY_VOCAB.index(word) if words else 100 + ord(word))
+        text = text[len(word):]
+    return ids
+
+
+def toy_text(ids: list[int]) -> str:
+    return "".join(TOY_VOCAB[i] if i < 100 else chr(i - 100) for i in ids)
+
+
+class FakeLlama:
+    """llama-cpp-python's server as it behaves (text prompts only, ``/extras/tokenize``, no ids
+    back, stop strings cut off and unnamed, token texts in logprobs), with scripted generations:
+    each completion answers the next (generated pieces, ended by EOS?) of ``script``."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[list[str], bool]] = []
+        self.prompts: list[str] = []
+
+    def routes(self) -> dict[str, Any]:
+        return {"GET /v1/models": answer({"data": [{"id": "toy.gguf", "owned_by": "me"}]}),
+                "POST /extras/tokenize": self.tokenize, "POST /extras/detokenize": self.detokenize,
+                "POST /v1/completions": self.complete}
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        return web.json_response({"tokens": toy_tokens((await request.json())["input"])})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        ids = (await request.json())["tokens"]
+        return web.json_response({"text": toy_text(ids)})
+
+    async def complete(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not isinstance(body["prompt"], str):
+            return web.json_response({"error": {"message": "Input should be a valid string"}}, status=500)
+        self.prompts.append(body["prompt"])
+        pieces, eos = self.script.pop(0) if self.script else (["a"], False)
+        whole, stops = "".join(pieces), body.get("stop") or []
+        present = [s for s in stops if s in whole]
+        text = whole[: whole.index(present[0])] if present else whole
+        finish = "stop" if present or eos else "length"
+        logprobs = None
+        if body.get("logprobs") is not None:
+            logprobs = {"tokens": pieces, "token_logprobs": [-0.5] * len(pieces),
+                        "top_logprobs": [{p: -0.5} for p in pieces], "text_offset": [0] * len(pieces)}
+        choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
+        usage = {"prompt_tokens": len(toy_tokens(body["prompt"])), "completion_tokens": len(pieces)}
+        return web.json_response({"choices": [choice], "usage": usage})
+
+
+async def test_a_text_only_server_gets_checked_text_and_stops_are_recovered() -> None:
+    fake = FakeLlama()
+    async with serve(fake.routes()) as url, OpenAIBackend(url) as backend:
+        p = backend.profile
+        assert (p.kind, p.prompt_ids, p.token_ids, p.stop_field, p.forks) == (
+            "llama-cpp-python", False, False, None, "serial")
+        ids = await backend.tokenize("Step 1 is")
+        fake.script = [(["Step", " 2", ".", "\n\n"], False),  # the step string ends it
+                       (["Step", " 2", "."], True),  # end-of-sequence: nothing was cut
+                       (["a", " 2", "."], False),  # the second stop string
+                       (["ab", " 1"], False)]
+        step = await backend.generate(req(ids, stop=("\n\n",)))
+        assert (step.finish, step.matched, step.text) == ("stop", "\n\n", "Step 2.\n\n")
+        assert step.completion_tokens == 4 and step.output_ids == toy_tokens("Step 2.\n\n")
+        eos = await backend.generate(req([*ids, *step.output_ids], stop=("\n\n",)))
+        assert (eos.finish, eos.matched, eos.text) == ("eos", None, "Step 2.")
+        assert fake.prompts[-1] == "Step 1 isStep 2.\n\n"  # the text of exactly those ids
+        second = await backend.generate(req(ids, stop=("\n\n", " 2.")))
+        assert (second.finish, second.matched, second.text) == ("stop", " 2.", "a 2.")
+        plain = await backend.generate(req(ids, 2))
+        assert (plain.finish, plain.text) == ("length", "ab 1")
+
+
+async def test_a_generation_merged_with_the_prompt_cannot_be_continued_exactly() -> None:
+    fake = FakeLlama()
+    async with serve(fake.routes()) as url, OpenAIBackend(url) as backend:
+        ids = await backend.tokenize("a\n")
+        fake.script = [(["\n", "b"], False)]  # "a\n" + "\nb" tokenizes as "a", "\n\n", "b"
+        merged = await backend.generate(req(ids, 2))
+        assert merged.output_ids == toy_tokens("\nb")  # the text's own ids
+        with pytest.raises(BackendError, match="cannot be continued from its exact tokens") as caught:
+            await backend.generate(req([*ids, *merged.output_ids], 2))
+        assert "takes prompts as text only" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("pieces", "text", "stops", "whole", "matched"), [
+    (["a", "b"], "ab", ("x",), "ab", None),
+    (["a", "\n\n", "b"], "a", ("\n\n",), "a\n\nb", "\n\n"),
+    (["a", ".\n", "\n"], "a.", ("\n\n", "."), "a.\n\n", "\n\n"),  # the first stop in list order
+])  # fmt: skip
+def test_recover_stop_rebuilds_the_text_and_names_the_stop(
+    pieces: list[str], text: str, stops: tuple[str, ...], whole: str, matched: str | None
+) -> None:
+    assert recover_stop("u", text, pieces, stops) == (whole, matched)
+
+
+@pytest.mark.parametrize(("pieces", "text"), [(["a"], "b"), (["a", "zz"], "a")])
+def test_recover_stop_refuses_pieces_that_do_not_fit(pieces: list[str], text: str) -> None:
+    with pytest.raises(ProtocolViolation):
+        recover_stop("u", text, pieces, ("\n",))
+
+
+# --- streams --------------------------------------------------------------------------------------
+
+
+class ScriptedStreams(FakeVLLM):
+    """The fake vLLM, except that a streamed completion answers the events in ``events``."""
+
+    def __init__(self, sim_url: str) -> None:
+        super().__init__(sim_url)
+        self.events: list[Any] = []
+
+    async def complete(self, request: web.Request) -> web.StreamResponse:
+        if not (await request.json()).get("stream"):
+            return await super().complete(request)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in self.events:
+            data = event if isinstance(event, str) else json.dumps(event)
+            await resp.write(f"data: {data}\n\n".encode())
+        return resp
+
+
+async def test_stream_error_events_and_early_ends() -> None:
+    async with sim() as (sim_url, _):
+        fake = ScriptedStreams(sim_url)
+        async with serve(fake.routes()) as url, OpenAIBackend(url) as backend:
+            ids = await backend.tokenize(PROMPT)
+            chunk = {"choices": [{"index": 0, "text": "x", "token_ids": [5]}]}
+            fake.events = [chunk, "[DONE]"]
+            with pytest.raises(TransientBackendError, match="before the generation finished"):
+                await backend.generate(req(ids, stream=True))
+            fake.events = [chunk, {"error": {"message": "boom", "code": 400}}, "[DONE]"]
+            with pytest.raises(BackendError, match="failed POST /v1/completions: boom"):
+                await backend.generate(req(ids, stream=True))
+            fake.events = [chunk, {"error": {"message": "busy", "code": 503}}, "[DONE]"]
+            with pytest.raises(TransientBackendError, match="failed the request: busy"):
+                await backend.generate(req(ids, stream=True))
