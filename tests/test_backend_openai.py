@@ -599,3 +599,41 @@ async def test_stream_error_events_and_early_ends() -> None:
             fake.events = [chunk, {"error": {"message": "busy", "code": 503}}, "[DONE]"]
             with pytest.raises(TransientBackendError, match="failed the request: busy"):
                 await backend.generate(req(ids, stream=True))
+
+
+class FakeRouter(FakeLlama):
+    """sglang-router's /v1 as it behaves here (text prompts only, no tokenize route), answering
+    the generated ``token_ids`` and the ``prompt_token_ids`` it tokenized, and naming the stop."""
+
+    def routes(self) -> dict[str, Any]:
+        return {"GET /v1/models": answer({"data": [{"id": "toy", "owned_by": "local"}]}),
+                "POST /v1/completions": self.complete}
+
+    async def complete(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not isinstance(body["prompt"], str):
+            return web.json_response({"error": "prompt: data did not match"}, status=422)
+        self.prompts.append(body["prompt"])
+        pieces, _ = self.script.pop(0) if self.script else (["a"], False)
+        ids = [toy_tokens(p)[0] for p in pieces]  # the model's own tokens, one per piece
+        choice = {"index": 0, "text": "".join(pieces), "finish_reason": "length",
+                  "matched_stop": None, "token_ids": ids,
+                  "prompt_token_ids": toy_tokens(body["prompt"])}
+        usage = {"prompt_tokens": len(choice["prompt_token_ids"]), "completion_tokens": len(ids)}
+        return web.json_response({"choices": [choice], "usage": usage})
+
+
+async def test_a_text_prompt_tokenized_otherwise_is_refused_from_the_answer() -> None:
+    fake = FakeRouter()
+    async with serve(fake.routes()) as url, OpenAIBackend(url) as backend:
+        p = backend.profile
+        assert (p.kind, p.prompt_ids, p.token_ids, p.tokenize) == ("sglang-router", False, True, None)
+        ids = await backend.tokenize("a\n")  # from a completion's prompt_token_ids
+        assert ids == toy_tokens("a\n")
+        fake.script = [(["\n", "b"], False), (["a"], False)]
+        first = await backend.generate(req(ids, 2))
+        assert first.output_ids == [TOY_VOCAB.index("\n"), TOY_VOCAB.index("b")]
+        sent = len(fake.prompts)
+        with pytest.raises(BackendError, match="cannot be continued from its exact tokens"):
+            await backend.generate(req([*ids, *first.output_ids], 2))
+        assert fake.prompts[sent:] == ["a\n\nb"]  # one request, checked from its answer

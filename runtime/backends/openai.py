@@ -12,9 +12,10 @@ llama-cpp-python's server (raw prompts and exact continuations: never the chat A
   tried and how to fix it (`BackendUnavailable`).
 * exact continuations: a request continues its exact ``input_ids``.  A server that takes
   token-id prompts gets them.  One that takes text only (llama-cpp-python's server,
-  sglang-router) gets the text of the ids, and only after the backend has made sure the server
-  tokenizes that text back to exactly those ids; when it would not (a generation that merged
-  with the prompt's last token, or ids a server generated that its tokenizer would spell
+  sglang-router) gets the text of the ids, checked to tokenize back to exactly those ids: with
+  its tokenize route before sending, or, on a server without one that reports the prompt's ids
+  in every answer (sglang-router), from that answer.  When it would not (a generation that
+  merged with the prompt's last token, or ids a server generated that its tokenizer would spell
   differently) the request is refused with `BackendError` instead of silently re-tokenising.
   Generated ids come from ``token_ids``; on a server without them, they are the server's own
   tokenization of the generated text (so a continuation is what the server will see).
@@ -266,22 +267,24 @@ class OpenAIBackend:
 
     async def _prompt(self, server: Profile, ids: Sequence[int]) -> list[int] | str:
         """What to send as the prompt for exactly ``ids``: the ids themselves, or on a text-only
-        server a text it tokenizes back to exactly ``ids`` (else the request is refused)."""
+        server a text it tokenizes back to exactly ``ids`` (else the request is refused).  A
+        server without a tokenize route that reports ``prompt_token_ids`` (sglang-router) is
+        checked when it answers (`_check_prompt`): asking it first would cost a completion."""
         key = tuple(ids)
         if server.prompt_ids:
             return list(key)
         text = self._texts.get(key)
         if text is None:
             text = await self._detokenize_route(key)
-        if text is not None and tuple(await self.tokenize(text)) == key:
+        if text is not None and (server.tokenize is None
+                                 or tuple(await self.tokenize(text)) == key):
             return text
-        raise BackendError(
-            f"the server at {server.url} ({server.kind}) takes prompts as text only, and no text "
-            f"it would tokenize back to these {len(key)} tokens is known (a generation that "
-            "merged with the prompt's last token, or tokens it would spell differently), so "
-            "this branch cannot be continued from its exact tokens there; use a server that "
-            "takes token-id prompts (vLLM, SGLang) or --backend sglang / local"
-        )
+        raise _not_exact(server, len(key))
+
+    def _check_prompt(self, server: Profile, input_ids: Sequence[int], fold: ChoiceFold) -> None:
+        """A text prompt the server tokenized into other ids than the branch's: refused."""
+        if fold.prompt_ids is not None and fold.prompt_ids != list(input_ids):
+            raise _not_exact(server, len(input_ids))
 
     async def _generated_ids(self, server: Profile, prompt: list[int] | str, input_ids: Sequence[int],
                              text: str) -> list[int]:
@@ -461,6 +464,8 @@ class OpenAIBackend:
 
     async def _result(self, server: Profile, request: GenRequest, prompt: list[int] | str,
                       fold: ChoiceFold, usage: Usage | None, n: int, first: bool) -> GenResult:
+        if isinstance(prompt, str):
+            self._check_prompt(server, request.input_ids, fold)
         limit = request.sampling.max_new_tokens
         finish, matched, text = fold.finish_kind(server.url, request.sampling.stop, server.stop_field)
         if server.token_ids:
@@ -558,6 +563,16 @@ class OpenAIBackend:
             raise ProtocolViolation(
                 f"the server at {server.url} answered {what} with an unexpected body: {exc}"
             ) from None
+
+
+def _not_exact(server: Profile, n: int) -> BackendError:
+    return BackendError(
+        f"the server at {server.url} ({server.kind}) takes prompts as text only, and no text it "
+        f"would tokenize back to these {n} tokens is known (a generation that merged with the "
+        "prompt's last token, or tokens it would spell differently), so this branch cannot be "
+        "continued from its exact tokens there; use a server that takes token-id prompts "
+        "(vLLM, SGLang) or --backend sglang / local"
+    )
 
 
 def _decode(url: str, data: bytes) -> Completion:
