@@ -550,6 +550,7 @@ async def test_a_generation_merged_with_the_prompt_cannot_be_continued_exactly()
     (["a", "b"], "ab", ("x",), "ab", None),
     (["a", "\n\n", "b"], "a", ("\n\n",), "a\n\nb", "\n\n"),
     (["a", ".\n", "\n"], "a.", ("\n\n", "."), "a.\n\n", "\n\n"),  # the first stop in list order
+    (["1", "", "=", "\n\n"], "1∑=", ("\n\n",), "1∑=\n\n", "\n\n"),  # "∑" split over two tokens
 ])  # fmt: skip
 def test_recover_stop_rebuilds_the_text_and_names_the_stop(
     pieces: list[str], text: str, stops: tuple[str, ...], whole: str, matched: str | None

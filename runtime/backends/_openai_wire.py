@@ -194,13 +194,21 @@ def recover_stop(url: str, text: str, pieces: list[str], stops: tuple[str, ...]
     """The whole generated text and the stop string that ended it (None: end-of-sequence), for a
     server that cuts the stop string off and names neither (llama-cpp-python).  ``pieces`` are
     the texts of every generated token (its logprobs' ``tokens``); the server stops at the first
-    stop string *in list order* found in the text, and cuts the text where that string starts."""
-    whole = "".join(pieces)
-    if not whole.startswith(text):
-        raise ProtocolViolation(
-            f"the server at {url} sent token texts that do not add up to its text, so the stop "
-            "string that ended the generation cannot be told"
-        )
+    stop string *in list order* found in the text, and cuts the text where that string starts.
+    Each piece is decoded on its own, so a character split across tokens is missing from them
+    (llama-cpp-python drops its bytes): the pieces are aligned with the text by skipping such
+    characters, and what follows the text in them is what was cut off."""
+    joined = "".join(pieces)
+    k = 0
+    for char in text:
+        if k < len(joined) and joined[k] == char:
+            k += 1
+        elif ord(char) < 128:  # only a multi-byte character can be missing from the pieces
+            raise ProtocolViolation(
+                f"the server at {url} sent token texts that do not add up to its text, so the "
+                "stop string that ended the generation cannot be told"
+            )
+    whole = text + joined[k:]
     if len(whole) == len(text):
         return whole, None
     present = [s for s in stops if s in whole]
