@@ -94,6 +94,21 @@ async def test_start_up_learns_what_the_simulator_serves() -> None:
         assert not backend.batches
 
 
+async def test_the_fork_policy_can_be_chosen() -> None:
+    async with sim() as (url, engine), OpenAIBackend(url, forks="n") as backend:
+        assert backend.profile.forks == "n" and backend.batches
+        ids = await backend.tokenize(PROMPT)
+        before = engine.stats.requests
+        results = await backend.generate_batch([req(ids, seed=s) for s in range(4)])
+        # One n=4 request: the simulator (like SGLang) prefills its prompt once, then samples.
+        assert len(results) == 4 and engine.stats.requests - before == 1 + 4
+        assert results[0].prompt_tokens == len(ids) and results[3].prompt_tokens == 0
+    async with sim() as (url, engine), OpenAIBackend(url, forks="serial") as backend:
+        before = engine.stats.requests
+        assert (await backend.warm(await backend.tokenize(PROMPT))).prompt_tokens == 0
+        assert engine.stats.requests == before
+
+
 @pytest.mark.parametrize("shape", [
     {"stop": ("\n\n",)},
     {"stop": ("\n\n",), "stream": True},
@@ -280,6 +295,14 @@ def test_bad_options_are_usage_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     backend = make_backend(BackendOptions(backend="openai", url="x:1", api_key_env="TTC_TEST_KEY",
                                           model="m"))
     assert isinstance(backend, OpenAIBackend) and backend.info.model == "m"
+
+
+async def test_using_the_backend_outside_async_with_is_an_error() -> None:
+    backend = OpenAIBackend("http://127.0.0.1:1")
+    with pytest.raises(BackendError, match="outside `async with`"):
+        await backend.tokenize("a")
+    with pytest.raises(UsageError, match="forks must be warm, n or serial"):
+        OpenAIBackend("http://127.0.0.1:1", forks="all")
 
 
 def test_the_cli_reports_a_dead_server_in_one_line() -> None:

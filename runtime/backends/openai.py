@@ -22,7 +22,7 @@ llama-cpp-python's server (raw prompts and exact continuations: never the chat A
 * forks of one prompt (`Profile.forks`): SGLang and unknown servers get a one-token warm-up of
   the prefix, then one request per fork with its own seed (SGLang gives every sample of an
   ``n`` request the same seed); vLLM gets one ``n`` request per prefix (`generate_batch`; it
-  seeds sample i with seed + i and prefills the prompt once); llama-cpp-python's server, which
+  seeds sample i with seed + i, so the forks stay reproducible); llama-cpp-python's server, which
   runs one request at a time and keeps the last prompt's KV, gets one request per fork and no
   warm-up.  The OpenAI API has no prefill-only request (``max_tokens`` >= 1), so a warm-up
   generates one token; like tokenization it is not charged to any budget.
