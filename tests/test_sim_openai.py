@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ttcdsl.runtime.sim import SimEngine, load_task
+from ttcdsl.runtime.sim import SimConfig, SimEngine, load_task
 from ttcdsl.runtime.sim.server import running_server
 from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
 
@@ -109,6 +109,62 @@ async def test_token_id_prompts_and_refusals(server: Any) -> None:
     assert status == 400 and out["error"]["message"].startswith("prompt must be")
     status, out = await complete(server, {"prompt": "x", "logprobs": -1})
     assert status == 400 and "logprobs must be a non-negative integer" in out["error"]["message"]
+
+
+async def test_return_token_ids_gives_output_and_prompt_ids(server: Any) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 30, "seed": 4, "stop": [" of"], "no_stop_trim": True,
+            "return_token_ids": True}
+    status, out = await complete(server, body)
+    (choice,) = out["choices"]
+    assert status == 200 and list(choice)[-2:] == ["token_ids", "prompt_token_ids"]
+    assert choice["prompt_token_ids"] == tokenizer.encode(PROMPT)
+    assert tokenizer.decode(choice["token_ids"]) == choice["text"]  # stop tokens included
+    assert len(choice["token_ids"]) == out["usage"]["completion_tokens"]
+    _, plain = await complete(server, {**body, "return_token_ids": False})
+    assert "token_ids" not in plain["choices"][0] and "prompt_token_ids" not in plain["choices"][0]
+    status, text = await complete(server, {**body, "stream": True})
+    chunks = [json.loads(e[len("data: "):]) for e in text.strip().split("\n\n")[:-1]]
+    streamed = [c["choices"][0] for c in chunks]
+    assert streamed[0]["prompt_token_ids"] == choice["prompt_token_ids"]
+    assert all("prompt_token_ids" not in c for c in streamed[1:])
+    assert [t for c in streamed for t in c["token_ids"]] == choice["token_ids"]
+
+
+def _recorded(name: str) -> tuple[Any, Any]:
+    """(request body, response body) of a recording in tests/fixtures/sim/."""
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "sim"
+    body = (fixtures / f"{name}.req").read_text().partition("\n")[2]
+    payload = (fixtures / f"{name}.resp").read_bytes().decode().partition("\r\n\r\n")[2]
+    return json.loads(body), json.loads(payload)
+
+
+async def test_cache_report_counts_cached_prompt_tokens_like_sglang() -> None:
+    body, first = _recorded("63_run2_v1_completions_prefix_first")
+    _, second = _recorded("64_run2_v1_completions_prefix_second")
+    # SGLang with --enable-cache-report: 0 cached, then all but the last prompt token.
+    assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": 54}
+    assert second["usage"]["prompt_tokens"] == 55
+    engine = SimEngine(TASK, SimConfig(cache_report=True))
+    async with running_server(engine=engine) as url, aiohttp.ClientSession() as http:
+        outs = []
+        for _ in range(2):
+            async with http.post(url + "/v1/completions", json=body) as resp:
+                outs.append(await resp.json())
+        stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        async with http.post(url + "/v1/completions", json=stream) as resp:
+            usage = json.loads((await resp.text()).strip().split("\n\n")[-2][len("data: "):])
+    for ours, theirs in zip(outs, (first, second)):
+        assert list(ours["usage"]) == list(theirs["usage"])
+    n = outs[0]["usage"]["prompt_tokens"]
+    assert [o["usage"]["prompt_tokens_details"] for o in outs] == [
+        {"cached_tokens": 0}, {"cached_tokens": n - 1}
+    ]
+    assert list(usage["usage"]) == [
+        "prompt_tokens", "total_tokens", "completion_tokens", "prompt_tokens_details",
+        "reasoning_tokens",
+    ]  # fmt: skip
+    assert usage["usage"]["prompt_tokens_details"] == {"cached_tokens": n - 1}
 
 
 # ---------------------------------------------------------------- /v1/embeddings

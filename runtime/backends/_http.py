@@ -1,4 +1,4 @@
-"""HTTP helpers for the server backends: server-sent events and error bodies.
+"""HTTP helpers for the server backends (SGLang's native API and OpenAI-compatible servers).
 
 `iter_sse_data` turns a streamed response body into the payloads of its ``data:`` events, with no
 limit on line length (SGLang's cumulative chunks grow with the generation, and with logprobs they
@@ -11,17 +11,46 @@ error shapes SGLang and its router produce, which are not uniform:
 * ``{"detail": "Not Found"}``                   FastAPI (unknown path)
 * plain text or an empty body                   routers, proxies
 
-Nothing here knows SGLang's generate protocol; that is `ttcdsl.runtime.backends.sglang`.
+Also shared by both backends: which HTTP statuses are worth retrying (`TRANSIENT_STATUSES`),
+URL normalisation (`normalise_url`), request ids that never prefix one another (`new_rid`), a
+small LRU map for tokenizer answers (`LRU`), the wording of lost connections and stalls
+(`connection_error`, `stall_error`), and the repair of a text cut inside a stop token
+(`whole_stop_text`).
+
+Nothing here knows a generate protocol; that is `ttcdsl.runtime.backends.sglang` and
+`ttcdsl.runtime.backends.openai`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, Protocol, TypeVar
 
+import aiohttp
 import msgspec
 
-__all__ = ["ByteChunks", "error_message", "iter_sse_data", "one_line"]
+from ttcdsl.errors import TransientBackendError, UsageError
+from ttcdsl.runtime.backend import GenResult
+
+__all__ = [
+    "LRU",
+    "TRANSIENT_STATUSES",
+    "ByteChunks",
+    "connection_error",
+    "error_message",
+    "iter_sse_data",
+    "new_rid",
+    "normalise_url",
+    "one_line",
+    "stall_error",
+    "whole_stop_text",
+]
+
+# HTTP statuses worth retrying: rate limited, bad gateway, unavailable (starting, overloaded),
+# gateway timeout.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 # Longest message we put into an exception: enough for any real error, short enough for one line.
 _MAX_MESSAGE = 400
@@ -100,3 +129,81 @@ def _message_of(value: Any) -> str:
         return "; ".join(_message_of(item.get("msg", item)) if isinstance(item, dict)
                          else _message_of(item) for item in value)
     return msgspec.json.encode(value).decode()
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class LRU(Generic[_K, _V]):
+    """A small least-recently-used map (tokenize/detokenize results)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[_K, _V] = OrderedDict()
+
+    def get(self, key: _K) -> _V | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: _K, value: _V) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        if len(self._data) > self._size:
+            self._data.popitem(last=False)
+
+
+def normalise_url(url: str, flag: str) -> str:
+    """``url`` without trailing slashes, ``http://`` added when no scheme is given; a
+    `UsageError` naming ``flag`` when it is not an http(s) URL."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    if not url.startswith(("http://", "https://")) or url in ("http://", "https://"):
+        raise UsageError(f"{flag} must be an http:// or https:// URL, got {url!r}")
+    return url
+
+
+def new_rid(prefix: str) -> str:
+    """A request id unique per attempt (a retried request must not collide with a leftover of
+    its first attempt), of fixed-length suffix so no rid is a prefix of another (SGLang aborts
+    every rid that *starts with* the aborted one)."""
+    suffix = uuid.uuid4().hex
+    return f"{prefix}-{suffix}" if prefix else suffix
+
+
+def connection_error(server: str, url: str, what: str, exc: BaseException) -> TransientBackendError:
+    """A lost connection to ``server`` (its name, e.g. "SGLang") at ``url`` during ``what``."""
+    reason = one_line(str(exc) or type(exc).__name__, 200)
+    return TransientBackendError(f"lost the connection to {server} at {url} during {what}: {reason}")
+
+
+def stall_error(server: str, url: str, what: str, timeout: aiohttp.ClientTimeout) -> TransientBackendError:
+    """``server`` at ``url`` fell silent for longer than ``timeout`` allows during ``what``."""
+    return TransientBackendError(
+        f"{server} at {url} did not answer {what} in time (connect {timeout.connect:g} s, "
+        f"silence {timeout.sock_read:g} s)"
+    )
+
+
+async def whole_stop_text(
+    result: GenResult, detokenize: Callable[[tuple[int, ...]], Awaitable[str | None]]
+) -> GenResult:
+    """Servers that keep a matched stop string in the text (SGLang's ``no_stop_trim``, vLLM's
+    ``include_stop_str_in_output``) cut the text right after it, even inside a token, while the
+    output ids keep the whole token.  Repair the text so a branch's text and ids stay in step:
+    when the text ends with the last token's own text nothing was cut (the usual case, and a
+    cached ``detokenize`` makes it free); otherwise the text is that of all the ids.
+    ``detokenize`` is the server's detokenize route (None when it has none: then nothing
+    changes)."""
+    if result.finish != "stop" or not isinstance(result.matched, str) or not result.output_ids:
+        return result
+    piece = await detokenize((result.output_ids[-1],))
+    if piece is None or (piece and "\ufffd" not in piece and result.text.endswith(piece)):
+        return result
+    whole = await detokenize(tuple(result.output_ids))
+    if whole is not None and whole.startswith(result.text) and len(whole) > len(result.text):
+        result.text = whole
+    return result

@@ -1,11 +1,14 @@
 """Build a backend from command-line style options, importing only the one asked for.
 
 Defaults: `--backend local` when no `--url` is given, `sglang` when one is, `sim` when only
-`--sim-task` is given.
+`--sim-task` is given.  ``model`` is a GGUF path for `local` and a model name for `openai`;
+``api_key_env`` names the environment variable holding the `openai` server's API key (read
+here, so a missing variable is a usage error before anything starts).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ttcdsl.errors import UsageError
@@ -24,6 +27,7 @@ class BackendOptions:
     sim_task: str | None = None
     model: str | None = None
     router: bool | None = None
+    api_key_env: str | None = None
     timeout_s: float = 300.0
 
     def resolved(self) -> str:
@@ -40,6 +44,8 @@ def make_backend(opts: BackendOptions) -> Backend:
     kind = opts.resolved()
     if kind not in BACKENDS:
         raise UsageError(f"unknown backend {kind!r}; expected one of {', '.join(BACKENDS)}")
+    if opts.api_key_env is not None and kind != "openai":
+        raise UsageError("--api-key-env is for --backend openai")
     if kind == "sim":
         if opts.sim_task is None:
             raise UsageError("--backend sim needs --sim-task FILE (a task file: see data/tasks/)")
@@ -56,13 +62,31 @@ def make_backend(opts: BackendOptions) -> Backend:
 
         return SGLangBackend(opts.url, reward_url=opts.reward_url, router=opts.router, timeout=opts.timeout_s)
     if kind == "openai":
-        raise UsageError(
-            "the openai backend is not available: OpenAI-style completions return no token ids, "
-            "so continuations could not be sent as exact tokens; use --backend sglang (SGLang's "
-            "native API) or --backend local"
-        )
+        return _openai(opts)
     if opts.url is not None:
         raise UsageError("--url is for --backend sglang; the local backend runs the model in-process")
     from ttcdsl.runtime.backends.local import LocalBackend
 
     return LocalBackend(opts.model)
+
+
+def _openai(opts: BackendOptions) -> Backend:
+    if opts.url is None:
+        raise UsageError(
+            "--backend openai needs --url URL of a server with /v1/completions (vLLM, SGLang, "
+            "sglang-router, llama-cpp-python's server: see the README)"
+        )
+    if opts.router:
+        raise UsageError("--router is for --backend sglang; the openai backend detects a router")
+    key = None
+    if opts.api_key_env is not None:
+        key = os.environ.get(opts.api_key_env)
+        if not key:
+            raise UsageError(
+                f"--api-key-env {opts.api_key_env}: that environment variable is not set "
+                "(it should hold the server's API key)"
+            )
+    from ttcdsl.runtime.backends.openai import OpenAIBackend
+
+    return OpenAIBackend(opts.url, model=opts.model, api_key=key, reward_url=opts.reward_url,
+                         timeout=opts.timeout_s)

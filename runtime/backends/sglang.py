@@ -32,10 +32,8 @@ recordings in tests/fixtures/sglang/ and checked against the engine by tests/sgl
 
 from __future__ import annotations
 
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 import aiohttp
 import anyio
@@ -56,13 +54,20 @@ from ttcdsl.runtime.backend import (
     WarmResult,
     first_failure,
 )
-from ttcdsl.runtime.backends._http import error_message, iter_sse_data, one_line
+from ttcdsl.runtime.backends._http import (
+    LRU,
+    TRANSIENT_STATUSES,
+    connection_error,
+    error_message,
+    iter_sse_data,
+    new_rid,
+    normalise_url,
+    one_line,
+    stall_error,
+    whole_stop_text,
+)
 
 __all__ = ["SGLangBackend"]
-
-# HTTP statuses worth retrying: rate limited, bad gateway, unavailable (starting, overloaded),
-# gateway timeout.
-TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 _HOW_TO_START = (
     "start one with `ttc serve --model PATH` (a real SGLang) or `ttc sim serve --task FILE` "
@@ -143,28 +148,6 @@ _LOGPROB_DEFAULTS: dict[str, Any] = {
     "return_logprob": False, "logprob_start_len": -1, "top_logprobs_num": 0,
 }
 _info_decoder = msgspec.json.Decoder(_ModelInfo)
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-class _LRU(Generic[_K, _V]):
-    """A small least-recently-used map (tokenize/detokenize results)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[_K, _V] = OrderedDict()
-
-    def get(self, key: _K) -> _V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: _K, value: _V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self._size:
-            self._data.popitem(last=False)
 
 
 class _Server(msgspec.Struct, frozen=True):
@@ -354,15 +337,6 @@ def _http_error(url: str, what: str, status: int, body: bytes, router: bool = Fa
     return BackendError(f"SGLang server at {url} rejected {what} (HTTP {status}): {message}")
 
 
-def _normalise_url(url: str, flag: str) -> str:
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    if not url.startswith(("http://", "https://")) or url in ("http://", "https://"):
-        raise UsageError(f"{flag} must be an http:// or https:// URL, got {url!r}")
-    return url
-
-
 # --- the backend ----------------------------------------------------------------------------------
 
 
@@ -392,16 +366,16 @@ class SGLangBackend:
         ):
             if not value > 0:
                 raise UsageError(f"SGLangBackend {name} must be a positive number of seconds")
-        self._url = _normalise_url(url, "--url")
-        self._reward_url = _normalise_url(reward_url, "--reward-url") if reward_url else None
+        self._url = normalise_url(url, "--url")
+        self._reward_url = normalise_url(reward_url, "--reward-url") if reward_url else None
         self._router_choice = router
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
         self._abort_timeout = abort_timeout
         self._session: aiohttp.ClientSession | None = None
         self._server: _Server | None = None
         self._reward_server: _Server | None = None
-        self._tokens: _LRU[str, tuple[int, ...]] = _LRU(_CACHE_SIZE)
-        self._texts: _LRU[tuple[int, ...], str] = _LRU(_CACHE_SIZE)
+        self._tokens: LRU[str, tuple[int, ...]] = LRU(_CACHE_SIZE)
+        self._texts: LRU[tuple[int, ...], str] = LRU(_CACHE_SIZE)
         # Set once an endpoint turned out to be missing, so the fallback is used directly.
         self._no_tokenize_route = False
         self._no_detokenize_route = False
@@ -575,21 +549,10 @@ class SGLangBackend:
         return [await self._whole_text(r) for r in await self._run(server, payload, rids, readers)]
 
     async def _whole_text(self, result: GenResult) -> GenResult:
-        """SGLang cuts the text right after a matched stop string, even inside a token, while
-        output_ids keep the whole token.  Repair the text so a branch's text and ids stay in step:
-        when the text ends with the last token's own text nothing was cut (the usual case, and
-        the token's text is cached, so no round trip); otherwise the text is that of all the ids.
-        Only a real detokenize route is used (the generate-based fallback would cost a request a
+        """The text repaired after a stop string cut inside a token (`whole_stop_text`).  Only a
+        real detokenize route is used (the generate-based fallback would cost a request a
         step)."""
-        if result.finish != "stop" or not isinstance(result.matched, str) or not result.output_ids:
-            return result
-        piece = await self._detokenize_route((result.output_ids[-1],))
-        if piece is None or (piece and "\ufffd" not in piece and result.text.endswith(piece)):
-            return result
-        whole = await self._detokenize_route(tuple(result.output_ids))
-        if whole is not None and whole.startswith(result.text) and len(whole) > len(result.text):
-            result.text = whole
-        return result
+        return await whole_stop_text(result, self._detokenize_route)
 
     async def _run(
         self, server: _Server, payload: dict[str, Any], rids: list[str], readers: list[_Stream]
@@ -674,7 +637,7 @@ class SGLangBackend:
 
     async def warm(self, input_ids: Sequence[int]) -> WarmResult:
         server = self._active()
-        rid = _new_rid("warm")
+        rid = new_rid("warm")
         payload = {
             "input_ids": list(input_ids),
             "sampling_params": {"max_new_tokens": 0},
@@ -746,7 +709,7 @@ class SGLangBackend:
             "sampling_params": {"max_new_tokens": 0},
             "return_logprob": True,
             "logprob_start_len": 0,
-            "rid": _new_rid("tok"),
+            "rid": new_rid("tok"),
         }
         chunk = await self._post_json(server, "/generate", payload, _Chunk)
         assert chunk is not None
@@ -836,14 +799,6 @@ def _first(values: list[float] | None) -> float | None:
     return values[0] if values else None
 
 
-def _new_rid(prefix: str) -> str:
-    """A request id unique per attempt (a retried request must not collide with a leftover of
-    its first attempt), of fixed-length suffix so no rid is a prefix of another (SGLang aborts
-    every rid that *starts with* the aborted one)."""
-    suffix = uuid.uuid4().hex
-    return f"{prefix}-{suffix}" if prefix else suffix
-
-
 def _decode(url: str, data: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
     try:
         return decoder.decode(data)
@@ -869,7 +824,7 @@ def _payload(request: GenRequest) -> tuple[str, dict[str, Any]]:
         params["stop"] = list(sampling.stop)
     if sampling.seed is not None:
         params["sampling_seed"] = sampling.seed
-    rid = _new_rid(request.rid)
+    rid = new_rid(request.rid)
     payload: dict[str, Any] = {"input_ids": list(request.input_ids), "sampling_params": params, "rid": rid}
     if request.logprobs or request.top_logprobs:
         payload["return_logprob"] = True
@@ -886,12 +841,8 @@ def _reader(url: str, request: GenRequest) -> _Stream:
 
 
 def _connection_error(url: str, what: str, exc: BaseException) -> TransientBackendError:
-    reason = one_line(str(exc) or type(exc).__name__, 200)
-    return TransientBackendError(f"lost the connection to SGLang at {url} during {what}: {reason}")
+    return connection_error("SGLang", url, what, exc)
 
 
 def _stall_error(url: str, what: str, timeout: aiohttp.ClientTimeout) -> TransientBackendError:
-    return TransientBackendError(
-        f"SGLang at {url} did not answer {what} in time (connect {timeout.connect:g} s, "
-        f"silence {timeout.sock_read:g} s)"
-    )
+    return stall_error("SGLang", url, what, timeout)

@@ -125,7 +125,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How the simulator behaves besides its task.  ``radix_capacity``: tokens the prefix cache
     holds before LRU eviction; ``context_length``: longest input+output; ``seed``: seeds the
     choice of seeds for requests that carry none (None: fresh OS entropy); ``model``: the name
-    reported as the model path."""
+    reported as the model path; ``cache_report``: report cached prompt tokens in the OpenAI
+    routes' ``usage.prompt_tokens_details`` (SGLang's ``--enable-cache-report``)."""
 
     latency: Latency = Latency()
     faults: Faults = Faults()
@@ -133,6 +134,7 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
     context_length: int = 8192
     seed: int | None = None
     model: str = "ttc-sim"
+    cache_report: bool = False
 
     def __post_init__(self) -> None:
         if self.radix_capacity < 0:

@@ -5,8 +5,13 @@ Completions support: ``prompt`` (text, list of texts, token ids or lists of them
 (default 16), ``temperature``, ``top_p``, ``n``, ``stop``, ``seed``, ``logprobs`` (top-k
 alternatives per token), ``stream`` with ``stream_options.include_usage``, and SGLang's extras
 (``top_k``, ``min_p``, ``min_tokens``, ``ignore_eos``, ``no_stop_trim``, ``stop_token_ids``,
-``skip_special_tokens``, ``repetition_penalty``, ``rid``).  The ``model`` name is not checked
-(SGLang does not either).  ``echo`` is refused.  Chat completions are not simulated.
+``skip_special_tokens``, ``repetition_penalty``, ``rid``, ``return_token_ids``: each choice then
+carries its output ``token_ids`` (all of them, stop tokens included; a stream sends the new ones
+per chunk) and its ``prompt_token_ids`` (a stream: in the choice's first chunk)).  The ``model``
+name is not checked (SGLang does not either).  ``echo`` is refused.  Chat completions are not
+simulated.  ``usage.prompt_tokens_details`` is ``{"cached_tokens": N}`` when the engine's
+``cache_report`` is on (SGLang's ``--enable-cache-report``), else null (omitted in a stream's
+usage chunk); like ``prompt_tokens``, it counts each prompt once for ``n > 1``.
 
 Embeddings (`embedding_inputs`, `embeddings_json`): ``input`` as a text, a list of texts, token
 ids or a list of such lists; each "embedding" is the one-number reward score ``/classify`` gives
@@ -73,6 +78,8 @@ class CompletionCall:
     stream: bool
     include_usage: bool
     logprobs: int | None
+    return_token_ids: bool = False
+    cache_report: bool = False
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -111,7 +118,11 @@ def parse_completion(body: Any, engine: SimEngine) -> CompletionCall:
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     model = body["model"] if isinstance(body.get("model"), str) else engine.config.model
-    return CompletionCall(call, model, body.get("stream") is True, include_usage, logprobs)
+    return CompletionCall(
+        call, model, body.get("stream") is True, include_usage, logprobs,
+        return_token_ids=body.get("return_token_ids") is True,
+        cache_report=engine.config.cache_report,
+    )
 
 
 def _finish(out: EngineOutput) -> tuple[str | None, Any]:
@@ -146,9 +157,14 @@ def _usage(call: CompletionCall, outs: list[EngineOutput], *, full: bool) -> dic
         "total_tokens": prompt + completion,
         "completion_tokens": completion,
     }
+    details = None
+    if call.cache_report:
+        details = {"cached_tokens": sum(out.cached_tokens for out in outs[::n])}
     if full:
-        usage.update(prompt_tokens_details=None, reasoning_tokens=0, completion_tokens_details=None)
+        usage.update(prompt_tokens_details=details, reasoning_tokens=0, completion_tokens_details=None)
     else:
+        if details is not None:
+            usage["prompt_tokens_details"] = details
         usage["reasoning_tokens"] = 0
     return usage
 
@@ -157,15 +173,16 @@ def completion_json(call: CompletionCall, outs: list[EngineOutput]) -> dict[str,
     choices = []
     for index, (item, out) in enumerate(zip(call.generate.items, outs)):
         reason, matched = _finish(out)
-        choices.append(
-            {
-                "index": index,
-                "text": output_text(item, out, True),
-                "logprobs": _logprobs(item, out, 0, call.logprobs),
-                "finish_reason": reason,
-                "matched_stop": matched,
-            }
-        )
+        choice = {
+            "index": index,
+            "text": output_text(item, out, True),
+            "logprobs": _logprobs(item, out, 0, call.logprobs),
+            "finish_reason": reason,
+            "matched_stop": matched,
+        }
+        if call.return_token_ids:
+            choice.update(token_ids=list(out.output_ids), prompt_token_ids=list(item.req.input_ids))
+        choices.append(choice)
     end = max((out.completion_tokens for out in outs), default=0)
     return {
         "id": call.id,
@@ -188,6 +205,7 @@ class CompletionStream:
         self.call = call
         self._sent_text: dict[int, int] = {}
         self._sent_ids: dict[int, int] = {}
+        self._sent_prompt: set[int] = set()
 
     def chunk(self, index: int, item: Item, out: EngineOutput, final: bool) -> dict[str, Any]:
         text = output_text(item, out, final)
@@ -196,20 +214,24 @@ class CompletionStream:
         self._sent_text[index] = len(text)
         self._sent_ids[index] = len(out.output_ids)
         reason, matched = _finish(out) if final else (None, None)
+        choice = {
+            "index": index,
+            "text": text[done:],
+            "logprobs": _logprobs(item, out, start, self.call.logprobs),
+            "finish_reason": reason,
+            "matched_stop": matched,
+        }
+        if self.call.return_token_ids:
+            choice["token_ids"] = list(out.output_ids[start:])
+            if index not in self._sent_prompt:
+                self._sent_prompt.add(index)
+                choice["prompt_token_ids"] = list(item.req.input_ids)
         return {
             "id": self.call.id,
             "object": "text_completion",
             "created": self.call.created,
             "model": self.call.model,
-            "choices": [
-                {
-                    "index": index,
-                    "text": text[done:],
-                    "logprobs": _logprobs(item, out, start, self.call.logprobs),
-                    "finish_reason": reason,
-                    "matched_stop": matched,
-                }
-            ],
+            "choices": [choice],
             "usage": None,
         }
 

@@ -3,6 +3,7 @@
     add_run_options(parser)      --strategy --arg --seed --concurrency --budget --timeout
                                  --allow-verifier, and the backend group below  (run, bench)
     add_backend_options(parser)  --backend --url --reward-url --sim-task --model --router
+                                 --api-key-env
     add_items_option(parser)     --items: dataset items in flight                (run, bench)
     add_address_options(parser)  --host --port of a server to start              (serve, sim serve)
 
@@ -80,12 +81,17 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     """Which backend a strategy runs on, and where it is."""
     g = parser.add_argument_group("backend")
     g.add_argument("--backend", choices=BACKENDS, help="default: local, or sglang when --url is given")
-    g.add_argument("--url", help="SGLang server or sglang-router URL (e.g. http://127.0.0.1:30000)")
+    g.add_argument("--url", help="server URL: SGLang or sglang-router (--backend sglang), any "
+                   "OpenAI-compatible server (--backend openai), e.g. http://127.0.0.1:30000")
     g.add_argument("--reward-url", help="server with the reward model for `score ... with prm` (default: --url)")
     g.add_argument("--sim-task", metavar="FILE", help="task file for --backend sim")
-    g.add_argument("--model", metavar="PATH.gguf", help="GGUF model for --backend local (default: SmolLM2-135M)")
+    g.add_argument("--model", metavar="PATH.gguf|NAME",
+                   help="--backend local: a GGUF file (default: SmolLM2-135M); --backend openai: "
+                   "the model name to request (default: the server's only model)")
     g.add_argument("--router", action=argparse.BooleanOptionalAction, default=None,
                    help="treat --url as an sglang-router (default: detect)")
+    g.add_argument("--api-key-env", metavar="VAR",
+                   help="--backend openai: the environment variable holding the server's API key")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +125,7 @@ def add_address_options(parser: argparse.ArgumentParser, *, port: int = 30000) -
 def backend_options(args: argparse.Namespace) -> BackendOptions:
     return BackendOptions(
         backend=args.backend, url=args.url, reward_url=args.reward_url, sim_task=args.sim_task,
-        model=args.model, router=args.router,
+        model=args.model, router=args.router, api_key_env=args.api_key_env,
     )
 
 

@@ -56,6 +56,10 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument("--seed", type=int, help="seed for choosing the seeds of unseeded requests")
     serve.add_argument("--model", help="model name to report (default ttc-sim)")
+    serve.add_argument(
+        "--enable-cache-report", action="store_true",
+        help="report cached prompt tokens in /v1 usage (as SGLang's flag of that name)",
+    )
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate task files")
@@ -148,6 +152,8 @@ def _serve_sim(args: argparse.Namespace) -> int:
         options["seed"] = args.seed
     if args.model:
         options["model"] = args.model
+    if args.enable_cache_report:
+        options["cache_report"] = True
     config = SimConfig(**options)
     console = Console(stderr=True, highlight=False)
     what = (
