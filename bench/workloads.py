@@ -134,8 +134,9 @@ def _template(strategy: P.StrategyPlan, nodes: dict[int, P.Node], ref: P.Ref) ->
 
 
 def _settings(nodes: dict[int, P.Node], s: P.Settings) -> dict[str, Any]:
+    temperature = _const(nodes, s.temperature)
     return {"max_tokens": _const(nodes, s.max_tokens) or 128,
-            "temperature": float(_const(nodes, s.temperature) or 1.0),
+            "temperature": 1.0 if temperature is None else float(temperature),
             "step": _const(nodes, s.step)}
 
 
