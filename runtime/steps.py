@@ -299,6 +299,7 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
         results = await ev.generate(n, frame.chain, requests, reservations)
         for (branch, _, tokens, _), result in zip(work, results):
             sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+        _note_finished(state, n, forks)
         return
 
     def finished(i: int, result: GenResult) -> bool:
@@ -312,6 +313,16 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
     for (branch, *_), was_sent in zip(work, sent):
         if branch not in anytime.votes and not branch.finished:
             branch.finished, branch.finish_reason = True, "abort" if was_sent else "budget"
+    _note_finished(state, n, forks)
+
+
+def _note_finished(state: RunState, n: P.Sample | P.Expand, forks: list[tuple[Branch, int]]) -> None:
+    """Trace which branches this step finished, and why (the others stay open)."""
+    if state.client.tracing:
+        done = [b for b, _ in forks if b.finished]
+        if done:
+            state.client.note("finish", n.id, branches=[b.id for b in done],
+                              values=[b.finish_reason for b in done])
 
 
 # ---- score and its scorers ----

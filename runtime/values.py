@@ -125,7 +125,8 @@ class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     Requests (`REQUEST_KINDS`) carry times, tokens and text; a generation that grows a branch
     also names the branch, the branch it continues and the index of the step it writes.
     Decisions are the search tree's other facts, stamped with the time they were made: ``plan``
-    (first record of a run: ``labels``, node id -> step keyword, line and source), ``score``
+    (first record of a run: ``labels``, node id -> step keyword, line and source), ``finish``
+    (the ``branches`` a sample or expand finished and their finish reasons in ``values``), ``score``
     (``branches`` and their ``scores``), ``prune`` (``branches`` in, ``kept``), ``resample``
     (``branches`` in, the copies ``kept``, and the branch each copies in ``sources``), ``vote`` (``branches`` that could vote, their
     extracted ``values``, the ``voters`` counted for the ``answer``) and ``result`` (the

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ttcdsl.cli import main
 from ttcdsl.commands.trace import node_labels
 from ttcdsl.errors import UsageError
-from ttcdsl.runtime.values import TraceRecord
+from ttcdsl.runtime.values import REQUEST_KINDS, TraceRecord
 from ttcdsl.traceview import (
     MIN_SPAN,
     Trace,
@@ -47,6 +47,12 @@ def beam_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _rec(node: int, start: float, end: float, **kw: object) -> TraceRecord:
     return TraceRecord(kind=str(kw.pop("kind", "generate")), node=node, t_start=start, t_end=end, **kw)  # type: ignore[arg-type]
+
+
+def _requests(path: Path) -> list[dict[str, object]]:
+    """The request records of a trace file (its other lines are the run's decisions)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r["kind"] in REQUEST_KINDS]
 
 
 def _write(path: Path, records: list[TraceRecord]) -> Path:
@@ -162,7 +168,7 @@ def test_lanes_never_overlap_and_match_peak_concurrency(spans: list[tuple[float,
 def test_show_prints_node_kind_and_slowest_tables(beam_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trace", "show", str(beam_trace), "--program", BEAM, "--top", "3"]) == 0
     out = capsys.readouterr().out
-    records = [json.loads(line) for line in beam_trace.read_text().splitlines()]
+    records = _requests(beam_trace)
     assert f"{len(records)} requests in 1 run" in out
     for title in ("per node", "per kind", "slowest 3 requests"):
         assert title in out
@@ -226,9 +232,10 @@ def test_html_is_self_contained_with_one_rect_per_request(beam_trace: Path, tmp_
     text = out.read_text()
     page = _Page()
     page.feed(text)
-    records = [json.loads(line) for line in beam_trace.read_text().splitlines()]
+    records = _requests(beam_trace)
     assert page.rects == len(records)
-    assert page.tags.count("svg") == 1 and page.tags.count("table") == 3
+    # The timeline, and the search tree on the first tab.
+    assert page.tags.count("svg") == 2 and page.tags.count("table") == 3
     # No external assets and no scripts: nothing to fetch.
     assert "script" not in page.tags and "link" not in page.tags and "img" not in page.tags
     assert not any(k in ("src", "href") for a in page.attrs for k in a)
