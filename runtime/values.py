@@ -14,10 +14,10 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "REQUEST_KINDS",
     "Answer",
     "Branch",
     "Branches",
-    "REQUEST_KINDS",
     "FinishReason",
     "NodeLabel",
     "NodeUsage",

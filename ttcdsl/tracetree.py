@@ -15,7 +15,8 @@ Promises:
 * `render_tree` draws one SVG, left to right (a column per depth, a row per leaf, a parent
   centred on its children): one ``<g class="branch">`` per node and no other, holding a circle
   (a diamond when the branch finished with stop/EOS) filled by score, marks for pruned,
-  dropped, resampled (``×k``), voted and returned branches, and a ``<title>`` hover with the
+  dropped, resampled (``×k``), voted and returned (when the strategy returns branches, not an
+  answer) branches, and a ``<title>`` hover with the
   branch's lineage, scores, decisions, finish and text.  It draws no ``<rect>`` (those are the
   timeline's).  Model text is escaped, never interpreted.
 """
@@ -53,6 +54,7 @@ class TreeNode:
     resampled_by: int | None = None
     value: str | None = None
     vote: str | None = None  # counted | other | uncounted | abstained
+    votes: int = 0  # votes it cast (resampled copies of one branch each vote)
     returned: bool = False
     done: str | None = None  # why the branch finished (None: it stayed open)
     children: list[str] = field(default_factory=list)
@@ -143,10 +145,10 @@ def _decorate(tree: Tree, r: TraceRecord, canon: Callable[[str], str]) -> None:
             if bid in nodes:
                 nodes[bid].done = reason or "stop"
     elif r.kind == "score" and r.scores is not None:
-        for bid, value in zip(ids, r.scores):
+        for bid, score in zip(ids, r.scores):
             if bid in nodes:
-                nodes[bid].score = value
-                nodes[bid].scores.append((r.node, value))
+                nodes[bid].score = score
+                nodes[bid].scores.append((r.node, score))
     elif r.kind in ("prune", "resample"):
         kept = [canon(b) for b in r.kept or []]
         for bid in ids:
@@ -164,18 +166,19 @@ def _decorate(tree: Tree, r: TraceRecord, canon: Callable[[str], str]) -> None:
     elif r.kind == "vote":
         tree.answer = r.answer
         voters = {canon(b) for b in r.voters or []}
+        for n in nodes.values():
+            n.votes = 0
         for bid, value in zip(ids, r.values or [None] * len(ids)):
             if bid in nodes:
                 n = nodes[bid]
-                n.value = value
+                n.value, n.votes = value, n.votes + 1
                 n.vote = ("counted" if bid in voters else "abstained" if value is None
                           else "other" if value != r.answer else "uncounted")
-    elif r.kind == "result":
+    elif r.kind == "result" and r.answer is None:
+        # Branches returned (an answer's supporters already carry their vote marks).
         for bid in ids:
             if bid in nodes:
                 nodes[bid].returned = True
-        if r.answer is not None and tree.answer is None and r.branches:
-            tree.answer = r.answer
 
 
 def _link(tree: Tree) -> None:
@@ -307,6 +310,8 @@ def hover(tree: Tree, n: TreeNode, labels: Mapping[int, str]) -> str:
                      else f"resampled by {lab(n.resampled_by)}: {n.copies} cop{'y' if n.copies == 1 else 'ies'}")
     if n.vote is not None:
         said = "abstained (nothing to extract)" if n.vote == "abstained" else f"said {n.value!r}"
+        if n.votes > 1:
+            said += f" ({n.votes} votes: one per copy)"
         counted = {"counted": f", counted for the answer {tree.answer!r}", "other": ", outvoted",
                    "uncounted": ", not counted", "abstained": ""}[n.vote]
         lines.append(f"vote: {said}{counted}")
@@ -361,17 +366,17 @@ def render_tree(tree: Tree, labels: Mapping[int, str], aria: str = "search tree"
     parts.append(f'<circle class="prompt" cx="{LEFT:.1f}" cy="{root_y:.1f}" r="7"><title>the prompt</title></circle>')
     parts.append(f'<text x="{LEFT - 10}" y="{root_y + 4:.1f}" text-anchor="end">prompt</text>')
     for row in depth_summary(tree):
-        x = LEFT + row.depth * COL_W
-        parts.append(f'<text class="head" x="{x}" y="14" text-anchor="middle">depth {row.depth}</text>')
+        col = LEFT + row.depth * COL_W
+        parts.append(f'<text class="head" x="{col}" y="14" text-anchor="middle">depth {row.depth}</text>')
         cut = row.pruned + row.dropped
-        parts.append(f'<text x="{x}" y="28" text-anchor="middle">{row.made} made'
+        parts.append(f'<text x="{col}" y="28" text-anchor="middle">{row.made} made'
                      + (f" · {cut} cut" if cut else "") + "</text>")
     for bid, (x, y) in pos.items():
         n = tree.nodes[bid]
         px, py = pos[n.parent] if n.parent is not None else (LEFT, root_y)
         mid = (px + x) / 2
-        cls = "edge cut" if n.pruned_by is not None or n.copies == 0 else "edge"
-        parts.append(f'<path class="{cls}" d="M{px:.1f},{py:.1f} C{mid:.1f},{py:.1f} {mid:.1f},{y:.1f} {x:.1f},{y:.1f}"/>')
+        edge = "edge cut" if n.pruned_by is not None or n.copies == 0 else "edge"
+        parts.append(f'<path class="{edge}" d="M{px:.1f},{py:.1f} C{mid:.1f},{py:.1f} {mid:.1f},{y:.1f} {x:.1f},{y:.1f}"/>')
     for bid, (x, y) in pos.items():
         n = tree.nodes[bid]
         cls = ["branch"] + [c for c, on in (("pruned", n.pruned_by is not None), ("dropped", n.copies == 0),
@@ -380,7 +385,8 @@ def render_tree(tree: Tree, labels: Mapping[int, str], aria: str = "search tree"
         if n.vote is not None:
             cls.append(f"vote-{n.vote}")
         fill = score_color(n.score, low, high)
-        parts.append(f'<g class="{" ".join(cls)}" data-branch="{html.escape(bid)}" data-depth="{n.depth}">'
+        votes = f' data-votes="{n.votes}"' if n.vote is not None else ""
+        parts.append(f'<g class="{" ".join(cls)}" data-branch="{html.escape(bid)}" data-depth="{n.depth}"{votes}>'
                      f"<title>{html.escape(hover(tree, n, labels))}</title>"
                      + _shape(n, x, y, fill) + "".join(_marks(n, x, y)) + "</g>")
     parts.append("</svg>")
