@@ -36,7 +36,7 @@ from rich.table import Table
 
 from ttcdsl.errors import UsageError
 from ttcdsl.runtime.values import REQUEST_KINDS, NodeLabel, TraceRecord
-from ttcdsl.tracetree import TREE_CSS, Tree, build_tree, tree_section
+from ttcdsl.tracetree import TREE_CSS, Tree, build_tree, depth_summary, tree_section
 
 __all__ = [
     "MIN_SPAN",
@@ -255,7 +255,8 @@ def _slow_rows(trace: Trace, k: int) -> list[list[str]]:
 
 
 def render_tables(trace: Trace, top: int = 10) -> list[object]:
-    """Rich renderables for `ttc trace show`: a summary line, then per node, per kind, slowest."""
+    """Rich renderables for `ttc trace show`: a summary line, then per node, per kind, the search
+    tree per depth (when the trace has lineage) and the slowest requests."""
     def table(title: str, cols: Sequence[str], rows: list[list[str]], left: int) -> Table:
         t = Table(title=title, title_justify="left", header_style="bold", show_edge=False, pad_edge=False)
         for i, c in enumerate(cols):
@@ -270,12 +271,32 @@ def render_tables(trace: Trace, top: int = 10) -> list[object]:
     node_rows = _stats_rows(trace, node_stats(trace), True)
     if not labelled:
         node_rows = [[r[0], *r[2:]] for r in node_rows]
-    return [
+    out: list[object] = [
         f"[bold]{escape(trace.path)}[/]: {escape(_summary(trace))}",
         table("per node", node_cols, node_rows, 2 if labelled else 1),
         table("per kind", ("kind", *_STAT_COLS), _stats_rows(trace, kind_stats(trace), False), 1),
-        table(f"slowest {min(top, len(trace.records))} requests", _SLOW_COLS, _slow_rows(trace, top), 3),
     ]
+    rows = _tree_rows(trace)
+    if rows:
+        out.append(table("search tree per depth", _TREE_COLS, rows, 3))
+    out.append(table(f"slowest {min(top, len(trace.records))} requests", _SLOW_COLS, _slow_rows(trace, top), 3))
+    return out
+
+
+_TREE_COLS = ("run", "depth", "made by", "branches", "pruned", "dropped", "copied", "finished", "voted",
+              "min score", "max score")
+
+
+def _tree_rows(trace: Trace) -> list[list[str]]:
+    rows = []
+    for run, (tree, decisions) in enumerate(zip(trees(trace), trace.decisions), 1):
+        labels = _run_labels(trace, decisions)
+        for r in depth_summary(tree):
+            made_by = ", ".join(labels.get(s) or f"n{s}" for s in sorted(r.steps))
+            rows.append([str(run), str(r.depth), made_by, *(str(x) for x in (
+                r.made, r.pruned, r.dropped, r.resampled, r.finished, r.voted)),
+                "-" if r.low is None else f"{r.low:.3g}", "-" if r.high is None else f"{r.high:.3g}"])
+    return rows
 
 
 # ---- HTML ----
