@@ -268,3 +268,22 @@ def test_branches_made_inside_a_call_join_the_callers_tree() -> None:
     assert all(n.parent in tree.roots for n in expanded)
     open_roots = sum(tree.nodes[r].done is None for r in tree.roots)
     assert open_roots and len(expanded) == 2 * open_roots
+
+
+def test_copies_of_a_finished_branch_each_vote_and_each_sample_call_has_its_prompt() -> None:
+    records = [
+        gen("n3.0"), gen("n3.1"), gen("n5@0.0", node=5),
+        rec("finish", 3, branches=["n3.0", "n3.1"], values=["stop", "eos"]),
+        rec("resample", 4, branches=["n3.0", "n3.1"], kept=["r.0", "r.1", "r.2"], sources=["n3.0", "n3.0", "n3.1"]),
+        rec("vote", 6, branches=["r.0", "r.1", "r.2"], values=["42", "42", "41"], voters=["r.0", "r.1"], answer="42"),
+    ]
+    tree = build_tree(records)
+    a, b = tree.nodes["n3.0"], tree.nodes["n3.1"]
+    assert (a.vote, a.votes, a.copies, b.vote, b.votes) == ("counted", 2, 2, "other", 1)
+    svg = render_tree(tree, {3: "sample (line 2)", 5: "sample (line 7)"})
+    page = _Svg()
+    page.feed(svg)
+    assert next(g for g in page.groups if g["data-branch"] == "n3.0")["data-votes"] == "2"
+    assert svg.count('class="prompt"') == 2
+    assert "the prompt of sample (line 7) (n5@0)" in page.titles
+    assert any("2 votes: one per copy" in t for t in page.titles)

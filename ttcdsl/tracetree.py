@@ -4,7 +4,7 @@ Promises:
 
 * `build_tree` needs only the run's records: every generation that grew a branch (its
   ``branch``, ``parent`` and ``step``) is one `TreeNode`; the ``score``, ``prune``,
-  ``resample``, ``vote`` and ``result`` records decorate the nodes by branch id.  A failed
+  ``finish``, ``resample``, ``vote`` and ``result`` records decorate the nodes by branch id.  A failed
   attempt that was retried counts once (the attempt that succeeded wins).  A resampled copy is
   not a node of its own: it stands for the branch it copies (that branch is marked with its
   number of copies, or as dropped when it got none), and what grows from the copy hangs under
@@ -13,12 +13,13 @@ Promises:
 * Depth is the distance from the prompt: a branch from `sample` is at depth 1, each `expand`
   adds one.  A branch is *pruned* when a prune took it in and kept it not.
 * `render_tree` draws one SVG, left to right (a column per depth, a row per leaf, a parent
-  centred on its children): one ``<g class="branch">`` per node and no other, holding a circle
-  (a diamond when the branch finished with stop/EOS) filled by score, marks for pruned,
-  dropped, resampled (``×k``), voted and returned (when the strategy returns branches, not an
-  answer) branches, and a ``<title>`` hover with the
-  branch's lineage, scores, decisions, finish and text.  It draws no ``<rect>`` (those are the
-  timeline's).  Model text is escaped, never interpreted.
+  centred on its children; the roots hang from one prompt node per `sample` invocation): one
+  ``<g class="branch">`` per node and no other, holding a circle (a diamond when the branch
+  finished with stop/EOS) filled by score, marks for pruned, dropped, resampled (``×k``),
+  cut-off, voting and returned branches (returned: when the strategy returns branches rather
+  than an answer), and a ``<title>`` hover with the branch's lineage, scores, decisions, finish
+  and text.  It draws no ``<rect>`` (those are the timeline's).  Model text is escaped, never
+  interpreted.
 """
 
 from __future__ import annotations
@@ -166,12 +167,12 @@ def _decorate(tree: Tree, r: TraceRecord, canon: Callable[[str], str]) -> None:
     elif r.kind == "vote":
         tree.answer = r.answer
         voters = {canon(b) for b in r.voters or []}
-        for n in nodes.values():
-            n.votes = 0
+        cast: dict[str, int] = {}
         for bid, value in zip(ids, r.values or [None] * len(ids)):
             if bid in nodes:
                 n = nodes[bid]
-                n.value, n.votes = value, n.votes + 1
+                cast[bid] = cast.get(bid, 0) + 1
+                n.value, n.votes = value, cast[bid]
                 n.vote = ("counted" if bid in voters else "abstained" if value is None
                           else "other" if value != r.answer else "uncounted")
     elif r.kind == "result" and r.answer is None:
@@ -281,6 +282,22 @@ def _layout(tree: Tree) -> dict[str, tuple[float, float]]:
     return pos
 
 
+def _invocation(bid: str) -> str:
+    """The step invocation that made a branch: its id less the fork index (``n18@2.5`` -> ``n18@2``)."""
+    return bid.rsplit(".", 1)[0]
+
+
+def _prompts(tree: Tree, pos: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, int]]:
+    """One prompt per sample invocation that made roots: its key -> (row centred on its roots, node)."""
+    groups: dict[str, list[float]] = {}
+    nodes: dict[str, int] = {}
+    for root in tree.roots:
+        key = _invocation(root)
+        groups.setdefault(key, []).append(pos[root][1])
+        nodes[key] = tree.nodes[root].node
+    return {k: ((min(ys) + max(ys)) / 2, nodes[k]) for k, ys in groups.items()}
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
@@ -362,9 +379,12 @@ def render_tree(tree: Tree, labels: Mapping[int, str], aria: str = "search tree"
     height = TOP + max(leaves, 1) * ROW_H + 12
     parts = [f'<svg class="tree" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(aria)}">']
-    root_y = (min(y for _, y in pos.values()) + max(y for _, y in pos.values())) / 2 if pos else TOP
-    parts.append(f'<circle class="prompt" cx="{LEFT:.1f}" cy="{root_y:.1f}" r="7"><title>the prompt</title></circle>')
-    parts.append(f'<text x="{LEFT - 10}" y="{root_y + 4:.1f}" text-anchor="end">prompt</text>')
+    prompts = _prompts(tree, pos)
+    for key, (y, node) in prompts.items():
+        what = f"the prompt of {labels.get(node) or f'n{node}'}" + (f" ({key})" if len(prompts) > 1 else "")
+        parts.append(f'<circle class="prompt" cx="{LEFT:.1f}" cy="{y:.1f}" r="6"><title>{html.escape(what)}</title></circle>')
+        parts.append(f'<text x="{LEFT - 10}" y="{y + 4:.1f}" text-anchor="end">'
+                     f'{html.escape(key if len(prompts) > 1 else "prompt")}</text>')
     for row in depth_summary(tree):
         col = LEFT + row.depth * COL_W
         parts.append(f'<text class="head" x="{col}" y="14" text-anchor="middle">depth {row.depth}</text>')
@@ -373,7 +393,7 @@ def render_tree(tree: Tree, labels: Mapping[int, str], aria: str = "search tree"
                      + (f" · {cut} cut" if cut else "") + "</text>")
     for bid, (x, y) in pos.items():
         n = tree.nodes[bid]
-        px, py = pos[n.parent] if n.parent is not None else (LEFT, root_y)
+        px, py = pos[n.parent] if n.parent is not None else (LEFT, prompts[_invocation(bid)][0])
         mid = (px + x) / 2
         edge = "edge cut" if n.pruned_by is not None or n.copies == 0 else "edge"
         parts.append(f'<path class="{edge}" d="M{px:.1f},{py:.1f} C{mid:.1f},{py:.1f} {mid:.1f},{y:.1f} {x:.1f},{y:.1f}"/>')
