@@ -18,7 +18,7 @@ Promises:
   (inline CSS, no scripts, no external assets) with the same tables and, per run, an SVG
   timeline: one ``<rect>`` per request and no other rect, placed on the lowest free lane (so the
   lane count is the peak concurrency), coloured by node, with a hover title giving the kind,
-  rid, times, token counts and a snippet of the text.  When the trace has branch lineage the
+  rid, branch, times, token counts and a snippet of the text.  When the trace has branch lineage the
   page has two tabs (CSS only): the search tree of each run first, the requests second.
 """
 
@@ -374,6 +374,8 @@ def _hover(r: TraceRecord, label: str) -> str:
     lines = [f"{r.kind} · n{r.node}" + (f" {label}" if label else "")]
     if r.rid:
         lines.append(f"rid {r.rid}" + (f" (attempt {r.attempt})" if r.attempt > 1 else ""))
+    if r.branch:
+        lines.append(f"branch {r.branch}" + (f" (from {r.parent})" if r.parent else "") + f", step {(r.step or 0) + 1}")
     lines.append(f"{r.t_start:.4f} → {r.t_end:.4f} s ({fmt_s(_latency(r))})")
     tokens = [f"input {r.input_tokens}"]
     if r.max_new_tokens is not None:
