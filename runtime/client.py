@@ -6,7 +6,8 @@
 * retries: `TransientBackendError` is retried with the capped exponential backoff of
   `RetryPolicy`; any other `BackendError` fails the node with a `NodeFailed` naming its `.ttc`
   line (and `ProtocolViolation` says the backend broke the protocol);
-* the trace: one `TraceRecord` per attempt, failed attempts included;
+* the trace: one `TraceRecord` per attempt, failed attempts included (a generation the steps
+  tied to a branch with `lineage` names it), and the steps' decisions (`note`);
 * usage accounting: completion, prompt and cached tokens and requests, charged to the node, to
   every call node it runs under, and to the run's total (reward calls included);
 * protocol re-checks: a backend that reports more completion tokens than a request was allowed
@@ -161,6 +162,23 @@ class ModelClient:
         self._rid = 0
         self._tokens: SingleFlight[str] = SingleFlight()
         self._warming: SingleFlight[tuple[int, ...]] = SingleFlight()
+        self._lineage: dict[str, dict[str, Any]] = {}
+
+    @property
+    def tracing(self) -> bool:
+        """Whether the run writes a trace (steps skip building decision records otherwise)."""
+        return self._trace_sink is not None
+
+    def lineage(self, rid: str, branch: str, parent: str | None, step: int) -> None:
+        """Tie request ``rid`` to the branch it grows: its trace records will name it."""
+        if self._trace_sink is not None:
+            self._lineage[rid] = {"branch": branch, "parent": parent, "step": step}
+
+    def note(self, kind: str, node: int, **fields: Any) -> None:
+        """Trace one decision of the run (see `TraceRecord`), stamped with the current time."""
+        if self._trace_sink is not None:
+            t = time.monotonic() - self._t0
+            self._trace_sink(TraceRecord(kind=kind, node=node, t_start=t, t_end=t, **fields))
 
     def new_rid(self) -> str:
         self._rid += 1
@@ -308,6 +326,7 @@ class ModelClient:
                 kind="generate", node=n.id, rid=request.rid, t_end=time.monotonic() - self._t0,
                 input_tokens=len(request.input_ids), max_new_tokens=request.sampling.max_new_tokens,
                 seed=request.sampling.seed, finish="abort", completion_tokens=used, error="aborted",
+                **self._lineage.get(request.rid, {}),
             ))
 
     async def warm(self, n: P.Node, chain: tuple[int, ...], ids: tuple[int, ...]) -> None:
@@ -348,7 +367,7 @@ class ModelClient:
         t_end = time.monotonic() - self._t0
         for rid, extra in zip(rids, fields):
             record = TraceRecord(kind=kind, node=n.id, rid=rid, attempt=attempt, t_start=t_start,
-                                 t_end=t_end, **extra)
+                                 t_end=t_end, **extra, **self._lineage.get(rid, {}))
             if error is not None:
                 record.error = error
             self._trace_sink(record)

@@ -18,6 +18,7 @@ on the server.
 
 from __future__ import annotations
 
+import linecache
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -34,7 +35,7 @@ from ttcdsl.runtime.client import ModelClient, RetryPolicy, Stats
 from ttcdsl.runtime.interpreter import Interpreter
 from ttcdsl.runtime.reference import Reference
 from ttcdsl.runtime.steps import RunState
-from ttcdsl.runtime.values import NodeUsage, RunResult, TraceRecord
+from ttcdsl.runtime.values import Answer, Branches, NodeLabel, NodeUsage, RunResult, TraceRecord
 
 __all__ = ["DEFAULT_CONCURRENCY", "RetryPolicy", "RunOptions", "run_plan"]
 
@@ -91,6 +92,8 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
     state = RunState(client, stats, seed, allow_verifier=opts.allow_verifier)
     interpreter = (Reference if opts.sequential else Interpreter)(plan, state)
     root = root if root is not None else Budget(opts.budget, None, "run")
+    if client.tracing:
+        client.note("plan", 0, labels=_labels(plan))
     t0 = time.monotonic()
     try:
         with anyio.fail_after(opts.timeout_s):
@@ -105,6 +108,8 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
             raise err from None
         raise
     wall = time.monotonic() - t0
+    if client.tracing:
+        _note_result(client, value)
     entry = plan.strategy()
     reached = [u for u in stats.nodes.values() if u.calls or u.requests]
     return RunResult(
@@ -117,3 +122,22 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
         budget=entry.budget,
         budget_exhausted=state.exhausted,
     )
+
+
+def _labels(plan: P.Plan) -> dict[int, NodeLabel]:
+    """Every step node's keyword, strategy, line and source line, for the trace's first record
+    (so a trace names its nodes without the program beside it)."""
+    return {
+        n.id: NodeLabel(op=n.op, strategy=s.name, line=n.span.line,
+                        source=linecache.getline(n.span.file, n.span.line).strip())
+        for s in plan.strategies.values() for n in s.nodes if isinstance(n, P.Step)
+    }
+
+
+def _note_result(client: ModelClient, value: Any) -> None:
+    if isinstance(value, Answer):
+        client.note("result", 0, branches=[b.id for b in value.branches], answer=value.value)
+    elif isinstance(value, Branches):
+        client.note("result", 0, branches=[b.id for b in value.items])
+    else:
+        client.note("result", 0, answer=str(value))

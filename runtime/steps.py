@@ -14,6 +14,10 @@ Seeds: each request's seed is `derive_seed` of (run seed or the step's own `seed
 loop iterations, node id, fork index), so a run with ``--seed`` reproduces exactly on
 deterministic backends whatever the scheduling.  Branch ids say where a branch was made:
 ``n9.3`` (fork 3 of node 9), ``n18@2.5`` (in loop iteration 2), ``c4/n7.0`` (inside call node 4).
+
+Trace: when the run writes one, each generation is tied to its branch (`ModelClient.lineage`)
+and score, prune, resample and vote note their decisions by branch id (`ModelClient.note`), so
+a trace alone rebuilds the search tree (`ttcdsl.tracetree`).
 """
 
 from __future__ import annotations
@@ -288,10 +292,14 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
         for branch, fork, tokens, _ in work
     ]
     reservations = [res for *_, res in work]
+    if state.client.tracing:
+        for (branch, *_), request in zip(work, requests):
+            state.client.lineage(request.rid, branch.id, branch.parent, len(branch.steps))
     if anytime is None:
         results = await ev.generate(n, frame.chain, requests, reservations)
         for (branch, _, tokens, _), result in zip(work, results):
             sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+        _note_finished(state, n, forks)
         return
 
     def finished(i: int, result: GenResult) -> bool:
@@ -305,6 +313,16 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
     for (branch, *_), was_sent in zip(work, sent):
         if branch not in anytime.votes and not branch.finished:
             branch.finished, branch.finish_reason = True, "abort" if was_sent else "budget"
+    _note_finished(state, n, forks)
+
+
+def _note_finished(state: RunState, n: P.Sample | P.Expand, forks: list[tuple[Branch, int]]) -> None:
+    """Trace which branches this step finished, and why (the others stay open)."""
+    if state.client.tracing:
+        done = [b for b, _ in forks if b.finished]
+        if done:
+            state.client.note("finish", n.id, branches=[b.id for b in done],
+                              values=[b.finish_reason for b in done])
 
 
 # ---- score and its scorers ----
@@ -328,6 +346,8 @@ async def score(ev: Evaluator, frame: Frame, n: P.Score) -> Branches:
             out.append(msgspec.structs.replace(
                 b, step_scores=scores, scored_steps=len(b.steps), score=agg.aggregate(scores, n.agg)
             ))
+        if ev.state.client.tracing:
+            ev.state.client.note("score", n.id, branches=[b.id for b in out], scores=[b.score for b in out])
         return Branches(out)
 
 
@@ -413,7 +433,10 @@ SCORERS: dict[str, Scorer] = {"prm": _prm, "logprob": _logprob, "judge": _judge,
 async def prune(ev: Evaluator, frame: Frame, n: P.Prune) -> Branches:
     branches, keep = await _both(ev, frame, n.branches, n.keep)
     with ev.state.measure(n):
-        return Branches(agg.prune(branches.items, _count(keep, n), n.by, n.per))
+        kept = agg.prune(branches.items, _count(keep, n), n.by, n.per)
+        if ev.state.client.tracing:
+            ev.state.client.note("prune", n.id, branches=[b.id for b in branches.items], kept=[b.id for b in kept])
+        return Branches(kept)
 
 
 async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
@@ -421,7 +444,17 @@ async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
         return await _anytime_vote(ev, frame, n)
     branches = await ev.ev(frame, n.branches)
     with ev.state.measure(n):
-        return agg.vote(branches.items, n.on, n.pattern, n.weighted)
+        answer = agg.vote(branches.items, n.on, n.pattern, n.weighted)
+        _note_vote(ev.state, n, branches.items, answer)
+        return answer
+
+
+def _note_vote(state: RunState, n: P.Vote, items: Sequence[Branch], answer: Answer) -> None:
+    """Trace who could vote, what each said and who was counted for the answer."""
+    if state.client.tracing:
+        state.client.note("vote", n.id, branches=[b.id for b in items],
+                          values=[agg.extract(b.text, n.on, n.pattern) for b in items],
+                          voters=[b.id for b in answer.branches], answer=answer.value)
 
 
 @dataclass
@@ -469,6 +502,7 @@ async def _anytime_vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Answer:
         answer.aborted = anytime.aborted
         answer.unsent = anytime.unsent
         answer.stopped_early = anytime.stopped
+        _note_vote(ev.state, n, anytime.votes, answer)
         return answer
 
 
@@ -497,6 +531,9 @@ async def resample(ev: Evaluator, frame: Frame, n: P.Resample) -> Branches:
             copy = items[i].child(_branch_id(frame, n.id, k))
             copy.finished, copy.finish_reason = items[i].finished, items[i].finish_reason
             out.append(copy)
+        if ev.state.client.tracing:
+            ev.state.client.note("resample", n.id, branches=[b.id for b in items], kept=[b.id for b in out],
+                                  sources=[items[i].id for i in picks])
         return Branches(out)
 
 

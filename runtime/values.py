@@ -14,10 +14,12 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
+    "REQUEST_KINDS",
     "Answer",
     "Branch",
     "Branches",
     "FinishReason",
+    "NodeLabel",
     "NodeUsage",
     "RunResult",
     "TraceRecord",
@@ -118,9 +120,19 @@ class NodeUsage(msgspec.Struct, kw_only=True):
 
 
 class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One backend request and what came of it."""
+    """One backend request and what came of it, or one decision of the run.
 
-    kind: str  # generate | warm | reward | tokenize
+    Requests (`REQUEST_KINDS`) carry times, tokens and text; a generation that grows a branch
+    also names the branch, the branch it continues and the index of the step it writes.
+    Decisions are the search tree's other facts, stamped with the time they were made: ``plan``
+    (first record of a run: ``labels``, node id -> step keyword, line and source), ``finish``
+    (the ``branches`` a sample or expand finished and their finish reasons in ``values``), ``score``
+    (``branches`` and their ``scores``), ``prune`` (``branches`` in, ``kept``), ``resample``
+    (``branches`` in, the copies ``kept``, and the branch each copies in ``sources``), ``vote`` (``branches`` that could vote, their
+    extracted ``values``, the ``voters`` counted for the ``answer``) and ``result`` (the
+    ``branches`` returned, and the ``answer`` if it is one)."""
+
+    kind: str  # a request (generate | warm | reward | tokenize) or a decision (see above)
     node: int
     rid: str = ""
     attempt: int = 1
@@ -135,6 +147,31 @@ class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
+    # Lineage of a generation that grows a branch.
+    branch: str | None = None
+    parent: str | None = None
+    step: int | None = None
+    # Decisions.
+    branches: list[str] | None = None
+    scores: list[float | None] | None = None
+    kept: list[str] | None = None
+    sources: list[str] | None = None
+    values: list[str | None] | None = None
+    voters: list[str] | None = None
+    answer: str | None = None
+    labels: dict[int, NodeLabel] | None = None
+
+
+REQUEST_KINDS = ("tokenize", "warm", "generate", "reward")
+
+
+class NodeLabel(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a trace says about one step node of the program that wrote it."""
+
+    op: str
+    strategy: str
+    line: int
+    source: str = ""
 
 
 class RunResult(msgspec.Struct, kw_only=True):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ttcdsl.cli import main
 from ttcdsl.commands.trace import node_labels
 from ttcdsl.errors import UsageError
-from ttcdsl.runtime.values import TraceRecord
+from ttcdsl.runtime.values import REQUEST_KINDS, TraceRecord
 from ttcdsl.traceview import (
     MIN_SPAN,
     Trace,
@@ -47,6 +47,12 @@ def beam_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _rec(node: int, start: float, end: float, **kw: object) -> TraceRecord:
     return TraceRecord(kind=str(kw.pop("kind", "generate")), node=node, t_start=start, t_end=end, **kw)  # type: ignore[arg-type]
+
+
+def _requests(path: Path) -> list[dict[str, object]]:
+    """The request records of a trace file (its other lines are the run's decisions)."""
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if r["kind"] in REQUEST_KINDS]
 
 
 def _write(path: Path, records: list[TraceRecord]) -> Path:
@@ -162,7 +168,7 @@ def test_lanes_never_overlap_and_match_peak_concurrency(spans: list[tuple[float,
 def test_show_prints_node_kind_and_slowest_tables(beam_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trace", "show", str(beam_trace), "--program", BEAM, "--top", "3"]) == 0
     out = capsys.readouterr().out
-    records = [json.loads(line) for line in beam_trace.read_text().splitlines()]
+    records = _requests(beam_trace)
     assert f"{len(records)} requests in 1 run" in out
     for title in ("per node", "per kind", "slowest 3 requests"):
         assert title in out
@@ -226,9 +232,10 @@ def test_html_is_self_contained_with_one_rect_per_request(beam_trace: Path, tmp_
     text = out.read_text()
     page = _Page()
     page.feed(text)
-    records = [json.loads(line) for line in beam_trace.read_text().splitlines()]
+    records = _requests(beam_trace)
     assert page.rects == len(records)
-    assert page.tags.count("svg") == 1 and page.tags.count("table") == 3
+    # The timeline, and the search tree on the first tab.
+    assert page.tags.count("svg") == 2 and page.tags.count("table") == 3
     # No external assets and no scripts: nothing to fetch.
     assert "script" not in page.tags and "link" not in page.tags and "img" not in page.tags
     assert not any(k in ("src", "href") for a in page.attrs for k in a)
@@ -266,3 +273,47 @@ def test_html_to_a_missing_folder_is_a_one_line_error(beam_trace: Path, tmp_path
     assert main(["trace", "html", str(beam_trace), "-o", str(tmp_path / "no" / "t.html")]) == 2
     err = capsys.readouterr().err
     assert "folder" in err and err.count("\n") == 1
+
+
+# ---- lineage: labels from the trace, the tree tab ----
+
+
+def test_show_labels_nodes_from_the_trace_itself_and_tabulates_the_tree(
+        beam_trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["trace", "show", str(beam_trace)]) == 0
+    out = capsys.readouterr().out
+    labels = node_labels(BEAM)
+    assert labels is not None
+    for node in {r["node"] for r in _requests(beam_trace)}:
+        assert re.search(rf"^n{node} +│ {re.escape(labels[node])} +│", out, re.M)
+    tree = out[out.index("search tree per depth"):out.index("slowest")]
+    # depth 1 from sample, depths 2 and 3 from expand; 16 branches each, 12 of them pruned.
+    assert re.search(r"^1 +│ 1 +│ sample \(line 5\) +│ +16 │ +12 │", tree, re.M)
+    assert len(re.findall(r"^1 +│ [23] +│ expand \(line 9\) +│ +16 │ +12 │", tree, re.M)) == 2
+
+
+def test_html_of_two_runs_draws_a_tree_per_run_on_the_first_tab(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "t.jsonl"
+    for seed in ("1", "2"):
+        assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--arg", "n=3", "--seed", seed, "--json",
+                     "--trace", str(path)]) == 0
+    out = tmp_path / "t.html"
+    assert main(["trace", "html", str(path), "-o", str(out)]) == 0
+    assert "6 branches in the search tree" in capsys.readouterr().err.replace("\n", " ")
+    text = out.read_text()
+    page = _Page()
+    page.feed(text)
+    assert "Run 1: search tree" in text and "Run 2: search tree" in text
+    assert text.count('<svg class="tree"') == 2 and text.count('class="branch') == 6
+    # Two timelines on the second tab, still one rect per request and no script.
+    assert page.tags.count("svg") == 4 and page.rects == len(_requests(path))
+    assert "script" not in page.tags and text.index('id="panel-tree"') < text.index('id="panel-requests"')
+    radios = [a for a in page.attrs if a.get("type") == "radio"]
+    assert [a["id"] for a in radios] == ["tab-tree", "tab-requests"] and "checked" in radios[0]
+
+
+def test_a_trace_of_decisions_only_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "t.jsonl", [TraceRecord(kind="plan", node=0), TraceRecord(kind="result", node=0)])
+    with pytest.raises(UsageError, match="no requests in the trace"):
+        load_trace(path)

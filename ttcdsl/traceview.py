@@ -7,6 +7,10 @@ Promises:
 * A trace file may hold several runs (``--trace`` appends).  Times are seconds since each run
   started and records are written as requests finish, so within a run ``t_end`` never goes
   down; `split_runs` starts a new run wherever it does.
+* Requests (`REQUEST_KINDS`) and decisions (plan labels, finish, score, prune, resample, vote,
+  result) are kept apart: every table, count and the timeline are about requests only; the
+  decisions rebuild each run's search tree (`ttcdsl.tracetree`).  Node labels come from the
+  trace's own ``plan`` record unless the caller passes some (``--program``).
 * `node_stats`, `kind_stats` and `slowest` summarise requests (any kind: generate, warm,
   reward, tokenize; failed attempts included, counted as errors; an attempt above 1 counts as a
   retry); latency is ``t_end - t_start``; percentiles interpolate linearly between ranks.
@@ -14,7 +18,8 @@ Promises:
   (inline CSS, no scripts, no external assets) with the same tables and, per run, an SVG
   timeline: one ``<rect>`` per request and no other rect, placed on the lowest free lane (so the
   lane count is the peak concurrency), coloured by node, with a hover title giving the kind,
-  rid, times, token counts and a snippet of the text.
+  rid, branch, times, token counts and a snippet of the text.  When the trace has branch lineage the
+  page has two tabs (CSS only): the search tree of each run first, the requests second.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from ttcdsl.errors import UsageError
-from ttcdsl.runtime.values import TraceRecord
+from ttcdsl.runtime.values import REQUEST_KINDS, NodeLabel, TraceRecord
+from ttcdsl.tracetree import TREE_CSS, Tree, build_tree, depth_summary, tree_section
 
 __all__ = [
     "MIN_SPAN",
     "Stats",
     "Trace",
     "assign_lanes",
+    "format_labels",
     "kind_stats",
     "load_trace",
     "node_stats",
@@ -45,6 +52,7 @@ __all__ = [
     "render_tables",
     "slowest",
     "split_runs",
+    "trees",
 ]
 
 _DECODER = msgspec.json.Decoder(TraceRecord)
@@ -56,11 +64,13 @@ PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#f
 
 @dataclass
 class Trace:
-    """The records of one trace file, split into runs, and optional node labels."""
+    """The requests of one trace file split into runs, each run's decisions (same order), and
+    node labels."""
 
     path: str
     runs: list[list[TraceRecord]]
     labels: dict[int, str] = field(default_factory=dict)
+    decisions: list[list[TraceRecord]] = field(default_factory=list)
 
     @property
     def records(self) -> list[TraceRecord]:
@@ -90,7 +100,22 @@ def load_trace(path: str | Path, labels: Mapping[int, str] | None = None) -> Tra
             raise UsageError(f"{p}:{lineno}: not valid JSON ({exc})") from None
     if not records:
         raise UsageError(f"{p}: no trace records (write one with `ttc run ... --trace {p}`)")
-    return Trace(str(p), split_runs(records), dict(labels or {}))
+    runs = [run for run in split_runs(records) if any(r.kind in REQUEST_KINDS for r in run)]
+    requests = [[r for r in run if r.kind in REQUEST_KINDS] for run in runs]
+    decisions = [[r for r in run if r.kind not in REQUEST_KINDS] for run in runs]
+    if not runs:
+        raise UsageError(f"{p}: no requests in the trace (only decisions)")
+    if labels is None:
+        labels = next((format_labels(r.labels) for run in decisions for r in run
+                       if r.kind == "plan" and r.labels), {})
+    return Trace(str(p), requests, dict(labels), decisions)
+
+
+def format_labels(labels: Mapping[int, NodeLabel]) -> dict[int, str]:
+    """``{node id: "sample (line 8)"}``, or ``"sample (name:8)"`` when several strategies."""
+    several = len({lab.strategy for lab in labels.values()}) > 1
+    return {node: f"{lab.op} ({lab.strategy}:{lab.line})" if several else f"{lab.op} (line {lab.line})"
+            for node, lab in labels.items()}
 
 
 def split_runs(records: Sequence[TraceRecord]) -> list[list[TraceRecord]]:
@@ -230,7 +255,8 @@ def _slow_rows(trace: Trace, k: int) -> list[list[str]]:
 
 
 def render_tables(trace: Trace, top: int = 10) -> list[object]:
-    """Rich renderables for `ttc trace show`: a summary line, then per node, per kind, slowest."""
+    """Rich renderables for `ttc trace show`: a summary line, then per node, per kind, the search
+    tree per depth (when the trace has lineage) and the slowest requests."""
     def table(title: str, cols: Sequence[str], rows: list[list[str]], left: int) -> Table:
         t = Table(title=title, title_justify="left", header_style="bold", show_edge=False, pad_edge=False)
         for i, c in enumerate(cols):
@@ -245,12 +271,32 @@ def render_tables(trace: Trace, top: int = 10) -> list[object]:
     node_rows = _stats_rows(trace, node_stats(trace), True)
     if not labelled:
         node_rows = [[r[0], *r[2:]] for r in node_rows]
-    return [
+    out: list[object] = [
         f"[bold]{escape(trace.path)}[/]: {escape(_summary(trace))}",
         table("per node", node_cols, node_rows, 2 if labelled else 1),
         table("per kind", ("kind", *_STAT_COLS), _stats_rows(trace, kind_stats(trace), False), 1),
-        table(f"slowest {min(top, len(trace.records))} requests", _SLOW_COLS, _slow_rows(trace, top), 3),
     ]
+    rows = _tree_rows(trace)
+    if rows:
+        out.append(table("search tree per depth", _TREE_COLS, rows, 3))
+    out.append(table(f"slowest {min(top, len(trace.records))} requests", _SLOW_COLS, _slow_rows(trace, top), 3))
+    return out
+
+
+_TREE_COLS = ("run", "depth", "made by", "branches", "pruned", "dropped", "copied", "finished", "voted",
+              "min score", "max score")
+
+
+def _tree_rows(trace: Trace) -> list[list[str]]:
+    rows = []
+    for run, (tree, decisions) in enumerate(zip(trees(trace), trace.decisions), 1):
+        labels = _run_labels(trace, decisions)
+        for r in depth_summary(tree):
+            made_by = ", ".join(labels.get(s) or f"n{s}" for s in sorted(r.steps))
+            rows.append([str(run), str(r.depth), made_by, *(str(x) for x in (
+                r.made, r.pruned, r.dropped, r.resampled, r.finished, r.voted)),
+                "-" if r.low is None else f"{r.low:.3g}", "-" if r.high is None else f"{r.high:.3g}"])
+    return rows
 
 
 # ---- HTML ----
@@ -328,6 +374,8 @@ def _hover(r: TraceRecord, label: str) -> str:
     lines = [f"{r.kind} · n{r.node}" + (f" {label}" if label else "")]
     if r.rid:
         lines.append(f"rid {r.rid}" + (f" (attempt {r.attempt})" if r.attempt > 1 else ""))
+    if r.branch:
+        lines.append(f"branch {r.branch}" + (f" (from {r.parent})" if r.parent else "") + f", step {(r.step or 0) + 1}")
     lines.append(f"{r.t_start:.4f} → {r.t_end:.4f} s ({fmt_s(_latency(r))})")
     tokens = [f"input {r.input_tokens}"]
     if r.max_new_tokens is not None:
@@ -382,8 +430,19 @@ def _timeline(run: Sequence[TraceRecord], colors: Mapping[int, str], labels: Map
     return "\n".join(parts)
 
 
-def render_html(trace: Trace, top: int = 20) -> str:
-    """The whole page: summary, per-node, per-kind and slowest tables, and a timeline per run."""
+_TABS_CSS = """
+input.tab { position: absolute; opacity: 0; pointer-events: none; }
+label.tab { display: inline-block; padding: 6px 16px; margin: 8px 4px 0 0; border: 1px solid #d5d5dc;
+            border-bottom: none; border-radius: 6px 6px 0 0; background: #f5f5f7; cursor: pointer; }
+input.tab:checked + label.tab { background: #fff; font-weight: 600; position: relative; top: 1px; }
+input.tab:focus-visible + label.tab { outline: 2px solid #4e79a7; }
+section.panel { display: none; border-top: 1px solid #d5d5dc; padding-top: 4px; }
+#tab-tree:checked ~ #panel-tree, #tab-requests:checked ~ #panel-requests { display: block; }
+"""
+
+
+def _requests_part(trace: Trace, top: int) -> list[str]:
+    """Per-node, per-kind and slowest tables, then a timeline per run."""
     nodes = sorted({r.node for r in trace.records})
     colors = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(nodes)}
     labelled = any(trace.labels.values())
@@ -395,11 +454,7 @@ def render_html(trace: Trace, top: int = 20) -> str:
         f'<span><i style="background:{colors[n]}"></i>n{n}{html.escape(" " + trace.label(n)) if trace.label(n) else ""}</span>'
         for n in nodes
     )
-    title = html.escape(Path(trace.path).name)
     out = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>ttc trace: {title}</title>", f"<style>{_CSS}</style></head><body>",
-        f"<h1>ttc trace: {title}</h1>", f'<p class="sub">{html.escape(_summary(trace))}</p>',
         "<h2>Per node</h2>", _html_table(node_cols, node_rows, 2 if labelled else 1),
         "<h2>Per kind</h2>", _html_table(("kind", *_STAT_COLS), _stats_rows(trace, kind_stats(trace), False), 1),
         f"<h2>Slowest {min(top, len(trace.records))} requests</h2>",
@@ -415,5 +470,47 @@ def render_html(trace: Trace, top: int = 20) -> str:
             wall = max(r.t_end for r in run)
             out.append(f"<h2>Run {i}: {len(run)} requests, {html.escape(fmt_s(wall))}</h2>")
         out.append(_timeline(run, colors, trace.labels))
+    return out
+
+
+def trees(trace: Trace) -> list[Tree]:
+    """The search tree of each run (empty where a run traced no lineage)."""
+    return [build_tree([*requests, *decisions]) for requests, decisions in
+            zip(trace.runs, trace.decisions or [[] for _ in trace.runs])]
+
+
+def _run_labels(trace: Trace, decisions: Sequence[TraceRecord]) -> Mapping[int, str]:
+    plan = next((r.labels for r in decisions if r.kind == "plan" and r.labels), None)
+    return trace.labels if plan is None or trace.labels else format_labels(plan)
+
+
+def render_html(trace: Trace, top: int = 20) -> str:
+    """The whole page: summary; the search tree of each run when the trace has lineage (first
+    tab); per-node, per-kind and slowest tables and a timeline per run (second tab, or the whole
+    page without lineage)."""
+    title = html.escape(Path(trace.path).name)
+    forest = trees(trace)
+    lineage = any(len(t) for t in forest)
+    out = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>ttc trace: {title}</title>",
+        f"<style>{_CSS}{_TABS_CSS + TREE_CSS if lineage else ''}</style></head><body>",
+        f"<h1>ttc trace: {title}</h1>", f'<p class="sub">{html.escape(_summary(trace))}</p>',
+    ]
+    if not lineage:
+        out += _requests_part(trace, top)
+    else:
+        several = len(trace.runs) > 1
+        out += [
+            '<input class="tab" type="radio" name="tab" id="tab-tree" checked>',
+            '<label class="tab" for="tab-tree">Search tree</label>',
+            '<input class="tab" type="radio" name="tab" id="tab-requests">',
+            '<label class="tab" for="tab-requests">Requests and timeline</label>',
+            '<section class="panel" id="panel-tree">',
+            *(tree_section(tree, _run_labels(trace, decisions), i if several else None)
+              for i, (tree, decisions) in enumerate(zip(forest, trace.decisions), 1)),
+            "</section>",
+            '<section class="panel" id="panel-requests">', *_requests_part(trace, top), "</section>",
+        ]
     out.append("</body></html>")
     return "\n".join(out) + "\n"
