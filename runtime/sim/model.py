@@ -76,7 +76,6 @@ alternatives are reported in the top logprobs.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -84,6 +83,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+from . import reasoning
+from .rand import normal as _normal
+from .rand import randint as _randint
+from .rand import text_seed as _text_seed
+from .rand import uniform
 from .task import GENERIC, Problem, SimTask
 from .tokenizer import EOS_ID, FILLER_PHRASES, FILLER_WORDS, STARTERS, tokenizer
 
@@ -103,32 +107,6 @@ __all__ = [
 ]
 
 GREEDY_SEED = 0
-
-
-# ---------------------------------------------------------------- randomness (stable hashing)
-
-
-def uniform(seed: int, *labels: object) -> float:
-    """A uniform draw in [0, 1) that depends only on ``seed`` and ``labels``."""
-    digest = hashlib.blake2b(repr((seed, *labels)).encode(), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
-
-
-def _text_seed(text: str, label: str) -> int:
-    digest = hashlib.blake2b(
-        text.encode("utf-8", "surrogatepass"), digest_size=8, person=label.encode()[:16]
-    )
-    return int.from_bytes(digest.digest(), "big")
-
-
-def _normal(seed: int, label: str) -> float:
-    u1 = 1.0 - uniform(seed, label, 1)
-    u2 = uniform(seed, label, 2)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
-def _randint(low: int, high: int, seed: int, *labels: object) -> int:
-    return low + min(high - low, int(uniform(seed, *labels) * (high - low + 1)))
 
 
 # ---------------------------------------------------------------- the answer process
@@ -241,6 +219,8 @@ class Analysis:
     trajectory: Trajectory
     # Set when the input asks for a yes/no verdict: the probability of " Yes".
     judge_yes: float | None = None
+    # Where the question ends in the input (0 when no problem was recognised).
+    qend: int = 0
 
 
 def analyse(task: SimTask, text: str) -> Analysis:
@@ -252,7 +232,9 @@ def analyse(task: SimTask, text: str) -> Analysis:
     if judge is not None:
         p_yes = _judge_p_yes(problem, found is not None, text, qend, judge)
         return Analysis(problem, found is not None, Trajectory(), judge_yes=p_yes)
-    return Analysis(problem, found is not None, _parse_trajectory(problem, text[qend:]))
+    if problem.thinking is not None:
+        return Analysis(problem, True, Trajectory(), qend=qend)
+    return Analysis(problem, found is not None, _parse_trajectory(problem, text[qend:]), qend=qend)
 
 
 def _judge_line(text: str, qstart: int, qend: int) -> int | None:
@@ -410,6 +392,11 @@ def _answer_tokens(
 ) -> Iterator[Tok]:
     if analysis.judge_yes is not None:
         yield from _judge_tokens(analysis.judge_yes, seed, greedy)
+    elif analysis.problem.thinking is not None:
+        pieces = reasoning.continuation(analysis.problem, text[analysis.qend :], seed)
+        yield from _piece_tokens(pieces, prev_id)
+    elif text.endswith(reasoning.PROBE):
+        yield from _piece_tokens(_probe_pieces(analysis, seed, greedy), prev_id)
     elif not analysis.trajectory.finished:
         traj = analysis.trajectory
         if not traj.values and not traj.partial and text and not text[-1].isspace():
@@ -418,6 +405,22 @@ def _answer_tokens(
             yield Tok(newline, input_logprob(prev_id, newline))
             prev_id = newline
         yield from _sample_tokens(analysis.problem, traj, seed, greedy, prev_id)
+
+
+def _piece_tokens(ids: Iterator[int], prev_id: int) -> Iterator[Tok]:
+    for token_id in ids:
+        yield Tok(token_id, input_logprob(prev_id, token_id))
+        prev_id = token_id
+
+
+def _probe_pieces(analysis: Analysis, seed: int, greedy: bool) -> Iterator[int]:
+    """A probe (text ending in ``\boxed{``) of a step-by-step sample: its running answer, or
+    for a sample with no decided step yet a draw from ``answers``, then ``}``."""
+    problem, value = analysis.problem, analysis.trajectory.state
+    if value is None:
+        options = [(1, a, p) for a, p in problem.answers.items()]
+        value = _modal(problem) if greedy else _choose(options, uniform(seed, "probe"))[1]
+    yield from tokenizer.encode(value + "}")
 
 
 def _sample_tokens(
@@ -671,7 +674,10 @@ def prm_score(task: SimTask, text: str) -> float:
     if found is None:
         return _verdict(0.0, GENERIC.prm_noise, text, "prm")
     problem, qend = found
-    value = _newest_value(problem, text[qend:])
+    if problem.thinking is not None:
+        value: str | None = reasoning.current_answer(problem, text[qend:])
+    else:
+        value = _newest_value(problem, text[qend:])
     margin = 1.0 if value is None or value == problem.answer else -1.0
     return _verdict(margin, problem.prm_noise, text, "prm")
 
