@@ -173,6 +173,8 @@ _STEP_RE = re.compile(
 _PARTIAL_FILL_RE = re.compile(r"(?: [A-Za-z]+)*(?: [A-Za-z]*)?")
 _FOREIGN_DECISION_RE = re.compile(r"Step (\d+) of (\d+): we now have (?P<v>[^\n]+?)\.(?= |$)")
 _ANSWER_LINE_RE = re.compile(r"The answer is (.+?)\.[ \t]*$", re.MULTILINE)
+# A few-shot prompt that wants the answer on the same line ("17 + 25 =", "A:", "Answer:").
+_FEW_SHOT_RE = re.compile(r"(?:=|\b(?:A|Answer|answer)[ \t]*:)[ \t]*\Z")
 _YES_RE = re.compile(r"\byes\b", re.IGNORECASE)
 _NO_RE = re.compile(r"\bno\b", re.IGNORECASE)
 
@@ -371,16 +373,19 @@ def _greedy_choice(
 # ---------------------------------------------------------------- generation
 
 
-def continuation(task: SimTask, text: str, seed: int | None, prev_id: int = -1) -> Iterator[Tok]:
+def continuation(
+    task: SimTask, text: str, seed: int | None, prev_id: int = -1, *, one_line: bool = False
+) -> Iterator[Tok]:
     """The tokens the sim writes after ``text``: the rest of the sample, the end-of-sequence
     token, then (for ``ignore_eos``) endless filler sentences each followed by another
     end-of-sequence token.  ``seed=None`` means temperature 0; ``prev_id`` is the last input
-    token (plain logprobs depend on the previous token)."""
+    token (plain logprobs depend on the previous token).  ``one_line`` (the request stops on
+    ``"\n"``) makes a fresh step-by-step sample a single answer line (module doc)."""
     analysis = analyse(task, text)
     greedy = seed is None
     rseed = GREEDY_SEED if seed is None else seed
     last = prev_id
-    for tok in _answer_tokens(analysis, text, rseed, greedy, prev_id):
+    for tok in _answer_tokens(analysis, text, rseed, greedy, prev_id, one_line):
         last = tok.id
         yield tok
     yield Tok(EOS_ID, input_logprob(last, EOS_ID))
@@ -388,7 +393,7 @@ def continuation(task: SimTask, text: str, seed: int | None, prev_id: int = -1) 
 
 
 def _answer_tokens(
-    analysis: Analysis, text: str, seed: int, greedy: bool, prev_id: int
+    analysis: Analysis, text: str, seed: int, greedy: bool, prev_id: int, one_line: bool
 ) -> Iterator[Tok]:
     if analysis.judge_yes is not None:
         yield from _judge_tokens(analysis.judge_yes, seed, greedy)
@@ -397,6 +402,8 @@ def _answer_tokens(
         yield from _piece_tokens(pieces, prev_id)
     elif text.endswith(reasoning.PROBE):
         yield from _piece_tokens(_probe_pieces(analysis, seed, greedy), prev_id)
+    elif _fresh(analysis.trajectory) and (one_line or _FEW_SHOT_RE.search(text)):
+        yield from _piece_tokens(_line_pieces(analysis.problem, text, seed, greedy), prev_id)
     elif not analysis.trajectory.finished:
         traj = analysis.trajectory
         if not traj.values and not traj.partial and text and not text[-1].isspace():
@@ -411,6 +418,23 @@ def _piece_tokens(ids: Iterator[int], prev_id: int) -> Iterator[Tok]:
     for token_id in ids:
         yield Tok(token_id, input_logprob(prev_id, token_id))
         prev_id = token_id
+
+
+def _fresh(traj: Trajectory) -> bool:
+    return not traj.values and not traj.partial and not traj.finished
+
+
+def _line_pieces(problem: Problem, text: str, seed: int, greedy: bool) -> Iterator[int]:
+    """A single-line answer: `` X`` after a few-shot ``=`` or ``A:``, else ``The answer is
+    X.``; then a newline.  ``X`` is drawn from ``answers`` exactly (the modal one greedily)."""
+    options = [(1, a, p) for a, p in problem.answers.items()]
+    value = _modal(problem) if greedy else _choose(options, uniform(seed, "line"))[1]
+    tail = text.rstrip(" \t")
+    if tail.endswith(("=", ":")):
+        line = " " + value
+    else:
+        line = ("" if not text or text[-1].isspace() else " ") + f"The answer is {value}."
+    yield from tokenizer.encode(line + "\n")
 
 
 def _probe_pieces(analysis: Analysis, seed: int, greedy: bool) -> Iterator[int]:

@@ -363,6 +363,7 @@ async def server_info(request: web.Request) -> web.Response:
             "sim": {
                 "task": engine.task.source,
                 "problems": len(engine.task.problems),
+                "unrecognised_prompts": engine.stats.unrecognised,
                 "latency": msgspec.to_builtins(cfg.latency),
                 "faults": msgspec.to_builtins(cfg.faults),
                 "vocab_size": engine.tokenizer.vocab_size,
