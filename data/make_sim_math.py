@@ -3,6 +3,7 @@
     python data/make_sim_math.py                  # 30 problems, seed 0
     python data/make_sim_math.py --n 60 --seed 3 --task /tmp/m.json --data /tmp/m.jsonl
     python data/make_sim_math.py --reasoning --task data/tasks/math_reasoning.json
+    python data/make_sim_math.py --prm-bias 3 --task data/tasks/math_biased.json
 
 Outputs (byte-for-byte the same for a given ``--n`` and ``--seed``):
 
@@ -19,6 +20,9 @@ the dataset is unchanged): accuracy rises from ``0.4 p`` with no thinking to a p
 ``min(0.95, p + 0.25)`` at ``300 + 900 (1 - p)`` thinking tokens (harder problems need longer),
 then falls by 0.25 by three times that length (overthinking); a branch closes its thinking on
 its own between 0.3 and 1.3 times the peak length.
+
+``--prm-bias S`` makes the reward model favour each problem's most likely wrong answer with
+strength ``S`` (a reward-hacked PRM; see the task format), again on the same problems.
 
 About one problem in five is a *trap*: one wrong answer is more likely than the right one (a
 systematic mistake), so majority voting converges on the wrong answer there and self-consistency
@@ -208,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="give every problem this reward-model noise (default: drawn per problem)")
     ap.add_argument("--reasoning", action="store_true",
                     help="give every problem a thinking curve (a reasoning task)")
+    ap.add_argument("--prm-bias", type=float, default=None, metavar="S",
+                    help="the PRM favours each problem's likeliest wrong answer with strength S")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"--n must be >= 1, got {args.n}")
@@ -217,6 +223,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.prm_noise is not None:
         for p in problems:
             p["prm_noise"] = args.prm_noise
+    if args.prm_bias is not None and not 0 < args.prm_bias <= 10:
+        ap.error(f"--prm-bias must be in (0, 10], got {args.prm_bias}")
+    if args.prm_bias is not None:
+        for p in problems:
+            answers = p["answers"]
+            assert isinstance(answers, dict)
+            wrong = max((a for a in answers if a != p["answer"]), key=lambda a: answers[a])
+            p["prm_bias"] = {"favoured": [wrong], "strength": args.prm_bias}
     if args.reasoning:
         for p in problems:
             p["thinking"] = _thinking(p)

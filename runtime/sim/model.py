@@ -703,6 +703,9 @@ def prm_score(task: SimTask, text: str) -> float:
     else:
         value = _newest_value(problem, text[qend:])
     margin = 1.0 if value is None or value == problem.answer else -1.0
+    bias = problem.prm_bias
+    if bias is not None and value in bias.favoured:
+        margin += bias.strength
     return _verdict(margin, problem.prm_noise, text, "prm")
 
 

@@ -19,6 +19,14 @@ wording, about 13 tokens), ``prm_noise`` (verifier noise in [0, 1], default 0.1;
 `ttcdsl.runtime.sim.model`).  Numbers given as answers are read as their JSON text.  Unknown keys
 are errors, so a typo cannot silently fall back to a default.
 
+``prm_bias`` makes the reward model fallible in a systematic way (a reward-hacked PRM)::
+
+    "prm_bias": {"favoured": ["13.6"], "strength": 3.0}
+
+``favoured``: wrong answers (keys of ``answers`` other than ``answer``) whose trajectories the
+PRM finds convincing; ``strength`` (in (0, 10], default 3): how much it likes them, in units of
+the gap between a right and a wrong step (2 = level with right steps, more = preferred).
+
 A *reasoning* problem also has ``thinking`` (see `ttcdsl.runtime.sim.reasoning`)::
 
     "thinking": {"curve": [[0, 0.15], [300, 0.55], [900, 0.8], [2500, 0.6]],
@@ -49,7 +57,7 @@ import msgspec
 
 from .errors import TaskError
 
-__all__ = ["GENERIC", "THINK_TAGS", "Problem", "SimTask", "Thinking", "load_task"]
+__all__ = ["GENERIC", "THINK_TAGS", "PrmBias", "Problem", "SimTask", "Thinking", "load_task"]
 
 _MAX_STEPS = 200
 _MAX_STEP_TOKENS = 4096
@@ -63,6 +71,7 @@ _PROBLEM_KEYS = (
     "step_tokens",
     "prm_noise",
     "thinking",
+    "prm_bias",
 )
 THINK_TAGS = ("<think>", "</think>")
 
@@ -84,6 +93,13 @@ class Thinking(msgspec.Struct, frozen=True):
         return points[-1][1]  # pragma: no cover - the loop always returns
 
 
+class PrmBias(msgspec.Struct, frozen=True):
+    """Wrong answers the reward model favours, and by how much (module doc)."""
+
+    favoured: tuple[str, ...]
+    strength: float = 3.0
+
+
 class Problem(msgspec.Struct, frozen=True):
     """One problem of a task (see the module doc for the meaning of each field)."""
 
@@ -95,6 +111,7 @@ class Problem(msgspec.Struct, frozen=True):
     step_tokens: tuple[int, int] = (16, 48)
     prm_noise: float = 0.1
     thinking: Thinking | None = None
+    prm_bias: PrmBias | None = None
 
     @property
     def p_correct(self) -> float:
@@ -264,6 +281,9 @@ def _parse_problem(item: Any, index: int, source: str) -> Problem:
         thinking = _thinking(item["thinking"], f'{where}: "thinking"')
         if not any(a != answer and p > 0.0 for a, p in probs.items()):
             raise TaskError(f'{where}: a reasoning problem needs a wrong answer in "answers"')
+    bias = None
+    if "prm_bias" in item:
+        bias = _prm_bias(item["prm_bias"], f'{where}: "prm_bias"', answer, probs)
     return Problem(
         id=str(pid),
         question=question,
@@ -273,7 +293,30 @@ def _parse_problem(item: Any, index: int, source: str) -> Problem:
         step_tokens=step_tokens,
         prm_noise=float(noise),
         thinking=thinking,
+        prm_bias=bias,
     )
+
+
+def _prm_bias(value: Any, what: str, answer: str, answers: dict[str, float]) -> PrmBias:
+    if not isinstance(value, Mapping):
+        raise TaskError(f'{what} must be an object {{"favoured": [...], "strength": X}}')
+    extra = sorted(set(value) - {"favoured", "strength"})
+    if extra:
+        raise TaskError(f'{what}: unknown key "{extra[0]}" (expected favoured, strength)')
+    favoured = value.get("favoured")
+    if not isinstance(favoured, list) or not favoured:
+        raise TaskError(f"{what}.favoured must be a non-empty list of wrong answers")
+    names: list[str] = []
+    for raw in favoured:
+        name = _answer_text(raw, f"{what}.favoured entry")
+        if name == answer or name not in answers:
+            raise TaskError(f"{what}.favoured: {name!r} is not a wrong answer of this problem")
+        names.append(name)
+    strength = value.get("strength", 3.0)
+    ok = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+    if not ok or not 0.0 < strength <= 10.0:
+        raise TaskError(f"{what}.strength must be a number in (0, 10], got {strength!r}")
+    return PrmBias(favoured=tuple(names), strength=float(strength))
 
 
 def _thinking(value: Any, what: str) -> Thinking:
