@@ -60,8 +60,12 @@ text scored as a prompt gets the same values back.  Top alternatives are consist
 with ``m = +1`` if the newest decided running answer is correct (or none is decided yet), ``-1``
 if it is wrong, ``0`` for an unrecognised problem; ``j`` is a jitter in [-0.25, 0.25] and ``Z`` a
 standard normal, both hashed from the text.  With ``prm_noise = 0`` every right trajectory scores
-above every wrong one (about 0.86-0.91 against 0.09-0.14); the chance that a given wrong/right
-pair is misordered grows with the noise (about 1% at 0.15, 12% at 0.3, 36% at 1).
+above every wrong one (about 0.86-0.91 against 0.09-0.14).  What the noise means: the AUC (the
+chance that a right trajectory outscores a wrong one) is about ``Phi(4 / (8 sqrt(2) prm_noise))``,
+measured (tests/test_sim_prm.py) 1.00 at 0.05 and 0.1, 0.99 at 0.15, 0.88 at 0.3, 0.73 at 0.6 and
+0.65 at 1.  With ``prm_bias`` the margin of a trajectory whose running answer is favoured is
+``-1 + strength``: at strength 2 the PRM cannot tell it from a right one, above 2 it prefers it.
+A reasoning problem is scored by the answer its text stands for (`reasoning.current_answer`).
 
 **Judge.**  When the last non-empty line of the input asks for a verdict (it contains the words
 "yes" and "no", any case, and is not part of the question) the sim answers `` Yes`` or `` No``
@@ -69,6 +73,16 @@ then ends the sequence.  ``P(yes)`` is computed like `prm_score` from the last
 ``The answer is X.`` in the input (correct ``X``: high; wrong: low; if there is none, from the
 running answer of the trajectory), is sampled with the seed (argmax at temperature 0), and both
 alternatives are reported in the top logprobs.
+
+**Single-line answers.**  A fresh sample whose input ends like a few-shot prompt (``=``,
+``A:`` or ``Answer:``, trailing spaces aside) or whose request stops on ``"\n"`` is one line:
+`` X`` after ``=``/``:``, else ``The answer is X.``, then ``\n`` and the end of the sequence, with
+``X`` drawn from ``answers`` exactly (the most likely one at temperature 0).  Started samples are
+continued step by step as before.
+
+**Probes.**  An input ending in ``\boxed{`` gets ``X}`` and the end of the sequence: ``X`` the
+running answer of the trajectory so far (a draw from ``answers`` if no step is decided yet).
+Reasoning problems (``thinking`` in the task) are written by `ttcdsl.runtime.sim.reasoning`.
 
 **Unrecognised prompts** get generic steps (2-4 steps of 16-32 tokens) ending in
 ``The answer is unknown.``
