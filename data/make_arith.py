@@ -2,6 +2,7 @@
 
     python data/make_arith.py                 # 200 items, seed 0 -> data/arith.jsonl
     python data/make_arith.py --n 50 --seed 7 --out /tmp/arith.jsonl
+    python data/make_arith.py --task data/tasks/arith.json   # also a simulator task file
 
 Each line is ``{"id": "a0001", "question": "23 + 58", "answer": "81"}``.  The operands are
 drawn uniformly from ``[--low, --high]`` (default 10..99, i.e. two-digit numbers) with a seeded
@@ -12,6 +13,11 @@ The range is chosen for the default local model (SmolLM2-135M-Instruct with the 
 of ``programs/arith_vote.ttc``): two-digit sums are hard enough that one sample is right only
 some of the time, and easy enough that a majority vote over several samples helps.  This script
 uses only the standard library.
+
+``--task FILE`` also writes a simulator task for the same problems (DESIGN §6), so
+``programs/arith_vote.ttc`` can be tried on the simulator: one sample is right with probability
+0.35 and otherwise slips by ten either way (0.2 each) or by one (0.15 up, 0.1 down), so the
+right answer is the plurality and a vote helps, as it does with the local model.
 """
 
 from __future__ import annotations
@@ -49,6 +55,21 @@ def generate(n: int, *, seed: int = 0, low: int = 10, high: int = 99) -> Iterato
         yield {"id": f"a{len(seen):04d}", "question": f"{a} + {b}", "answer": str(a + b)}
 
 
+SLIPS = ((0, 0.35), (10, 0.2), (-10, 0.2), (1, 0.15), (-1, 0.1))
+
+
+def _task_json(items: Sequence[dict[str, str]]) -> str:
+    """A simulator task file for ``items``, one problem per line."""
+    lines = []
+    for item in items:
+        right = int(item["answer"])
+        answers = {str(right + d): p for d, p in SLIPS}
+        problem = {"id": item["id"], "question": item["question"], "answer": item["answer"],
+                   "answers": answers, "steps": [1, 2], "step_tokens": [14, 20]}
+        lines.append(json.dumps(problem))
+    return '{"problems": [\n  ' + ",\n  ".join(lines) + "\n]}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="number of problems (default 200)")
@@ -58,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"output file (default {DEFAULT_OUT.name})"
     )
+    parser.add_argument("--task", type=Path, default=None, help="also write a simulator task file")
     args = parser.parse_args(argv)
     try:
         items = list(generate(args.n, seed=args.seed, low=args.low, high=args.high))
@@ -68,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for item in items:
             out.write(json.dumps(item) + "\n")
     print(f"wrote {len(items)} problems to {args.out}")
+    if args.task is not None:
+        args.task.write_text(_task_json(items), encoding="utf-8")
+        print(f"wrote the simulator task to {args.task}")
     return 0
 
 

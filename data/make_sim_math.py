@@ -2,6 +2,8 @@
 
     python data/make_sim_math.py                  # 30 problems, seed 0
     python data/make_sim_math.py --n 60 --seed 3 --task /tmp/m.json --data /tmp/m.jsonl
+    python data/make_sim_math.py --reasoning --task data/tasks/math_reasoning.json
+    python data/make_sim_math.py --prm-bias 3 --task data/tasks/math_biased.json
 
 Outputs (byte-for-byte the same for a given ``--n`` and ``--seed``):
 
@@ -12,6 +14,15 @@ Outputs (byte-for-byte the same for a given ``--n`` and ``--seed``):
   noisier process reward model (``prm_noise``).
 * ``data/sim_math.jsonl``: one ``{"id", "question", "answer"}`` line per problem, the input of
   ``ttc run --input`` and ``ttc bench --input``.
+
+``--reasoning`` also gives every problem a thinking curve (the same problems and answers, so
+the dataset is unchanged): accuracy rises from ``0.4 p`` with no thinking to a peak of
+``min(0.95, p + 0.25)`` at ``300 + 900 (1 - p)`` thinking tokens (harder problems need longer),
+then falls by 0.25 by three times that length (overthinking); a branch closes its thinking on
+its own between 0.3 and 1.3 times the peak length.
+
+``--prm-bias S`` makes the reward model favour each problem's most likely wrong answer with
+strength ``S`` (a reward-hacked PRM; see the task format), again on the same problems.
 
 About one problem in five is a *trap*: one wrong answer is more likely than the right one (a
 systematic mistake), so majority voting converges on the wrong answer there and self-consistency
@@ -150,6 +161,19 @@ def _problem(r: random.Random, index: int, trap: bool) -> dict[str, object]:
     }
 
 
+def _thinking(problem: dict[str, object]) -> dict[str, object]:
+    """A thinking curve for ``problem`` (module doc), a function of its answer probability."""
+    answers = problem["answers"]
+    assert isinstance(answers, dict)
+    p = float(answers[problem["answer"]])
+    peak_t = 300 + round(900 * (1 - p))
+    peak = round(min(0.95, p + 0.25), 2)
+    start = round(0.4 * p, 2)
+    curve = [[0, start], [peak_t // 3, round(start + 0.6 * (peak - start), 2)], [peak_t, peak],
+             [3 * peak_t, round(max(0.05, peak - 0.25), 2)]]
+    return {"curve": curve, "natural": [round(0.3 * peak_t), round(1.3 * peak_t)]}
+
+
 def generate(n: int = 30, seed: int = 0) -> list[dict[str, object]]:
     """``n`` problems; every ``round(1 / TRAP_SHARE)``-th one (offset by the seed) is a trap."""
     r = random.Random(seed)
@@ -186,6 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=HERE / "sim_math.jsonl", help="dataset to write")
     ap.add_argument("--prm-noise", type=float, default=None, metavar="X",
                     help="give every problem this reward-model noise (default: drawn per problem)")
+    ap.add_argument("--reasoning", action="store_true",
+                    help="give every problem a thinking curve (a reasoning task)")
+    ap.add_argument("--prm-bias", type=float, default=None, metavar="S",
+                    help="the PRM favours each problem's likeliest wrong answer with strength S")
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error(f"--n must be >= 1, got {args.n}")
@@ -195,6 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.prm_noise is not None:
         for p in problems:
             p["prm_noise"] = args.prm_noise
+    if args.prm_bias is not None and not 0 < args.prm_bias <= 10:
+        ap.error(f"--prm-bias must be in (0, 10], got {args.prm_bias}")
+    if args.prm_bias is not None:
+        for p in problems:
+            answers = p["answers"]
+            assert isinstance(answers, dict)
+            wrong = max((a for a in answers if a != p["answer"]), key=lambda a: answers[a])
+            p["prm_bias"] = {"favoured": [wrong], "strength": args.prm_bias}
+    if args.reasoning:
+        for p in problems:
+            p["thinking"] = _thinking(p)
     args.task.parent.mkdir(parents=True, exist_ok=True)
     args.task.write_text(_task_json(problems), encoding="utf-8")
     with args.data.open("w", encoding="utf-8") as f:

@@ -110,3 +110,72 @@ def test_common_prefix_by_slices_is_the_token_by_token_one(
     while naive < min(len(key), len(ids) - start) and key[naive] == ids[start + naive]:
         naive += 1
     assert _common(tuple(key), ids, start) == naive
+
+
+class _Rescan(RadixCache):
+    """The old eviction: rebuild a heap from every leaf on each call (the reference order)."""
+
+    def evict(self) -> int:
+        import heapq
+
+        if self._size <= self.capacity:
+            return 0
+        heap = [(n.last_used, n.serial, n) for n in self._leaves() if n.locks == 0]
+        heapq.heapify(heap)
+        freed = 0
+        while self._size > self.capacity and heap:
+            _, _, leaf = heapq.heappop(heap)
+            parent = leaf.parent
+            assert parent is not None
+            del parent.children[leaf.key[0]]
+            self._size -= len(leaf.key)
+            freed += len(leaf.key)
+            if parent is not self._root and not parent.children and parent.locks == 0:
+                heapq.heappush(heap, (parent.last_used, parent.serial, parent))
+        return freed
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["insert", "match", "lock", "unlock"]), seqs), max_size=40
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(ops, st.integers(0, 16))
+def test_incremental_eviction_evicts_exactly_what_a_full_rescan_does(
+    script: list[tuple[str, list[int]]], capacity: int
+) -> None:
+    fast, slow = RadixCache(capacity), _Rescan(capacity)
+    handles: list[tuple[object, object]] = []
+    for op, ids in script:
+        if op == "insert":
+            fast.insert(ids)
+            slow.insert(ids)
+        elif op == "match":
+            assert fast.match(ids) == slow.match(ids)
+        elif op == "lock":
+            handles.append((fast.lock(ids), slow.lock(ids)))
+        elif handles:
+            a, b = handles.pop(0)
+            fast.unlock(a)
+            slow.unlock(b)
+        assert fast.size == slow.size
+    for ids in {tuple(ids) for _, ids in script}:
+        assert fast.match(list(ids)) == slow.match(list(ids))
+
+
+def test_an_insert_into_a_full_cache_does_bounded_work_however_many_leaves() -> None:
+    # 20 000 distinct sequences of 8 tokens under one shared prefix, into a cache that holds
+    # about 10 000 leaves: once full, every insert evicts.  A rescan would visit ~10 000 leaves
+    # per insert; the heap does a few operations (amortised over the occasional rebuild).
+    cache = RadixCache(capacity=80_000)
+    prefix = list(range(1000, 1016))
+    for i in range(10_000):
+        cache.insert([*prefix, i, i + 1, i + 2, i + 3, 7, 7, 7, 7])
+    before = cache.work
+    for i in range(10_000, 20_000):
+        cache.insert([*prefix, i, i + 1, i + 2, i + 3, 7, 7, 7, 7])
+        cache.match([*prefix, i - 5000, i - 4999])
+    per_insert = (cache.work - before) / 10_000
+    assert cache.size <= 80_000
+    assert per_insert < 12, per_insert

@@ -15,7 +15,8 @@ in-process adapter, `SimBackend`, lives with the other backends in
 * `.errors`: `SimError` and its kinds (`TaskError`, `ConfigError`, `ServeError`,
   `SimRequestError`).
 * What the model writes, how samples follow ``answers`` exactly, and how the reward and judge
-  scores work: `.model`.
+  scores work: `.model`; reasoning problems (thinking curves, ``<think>`` tags, probes):
+  `.reasoning`.  `SimTask.think_tags` says whether the task's samples think, and in which tags.
 """
 
 from .engine import Faults, Latency, SimConfig, SimEngine, SimStats

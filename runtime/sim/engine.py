@@ -148,6 +148,8 @@ class SimConfig(msgspec.Struct, frozen=True, kw_only=True):
 class SimStats(msgspec.Struct):
     """Counters since start (or the last `SimEngine.reset_stats`).  ``requests`` counts every
     generation the engine ran, warm-ups and the forks of an ``n > 1`` request included;
+    ``unrecognised`` counts the generations (not warm-ups) whose input contains no question of
+    the task, which the sim answers with generic text and the answer ``unknown``;
     ``in_flight`` counts requests admitted or queued, ``running`` those past the batch-size
     queue."""
 
@@ -160,6 +162,7 @@ class SimStats(msgspec.Struct):
     aborted: int = 0
     faults: int = 0
     reward_requests: int = 0
+    unrecognised: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     running: int = 0
@@ -451,7 +454,10 @@ class SimEngine:
         cap = room if req.max_new_tokens is None else min(req.max_new_tokens, room)
         greedy = req.temperature < 1e-6
         seed = None if greedy else (req.seed if req.seed is not None else self.fresh_seed())
-        steps = _write(self.task, req, out, cap, seed)
+        text = tokenizer.decode(req.input_ids, skip_special_tokens=True)
+        if self.task.find(text) is None:
+            self._stats.unrecognised += 1
+        steps = _write(self.task, req, out, cap, seed, text)
         decode_s = self.config.latency.decode_s
         if on_progress is None:
             # Nobody watches the tokens arrive: write them all, then wait for all of them at once
@@ -484,7 +490,7 @@ class SimEngine:
 
 
 def _write(
-    task: SimTask, req: EngineRequest, out: EngineOutput, cap: int, seed: int | None
+    task: SimTask, req: EngineRequest, out: EngineOutput, cap: int, seed: int | None, text: str
 ) -> Iterator[dict[str, Any] | None]:
     """Append the model's tokens to ``out`` one at a time; after each, yield the finish reason it
     causes (None while the request goes on).  SGLang's order: stop strings (list order), stop
@@ -501,8 +507,7 @@ def _write(
     min_new, logprobs, top = req.min_new_tokens, req.return_logprob, req.top_logprobs_num
     is_special, token_bytes = tokenizer.is_special, tokenizer.token_bytes
     prev = ids[-1]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    for tok in model.continuation(task, text, seed, prev):
+    for tok in model.continuation(task, text, seed, prev, one_line="\n" in stops):
         token_id = tok.id
         stop_token = token_id == EOS_ID or token_id in stop_ids
         if stop_token and len(output) < min_new:

@@ -60,8 +60,12 @@ text scored as a prompt gets the same values back.  Top alternatives are consist
 with ``m = +1`` if the newest decided running answer is correct (or none is decided yet), ``-1``
 if it is wrong, ``0`` for an unrecognised problem; ``j`` is a jitter in [-0.25, 0.25] and ``Z`` a
 standard normal, both hashed from the text.  With ``prm_noise = 0`` every right trajectory scores
-above every wrong one (about 0.86-0.91 against 0.09-0.14); the chance that a given wrong/right
-pair is misordered grows with the noise (about 1% at 0.15, 12% at 0.3, 36% at 1).
+above every wrong one (about 0.86-0.91 against 0.09-0.14).  What the noise means: the AUC (the
+chance that a right trajectory outscores a wrong one) is about ``Phi(4 / (8 sqrt(2) prm_noise))``,
+measured (tests/test_sim_prm.py) 1.00 at 0.05 and 0.1, 0.99 at 0.15, 0.88 at 0.3, 0.73 at 0.6 and
+0.65 at 1.  With ``prm_bias`` the margin of a trajectory whose running answer is favoured is
+``-1 + strength``: at strength 2 the PRM cannot tell it from a right one, above 2 it prefers it.
+A reasoning problem is scored by the answer its text stands for (`reasoning.current_answer`).
 
 **Judge.**  When the last non-empty line of the input asks for a verdict (it contains the words
 "yes" and "no", any case, and is not part of the question) the sim answers `` Yes`` or `` No``
@@ -70,13 +74,22 @@ then ends the sequence.  ``P(yes)`` is computed like `prm_score` from the last
 running answer of the trajectory), is sampled with the seed (argmax at temperature 0), and both
 alternatives are reported in the top logprobs.
 
+**Single-line answers.**  A fresh sample whose input ends like a few-shot prompt (``=``,
+``A:`` or ``Answer:``, trailing spaces aside) or whose request stops on ``"\n"`` is one line:
+`` X`` after ``=``/``:``, else ``The answer is X.``, then ``\n`` and the end of the sequence, with
+``X`` drawn from ``answers`` exactly (the most likely one at temperature 0).  Started samples are
+continued step by step as before.
+
+**Probes.**  An input ending in ``\boxed{`` gets ``X}`` and the end of the sequence: ``X`` the
+running answer of the trajectory so far (a draw from ``answers`` if no step is decided yet).
+Reasoning problems (``thinking`` in the task) are written by `ttcdsl.runtime.sim.reasoning`.
+
 **Unrecognised prompts** get generic steps (2-4 steps of 16-32 tokens) ending in
 ``The answer is unknown.``
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -84,6 +97,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+from . import reasoning
+from .rand import normal as _normal
+from .rand import randint as _randint
+from .rand import text_seed as _text_seed
+from .rand import uniform
 from .task import GENERIC, Problem, SimTask
 from .tokenizer import EOS_ID, FILLER_PHRASES, FILLER_WORDS, STARTERS, tokenizer
 
@@ -103,32 +121,6 @@ __all__ = [
 ]
 
 GREEDY_SEED = 0
-
-
-# ---------------------------------------------------------------- randomness (stable hashing)
-
-
-def uniform(seed: int, *labels: object) -> float:
-    """A uniform draw in [0, 1) that depends only on ``seed`` and ``labels``."""
-    digest = hashlib.blake2b(repr((seed, *labels)).encode(), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
-
-
-def _text_seed(text: str, label: str) -> int:
-    digest = hashlib.blake2b(
-        text.encode("utf-8", "surrogatepass"), digest_size=8, person=label.encode()[:16]
-    )
-    return int.from_bytes(digest.digest(), "big")
-
-
-def _normal(seed: int, label: str) -> float:
-    u1 = 1.0 - uniform(seed, label, 1)
-    u2 = uniform(seed, label, 2)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-
-
-def _randint(low: int, high: int, seed: int, *labels: object) -> int:
-    return low + min(high - low, int(uniform(seed, *labels) * (high - low + 1)))
 
 
 # ---------------------------------------------------------------- the answer process
@@ -195,6 +187,8 @@ _STEP_RE = re.compile(
 _PARTIAL_FILL_RE = re.compile(r"(?: [A-Za-z]+)*(?: [A-Za-z]*)?")
 _FOREIGN_DECISION_RE = re.compile(r"Step (\d+) of (\d+): we now have (?P<v>[^\n]+?)\.(?= |$)")
 _ANSWER_LINE_RE = re.compile(r"The answer is (.+?)\.[ \t]*$", re.MULTILINE)
+# A few-shot prompt that wants the answer on the same line ("17 + 25 =", "A:", "Answer:").
+_FEW_SHOT_RE = re.compile(r"(?:=|\b(?:A|Answer|answer)[ \t]*:)[ \t]*\Z")
 _YES_RE = re.compile(r"\byes\b", re.IGNORECASE)
 _NO_RE = re.compile(r"\bno\b", re.IGNORECASE)
 
@@ -241,6 +235,8 @@ class Analysis:
     trajectory: Trajectory
     # Set when the input asks for a yes/no verdict: the probability of " Yes".
     judge_yes: float | None = None
+    # Where the question ends in the input (0 when no problem was recognised).
+    qend: int = 0
 
 
 def analyse(task: SimTask, text: str) -> Analysis:
@@ -252,7 +248,9 @@ def analyse(task: SimTask, text: str) -> Analysis:
     if judge is not None:
         p_yes = _judge_p_yes(problem, found is not None, text, qend, judge)
         return Analysis(problem, found is not None, Trajectory(), judge_yes=p_yes)
-    return Analysis(problem, found is not None, _parse_trajectory(problem, text[qend:]))
+    if problem.thinking is not None:
+        return Analysis(problem, True, Trajectory(), qend=qend)
+    return Analysis(problem, found is not None, _parse_trajectory(problem, text[qend:]), qend=qend)
 
 
 def _judge_line(text: str, qstart: int, qend: int) -> int | None:
@@ -389,16 +387,19 @@ def _greedy_choice(
 # ---------------------------------------------------------------- generation
 
 
-def continuation(task: SimTask, text: str, seed: int | None, prev_id: int = -1) -> Iterator[Tok]:
+def continuation(
+    task: SimTask, text: str, seed: int | None, prev_id: int = -1, *, one_line: bool = False
+) -> Iterator[Tok]:
     """The tokens the sim writes after ``text``: the rest of the sample, the end-of-sequence
     token, then (for ``ignore_eos``) endless filler sentences each followed by another
     end-of-sequence token.  ``seed=None`` means temperature 0; ``prev_id`` is the last input
-    token (plain logprobs depend on the previous token)."""
+    token (plain logprobs depend on the previous token).  ``one_line`` (the request stops on
+    ``"\n"``) makes a fresh step-by-step sample a single answer line (module doc)."""
     analysis = analyse(task, text)
     greedy = seed is None
     rseed = GREEDY_SEED if seed is None else seed
     last = prev_id
-    for tok in _answer_tokens(analysis, text, rseed, greedy, prev_id):
+    for tok in _answer_tokens(analysis, text, rseed, greedy, prev_id, one_line):
         last = tok.id
         yield tok
     yield Tok(EOS_ID, input_logprob(last, EOS_ID))
@@ -406,10 +407,17 @@ def continuation(task: SimTask, text: str, seed: int | None, prev_id: int = -1) 
 
 
 def _answer_tokens(
-    analysis: Analysis, text: str, seed: int, greedy: bool, prev_id: int
+    analysis: Analysis, text: str, seed: int, greedy: bool, prev_id: int, one_line: bool
 ) -> Iterator[Tok]:
     if analysis.judge_yes is not None:
         yield from _judge_tokens(analysis.judge_yes, seed, greedy)
+    elif analysis.problem.thinking is not None:
+        pieces = reasoning.continuation(analysis.problem, text[analysis.qend :], seed)
+        yield from _piece_tokens(pieces, prev_id)
+    elif text.endswith(reasoning.PROBE):
+        yield from _piece_tokens(_probe_pieces(analysis, seed, greedy), prev_id)
+    elif _fresh(analysis.trajectory) and (one_line or _FEW_SHOT_RE.search(text)):
+        yield from _piece_tokens(_line_pieces(analysis.problem, text, seed, greedy), prev_id)
     elif not analysis.trajectory.finished:
         traj = analysis.trajectory
         if not traj.values and not traj.partial and text and not text[-1].isspace():
@@ -418,6 +426,39 @@ def _answer_tokens(
             yield Tok(newline, input_logprob(prev_id, newline))
             prev_id = newline
         yield from _sample_tokens(analysis.problem, traj, seed, greedy, prev_id)
+
+
+def _piece_tokens(ids: Iterator[int], prev_id: int) -> Iterator[Tok]:
+    for token_id in ids:
+        yield Tok(token_id, input_logprob(prev_id, token_id))
+        prev_id = token_id
+
+
+def _fresh(traj: Trajectory) -> bool:
+    return not traj.values and not traj.partial and not traj.finished
+
+
+def _line_pieces(problem: Problem, text: str, seed: int, greedy: bool) -> Iterator[int]:
+    """A single-line answer: `` X`` after a few-shot ``=`` or ``A:``, else ``The answer is
+    X.``; then a newline.  ``X`` is drawn from ``answers`` exactly (the modal one greedily)."""
+    options = [(1, a, p) for a, p in problem.answers.items()]
+    value = _modal(problem) if greedy else _choose(options, uniform(seed, "line"))[1]
+    tail = text.rstrip(" \t")
+    if tail.endswith(("=", ":")):
+        line = " " + value
+    else:
+        line = ("" if not text or text[-1].isspace() else " ") + f"The answer is {value}."
+    yield from tokenizer.encode(line + "\n")
+
+
+def _probe_pieces(analysis: Analysis, seed: int, greedy: bool) -> Iterator[int]:
+    """A probe (text ending in ``\boxed{``) of a step-by-step sample: its running answer, or
+    for a sample with no decided step yet a draw from ``answers``, then ``}``."""
+    problem, value = analysis.problem, analysis.trajectory.state
+    if value is None:
+        options = [(1, a, p) for a, p in problem.answers.items()]
+        value = _modal(problem) if greedy else _choose(options, uniform(seed, "probe"))[1]
+    yield from tokenizer.encode(value + "}")
 
 
 def _sample_tokens(
@@ -671,8 +712,14 @@ def prm_score(task: SimTask, text: str) -> float:
     if found is None:
         return _verdict(0.0, GENERIC.prm_noise, text, "prm")
     problem, qend = found
-    value = _newest_value(problem, text[qend:])
+    if problem.thinking is not None:
+        value: str | None = reasoning.current_answer(problem, text[qend:])
+    else:
+        value = _newest_value(problem, text[qend:])
     margin = 1.0 if value is None or value == problem.answer else -1.0
+    bias = problem.prm_bias
+    if bias is not None and value in bias.favoured:
+        margin += bias.strength
     return _verdict(margin, problem.prm_noise, text, "prm")
 
 

@@ -7,6 +7,12 @@ is deterministic), and nodes on the path of an in-flight request are locked.  Wh
 more than ``capacity`` tokens, unlocked leaves are evicted least-recently-used first (a parent
 whose last child goes becomes a leaf in turn), like SGLang's default ``lru`` policy.
 
+Eviction bookkeeping is incremental: a heap of candidate leaves is kept up to date as nodes are
+used, created, locked and unlocked (stale entries are skipped when popped and the heap is rebuilt
+once they outnumber the nodes), so an insert costs O(log n) amortised however many leaves the
+tree holds, never a scan of every leaf.  `RadixCache.work` counts the heap operations and nodes
+visited, for tests that bound the work per insert.
+
 What SGLang reports as ``cached_tokens`` (at most ``len(input) - 1``: the last prompt token is
 always recomputed for its logits) is the engine's business, not the tree's: `match` returns the
 raw matched length.
@@ -21,7 +27,7 @@ __all__ = ["RadixCache"]
 
 
 class _Node:
-    __slots__ = ("children", "key", "last_used", "locks", "parent", "serial")
+    __slots__ = ("alive", "children", "key", "last_used", "locks", "parent", "serial")
 
     def __init__(self, key: tuple[int, ...], parent: _Node | None, serial: int) -> None:
         self.key = key
@@ -30,6 +36,7 @@ class _Node:
         self.last_used = 0
         self.locks = 0
         self.serial = serial  # creation order: a deterministic tie-break for eviction
+        self.alive = True  # False once evicted (its heap entries are then stale)
 
 
 class RadixCache:
@@ -43,6 +50,10 @@ class RadixCache:
         self._root = self._new((), None)
         self._size = 0
         self._clock = 0
+        self._nodes = 0  # nodes in the tree besides the root
+        self._heap: list[tuple[int, int, int, _Node]] = []  # eviction candidates, maybe stale
+        self._pushes = 0  # a unique tie-break, so heap entries never compare nodes
+        self.work = 0  # heap pushes and pops plus nodes visited by rebuilds
 
     def _new(self, key: tuple[int, ...], parent: _Node | None) -> _Node:
         self._serial += 1
@@ -52,6 +63,23 @@ class RadixCache:
     def size(self) -> int:
         """Tokens currently stored."""
         return self._size
+
+    def _candidate(self, node: _Node) -> None:
+        """Note that ``node`` may now be an evictable leaf (checked again when popped)."""
+        if node.children or node.locks or node is self._root:
+            return
+        self.work += 1
+        self._pushes += 1
+        heapq.heappush(self._heap, (node.last_used, node.serial, self._pushes, node))
+        if len(self._heap) > 2 * self._nodes + 64:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Drop stale heap entries: one entry per evictable leaf."""
+        leaves = self._leaves()
+        self.work += self._nodes
+        self._heap = [(n.last_used, n.serial, 0, n) for n in leaves if n.locks == 0]
+        heapq.heapify(self._heap)
 
     def _tick(self) -> int:
         self._clock += 1
@@ -80,6 +108,8 @@ class RadixCache:
         now = self._tick()
         for node in path:
             node.last_used = now
+        if path:
+            self._candidate(path[-1])
         return matched
 
     def insert(self, ids: Sequence[int]) -> None:
@@ -94,6 +124,8 @@ class RadixCache:
                 leaf.last_used = now
                 node.children[ids[i]] = leaf
                 self._size += len(leaf.key)
+                self._nodes += 1
+                self._candidate(leaf)
                 break
             n = _common(child.key, ids, i)
             if n < len(child.key):
@@ -101,6 +133,8 @@ class RadixCache:
             child.last_used = now
             node = child
             i += n
+        else:
+            self._candidate(node)
         self.evict()
 
     def _split(self, node: _Node, at: int) -> _Node:
@@ -114,6 +148,7 @@ class RadixCache:
         node.key = node.key[at:]
         node.parent = upper
         upper.children[node.key[0]] = node
+        self._nodes += 1
         return upper
 
     def lock(self, ids: Sequence[int]) -> object:
@@ -132,25 +167,28 @@ class RadixCache:
         node: _Node | None = handle
         while node is not None and node is not self._root:
             node.locks -= 1
+            if node.locks == 0:
+                self._candidate(node)
             node = node.parent
         self.evict()
 
     def evict(self) -> int:
         """Evict least-recently-used unlocked leaves until within capacity; tokens evicted."""
-        if self._size <= self.capacity:
-            return 0
-        heap = [(n.last_used, n.serial, n) for n in self._leaves() if n.locks == 0]
-        heapq.heapify(heap)
         freed = 0
+        heap = self._heap
         while self._size > self.capacity and heap:
-            _, _, leaf = heapq.heappop(heap)
+            used, _, _, leaf = heapq.heappop(heap)
+            self.work += 1
+            if not leaf.alive or leaf.children or leaf.locks or used != leaf.last_used:
+                continue  # stale: the node was used, locked, grew children or is gone
             parent = leaf.parent
             assert parent is not None
             del parent.children[leaf.key[0]]
+            leaf.alive = False
+            self._nodes -= 1
             self._size -= len(leaf.key)
             freed += len(leaf.key)
-            if parent is not self._root and not parent.children and parent.locks == 0:
-                heapq.heappush(heap, (parent.last_used, parent.serial, parent))
+            self._candidate(parent)
         return freed
 
     def _leaves(self) -> list[_Node]:
@@ -168,6 +206,8 @@ class RadixCache:
         """Drop everything (``/flush_cache``)."""
         self._root = self._new((), None)
         self._size = 0
+        self._nodes = 0
+        self._heap = []
 
 
 def _common(key: tuple[int, ...], ids: Sequence[int], start: int) -> int:

@@ -311,7 +311,7 @@ def model_info_json(engine: SimEngine) -> dict[str, Any]:
         "preferred_sampling_params": None,
         "weight_version": "default",
         "load_format": "auto",
-        "reasoning_parser": None,
+        "reasoning_parser": _reasoning_parser(engine),
         "tool_call_parser": None,
         "disaggregation_mode": "null",
         "has_image_understanding": False,
@@ -319,6 +319,11 @@ def model_info_json(engine: SimEngine) -> dict[str, Any]:
         "model_type": "ttc-sim",
         "architectures": ["TTCSimForCausalLM"],
     }
+
+
+def _reasoning_parser(engine: SimEngine) -> str | None:
+    """SGLang's ``--reasoning-parser`` name for the tags the task's samples think in."""
+    return "deepseek-r1" if engine.task.think_tags is not None else None
 
 
 async def model_info(request: web.Request) -> web.Response:
@@ -354,9 +359,11 @@ async def server_info(request: web.Request) -> web.Response:
                 {"last_gen_throughput": 0.0, "memory_usage": {"token_capacity": cfg.radix_capacity}}
             ],
             "version": VERSION,
+            "reasoning_parser": _reasoning_parser(engine),
             "sim": {
                 "task": engine.task.source,
                 "problems": len(engine.task.problems),
+                "unrecognised_prompts": engine.stats.unrecognised,
                 "latency": msgspec.to_builtins(cfg.latency),
                 "faults": msgspec.to_builtins(cfg.faults),
                 "vocab_size": engine.tokenizer.vocab_size,

@@ -19,6 +19,27 @@ wording, about 13 tokens), ``prm_noise`` (verifier noise in [0, 1], default 0.1;
 `ttcdsl.runtime.sim.model`).  Numbers given as answers are read as their JSON text.  Unknown keys
 are errors, so a typo cannot silently fall back to a default.
 
+``prm_bias`` makes the reward model fallible in a systematic way (a reward-hacked PRM)::
+
+    "prm_bias": {"favoured": ["13.6"], "strength": 3.0}
+
+``favoured``: wrong answers (keys of ``answers`` other than ``answer``) whose trajectories the
+PRM finds convincing; ``strength`` (in (0, 10], default 3): how much it likes them, in units of
+the gap between a right and a wrong step (2 = level with right steps, more = preferred).
+
+A *reasoning* problem also has ``thinking`` (see `ttcdsl.runtime.sim.reasoning`)::
+
+    "thinking": {"curve": [[0, 0.15], [300, 0.55], [900, 0.8], [2500, 0.6]],
+                 "natural": [200, 1200]}
+
+``curve``: points ``[tokens, p]`` with tokens strictly increasing from 0 (integers, at most
+32768) and ``p`` in [0, 1]: the chance that the final answer is right after that many thinking
+tokens, linear in between and flat after the last point (a falling tail is overthinking).
+``natural``: inclusive range ``[low, high]`` (16 <= low <= high <= 32768) of the thinking
+length at which a branch closes its thinking by itself.  Its wrong answers are the keys of
+``answers`` other than ``answer``, drawn in proportion to their weights (so at least one must
+have a positive weight); the weight of ``answer`` itself is unused.
+
 `load_task` raises `TaskError` with one line naming the file, the problem and what is wrong.
 """
 
@@ -28,6 +49,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +57,47 @@ import msgspec
 
 from .errors import TaskError
 
-__all__ = ["GENERIC", "Problem", "SimTask", "load_task"]
+__all__ = ["GENERIC", "THINK_TAGS", "PrmBias", "Problem", "SimTask", "Thinking", "load_task"]
 
 _MAX_STEPS = 200
 _MAX_STEP_TOKENS = 4096
-_PROBLEM_KEYS = ("id", "question", "answer", "answers", "steps", "step_tokens", "prm_noise")
+_MAX_THINK = 32768
+_PROBLEM_KEYS = (
+    "id",
+    "question",
+    "answer",
+    "answers",
+    "steps",
+    "step_tokens",
+    "prm_noise",
+    "thinking",
+    "prm_bias",
+)
+THINK_TAGS = ("<think>", "</think>")
+
+
+class Thinking(msgspec.Struct, frozen=True):
+    """A reasoning problem's thinking curve and natural thinking lengths (module doc)."""
+
+    curve: tuple[tuple[int, float], ...]
+    natural: tuple[int, int]
+
+    def p_right(self, tokens: int) -> float:
+        """The chance that the answer is right after ``tokens`` thinking tokens."""
+        points = self.curve
+        if tokens >= points[-1][0]:
+            return points[-1][1]
+        for (t0, p0), (t1, p1) in pairwise(points):
+            if tokens < t1:
+                return p0 + (p1 - p0) * (max(tokens, t0) - t0) / (t1 - t0)
+        return points[-1][1]  # pragma: no cover - the loop always returns
+
+
+class PrmBias(msgspec.Struct, frozen=True):
+    """Wrong answers the reward model favours, and by how much (module doc)."""
+
+    favoured: tuple[str, ...]
+    strength: float = 3.0
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -52,10 +110,17 @@ class Problem(msgspec.Struct, frozen=True):
     steps: tuple[int, int] = (2, 5)
     step_tokens: tuple[int, int] = (16, 48)
     prm_noise: float = 0.1
+    thinking: Thinking | None = None
+    prm_bias: PrmBias | None = None
 
     @property
     def p_correct(self) -> float:
         return self.answers.get(self.answer, 0.0)
+
+    @property
+    def wrong_answers(self) -> tuple[tuple[str, float], ...]:
+        """The wrong answers with a positive weight, in task order."""
+        return tuple((a, p) for a, p in self.answers.items() if a != self.answer and p > 0.0)
 
 
 # What the simulator does for a prompt that contains no known question.
@@ -75,6 +140,12 @@ class SimTask(msgspec.Struct, frozen=True):
 
     problems: tuple[Problem, ...] = ()
     source: str = "<memory>"
+
+    @property
+    def think_tags(self) -> tuple[str, str] | None:
+        """``("<think>", "</think>")`` when any problem reasons (its samples think first, as a
+        model served with SGLang's ``--reasoning-parser deepseek-r1``), else None."""
+        return THINK_TAGS if any(p.thinking is not None for p in self.problems) else None
 
     @classmethod
     def empty(cls) -> SimTask:
@@ -205,6 +276,14 @@ def _parse_problem(item: Any, index: int, source: str) -> Problem:
     noise = item.get("prm_noise", 0.1)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 <= noise <= 1.0:
         raise TaskError(f'{where}: "prm_noise" must be a number in [0, 1], got {noise!r}')
+    thinking = None
+    if "thinking" in item:
+        thinking = _thinking(item["thinking"], f'{where}: "thinking"')
+        if not any(a != answer and p > 0.0 for a, p in probs.items()):
+            raise TaskError(f'{where}: a reasoning problem needs a wrong answer in "answers"')
+    bias = None
+    if "prm_bias" in item:
+        bias = _prm_bias(item["prm_bias"], f'{where}: "prm_bias"', answer, probs)
     return Problem(
         id=str(pid),
         question=question,
@@ -213,7 +292,73 @@ def _parse_problem(item: Any, index: int, source: str) -> Problem:
         steps=steps,
         step_tokens=step_tokens,
         prm_noise=float(noise),
+        thinking=thinking,
+        prm_bias=bias,
     )
+
+
+def _prm_bias(value: Any, what: str, answer: str, answers: dict[str, float]) -> PrmBias:
+    if not isinstance(value, Mapping):
+        raise TaskError(f'{what} must be an object {{"favoured": [...], "strength": X}}')
+    extra = sorted(set(value) - {"favoured", "strength"})
+    if extra:
+        raise TaskError(f'{what}: unknown key "{extra[0]}" (expected favoured, strength)')
+    favoured = value.get("favoured")
+    if not isinstance(favoured, list) or not favoured:
+        raise TaskError(f"{what}.favoured must be a non-empty list of wrong answers")
+    names: list[str] = []
+    for raw in favoured:
+        name = _answer_text(raw, f"{what}.favoured entry")
+        if name == answer or name not in answers:
+            raise TaskError(f"{what}.favoured: {name!r} is not a wrong answer of this problem")
+        names.append(name)
+    strength = value.get("strength", 3.0)
+    ok = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+    if not ok or not 0.0 < strength <= 10.0:
+        raise TaskError(f"{what}.strength must be a number in (0, 10], got {strength!r}")
+    return PrmBias(favoured=tuple(names), strength=float(strength))
+
+
+def _thinking(value: Any, what: str) -> Thinking:
+    if not isinstance(value, Mapping):
+        raise TaskError(f'{what} must be an object {{"curve": [...], "natural": [low, high]}}')
+    extra = sorted(set(value) - {"curve", "natural"})
+    if extra:
+        raise TaskError(f'{what}: unknown key "{extra[0]}" (expected curve, natural)')
+    for key in ("curve", "natural"):
+        if key not in value:
+            raise TaskError(f'{what}: missing "{key}"')
+    curve = value["curve"]
+    if not isinstance(curve, list) or not curve:
+        raise TaskError(f"{what}.curve must be a non-empty list of [tokens, p] points")
+    points: list[tuple[int, float]] = []
+    for i, point in enumerate(curve):
+        ok = (
+            isinstance(point, list)
+            and len(point) == 2
+            and isinstance(point[0], int)
+            and not isinstance(point[0], bool)
+            and isinstance(point[1], (int, float))
+            and not isinstance(point[1], bool)
+        )
+        if not ok:
+            raise TaskError(f"{what}.curve[{i}] must be [tokens, p], got {point!r}")
+        tokens, p = point
+        if not 0.0 <= p <= 1.0:
+            raise TaskError(f"{what}.curve[{i}]: p = {p} is not a probability in [0, 1]")
+        if not 0 <= tokens <= _MAX_THINK:
+            raise TaskError(f"{what}.curve[{i}]: tokens = {tokens} must be in 0..{_MAX_THINK}")
+        if points and tokens <= points[-1][0]:
+            raise TaskError(
+                f"{what}.curve[{i}]: tokens must increase, got {tokens} after {points[-1][0]}"
+            )
+        points.append((tokens, float(p)))
+    if points[0][0] != 0:
+        raise TaskError(f"{what}.curve must start at 0 tokens, got {points[0][0]}")
+    natural = _range(value["natural"], f"{what}.natural", _MAX_THINK)
+    if natural[0] < 16:
+        raise TaskError(f"{what}.natural = [{natural[0]}, {natural[1]}] must start at >= 16 tokens")
+    return Thinking(curve=tuple(points), natural=natural)
 
 
 _BAD_ANSWER = re.compile(r"[\r\n]")

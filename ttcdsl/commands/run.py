@@ -98,11 +98,28 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if trace is not None:
             trace.close()
+    warning = sim_warning(backend)
     if args.json:
-        print(json.dumps(result_to_json(result), ensure_ascii=False))
+        doc = result_to_json(result)
+        if warning:
+            doc["warnings"] = [warning]
+        print(json.dumps(doc, ensure_ascii=False))
     else:
         show(Console(), result)
+        if warning:
+            err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     return 0
+
+
+def sim_warning(backend: Any) -> str | None:
+    """The simulator's once-per-run warning that prompts matched no question of its task."""
+    from ttcdsl.runtime.backends.sim import SimBackend
+
+    if not isinstance(backend, SimBackend) or not backend.stats.unrecognised:
+        return None
+    stats = backend.stats
+    return (f"sim: {stats.unrecognised} of {stats.requests - stats.warm_requests} generation requests "
+            "contained no question of the task (answered 'unknown'); check --sim-task and the prompt")
 
 
 def show(console: Console, result: RunResult) -> None:
@@ -168,6 +185,9 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
                 )
 
         summary = anyio.run(main)
+    warning = sim_warning(backend)
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     parts = [f"{summary.done} done", f"{summary.skipped} skipped (already in {args.output})" if summary.skipped else "",
              f"{summary.failed} failed" if summary.failed else ""]
     err.print(", ".join(p for p in parts if p) + f" in {summary.wall_s:.1f} s; {summary.completion_tokens} completion tokens")

@@ -1,0 +1,38 @@
+"""Stable hashed randomness for the simulator: draws that depend only on their arguments.
+
+Every random choice the sim makes is one of these, so the same (seed, labels) or text gives the
+same draw in every process and on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+__all__ = ["normal", "randint", "text_seed", "uniform"]
+
+
+def uniform(seed: int, *labels: object) -> float:
+    """A uniform draw in [0, 1) that depends only on ``seed`` and ``labels``."""
+    digest = hashlib.blake2b(repr((seed, *labels)).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
+
+
+def text_seed(text: str, label: str) -> int:
+    """A 64-bit seed hashed from ``text`` under ``label``."""
+    digest = hashlib.blake2b(
+        text.encode("utf-8", "surrogatepass"), digest_size=8, person=label.encode()[:16]
+    )
+    return int.from_bytes(digest.digest(), "big")
+
+
+def normal(seed: int, label: str) -> float:
+    """A standard normal draw (Box-Muller on two hashed uniforms)."""
+    u1 = 1.0 - uniform(seed, label, 1)
+    u2 = uniform(seed, label, 2)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+
+
+def randint(low: int, high: int, seed: int, *labels: object) -> int:
+    """A uniform integer in ``low..high`` inclusive."""
+    return low + min(high - low, int(uniform(seed, *labels) * (high - low + 1)))
