@@ -38,7 +38,7 @@ from ttcdsl.runtime.backend import GenRequest, GenResult, Sampling
 from ttcdsl.runtime.budget import Budget, Reservation, split
 from ttcdsl.runtime.client import ModelClient, Stats, op_name
 from ttcdsl.runtime.seeds import derive_seed
-from ttcdsl.runtime.values import Answer, Branch, Branches
+from ttcdsl.runtime.values import Answer, Branch, Branches, ExpectOutcome
 from ttcdsl.vocabulary import DEFAULT_MAX_TOKENS, JUDGE_TOKENS, SAMPLING_KEYS
 
 __all__ = ["SCORERS", "STEPS", "Evaluator", "Frame", "RunState", "run_step"]
@@ -81,6 +81,15 @@ class RunState:
     seed: int
     allow_verifier: bool = False
     exhausted: bool = False  # some request got less than it asked for, or none at all
+    # Where `expect` outcomes go in test mode; None skips `expect` statements.
+    expect: Callable[[ExpectOutcome], None] | None = None
+
+    def expected(self, frame: Frame, st: P.Expect, held: Any) -> None:
+        """Report one outcome of `expect` statement `st` (test mode only)."""
+        if self.expect is not None:
+            span = st.span
+            self.expect(ExpectOutcome(strategy=frame.strategy.name, file=span.file, line=span.line,
+                                      col=span.col, text=st.text, where=frame.tag(), held=bool(held)))
 
     @contextmanager
     def measure(self, n: P.Node) -> Iterator[None]:

@@ -17,6 +17,7 @@ __all__ = [
     "Answer",
     "Branch",
     "Branches",
+    "ExpectOutcome",
     "FinishReason",
     "NodeUsage",
     "RunResult",
@@ -135,6 +136,20 @@ class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
+
+
+class ExpectOutcome(msgspec.Struct, kw_only=True):
+    """One evaluation of an `expect` statement in test mode: where (file, line, column, the
+    strategy and the call path / loop iterations it ran in), the condition as written, and whether
+    it held."""
+
+    strategy: str
+    file: str
+    line: int
+    col: int
+    text: str
+    where: str
+    held: bool
 
 
 class RunResult(msgspec.Struct, kw_only=True):
