@@ -41,7 +41,7 @@ from ttcdsl.runtime.seeds import derive_seed
 from ttcdsl.runtime.values import Answer, Branch, Branches, ExpectOutcome
 from ttcdsl.vocabulary import DEFAULT_MAX_TOKENS, JUDGE_TOKENS, SAMPLING_KEYS
 
-__all__ = ["SCORERS", "STEPS", "Evaluator", "Frame", "RunState", "run_step"]
+__all__ = ["SCORERS", "STEPS", "Evaluator", "Frame", "RunState", "StepRecord", "run_step"]
 
 T = TypeVar("T")
 JUDGE_TOP_LOGPROBS = 20
@@ -72,6 +72,19 @@ class Frame:
         return self.key + "".join(f"@{i}" for i in self.loops)
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """One finished step invocation, for test-mode observers: the node, where it ran (call path
+    and loop iterations), its value, its input branches (steps that take branches) and, for a
+    prune, its `keep` count.  The branches are the live objects: copy what must not change."""
+
+    node: P.Node
+    where: str
+    output: Any
+    inputs: list[Branch] | None = None
+    keep: int | None = None
+
+
 @dataclass
 class RunState:
     """What every step of one run shares."""
@@ -83,6 +96,13 @@ class RunState:
     exhausted: bool = False  # some request got less than it asked for, or none at all
     # Where `expect` outcomes go in test mode; None skips `expect` statements.
     expect: Callable[[ExpectOutcome], None] | None = None
+    # Test mode: told every step's inputs and output (`StepRecord`); None costs nothing.
+    observe: Callable[[StepRecord], None] | None = None
+
+    def observed(self, frame: Frame, n: P.Node, output: Any, inputs: list[Branch] | None = None,
+                 keep: int | None = None) -> None:
+        if self.observe is not None:
+            self.observe(StepRecord(n, frame.tag(), output, inputs, keep))
 
     def expected(self, frame: Frame, st: P.Expect, held: Any) -> None:
         """Report one outcome of `expect` statement `st` (test mode only)."""
@@ -212,6 +232,7 @@ async def sample(ev: Evaluator, frame: Frame, n: P.Sample, anytime: _Anytime | N
             # Done once per invocation (so which node is charged never depends on scheduling).
             await client.warm(n, frame.chain, prompt_ids)
         await _generate_forks(ev, frame, n, [(b, i) for i, b in enumerate(branches)], settings, anytime)
+        ev.state.observed(frame, n, Branches(branches))
         return Branches(branches)
 
 
@@ -232,6 +253,7 @@ async def expand(ev: Evaluator, frame: Frame, n: P.Expand, anytime: _Anytime | N
                 out.append(child)
                 pending.append((child, fork))
         await _generate_forks(ev, frame, n, pending, settings, anytime)
+        ev.state.observed(frame, n, Branches(out), branches.items)
         return Branches(out)
 
 
@@ -337,6 +359,7 @@ async def score(ev: Evaluator, frame: Frame, n: P.Score) -> Branches:
             out.append(msgspec.structs.replace(
                 b, step_scores=scores, scored_steps=len(b.steps), score=agg.aggregate(scores, n.agg)
             ))
+        ev.state.observed(frame, n, Branches(out), items)
         return Branches(out)
 
 
@@ -422,7 +445,9 @@ SCORERS: dict[str, Scorer] = {"prm": _prm, "logprob": _logprob, "judge": _judge,
 async def prune(ev: Evaluator, frame: Frame, n: P.Prune) -> Branches:
     branches, keep = await _both(ev, frame, n.branches, n.keep)
     with ev.state.measure(n):
-        return Branches(agg.prune(branches.items, _count(keep, n), n.by, n.per))
+        out = Branches(agg.prune(branches.items, _count(keep, n), n.by, n.per))
+    ev.state.observed(frame, n, out, branches.items, keep)
+    return out
 
 
 async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
@@ -430,7 +455,9 @@ async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
         return await _anytime_vote(ev, frame, n)
     branches = await ev.ev(frame, n.branches)
     with ev.state.measure(n):
-        return agg.vote(branches.items, n.on, n.pattern, n.weighted)
+        answer = agg.vote(branches.items, n.on, n.pattern, n.weighted)
+    ev.state.observed(frame, n, answer, branches.items)
+    return answer
 
 
 @dataclass
@@ -478,7 +505,8 @@ async def _anytime_vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Answer:
         answer.aborted = anytime.aborted
         answer.unsent = anytime.unsent
         answer.stopped_early = anytime.stopped
-        return answer
+    ev.state.observed(frame, n, answer, anytime.votes)
+    return answer
 
 
 async def resample(ev: Evaluator, frame: Frame, n: P.Resample) -> Branches:
@@ -506,7 +534,8 @@ async def resample(ev: Evaluator, frame: Frame, n: P.Resample) -> Branches:
             copy = items[i].child(_branch_id(frame, n.id, k))
             copy.finished, copy.finish_reason = items[i].finished, items[i].finish_reason
             out.append(copy)
-        return Branches(out)
+    ev.state.observed(frame, n, Branches(out), items)
+    return Branches(out)
 
 
 async def call(ev: Evaluator, frame: Frame, n: P.Call) -> Any:
