@@ -73,6 +73,9 @@ class RecordingBackend:
         self._enter(1)
         try:
             result = await self.inner.generate(request)
+        except Exception as exc:
+            self.failed([request], exc)
+            raise
         finally:
             self.in_flight -= 1
         self.record(request, result)
@@ -82,6 +85,13 @@ class RecordingBackend:
         """Count one answered request (subclasses add what they keep)."""
         self.reported += result.completion_tokens
         self.calls.append((request, result))
+
+    def failed(self, requests: Sequence[GenRequest], exc: Exception) -> None:
+        """A generation (or a batch) raised ``exc``; nothing is kept by default."""
+
+    def cancelled(self, request: GenRequest, tokens: int) -> None:
+        """A streamed request was cancelled after ``tokens`` completion tokens."""
+        self.aborted.append((request, tokens))
 
     def _enter(self, k: int) -> None:
         self.in_flight += k
@@ -99,6 +109,9 @@ class _Batches:
         self._enter(len(requests))
         try:
             results = await self.inner.generate_batch(requests)
+        except Exception as exc:
+            self.failed(requests, exc)
+            raise
         finally:
             self.in_flight -= len(requests)
         for request, result in zip(requests, results):
@@ -118,7 +131,10 @@ class _Streams:
         try:
             result = await self.inner.generate_stream(request, seen)
         except anyio.get_cancelled_exc_class():
-            self.aborted.append((request, self.progress.get(request.rid, 0)))
+            self.cancelled(request, self.progress.get(request.rid, 0))
+            raise
+        except Exception as exc:
+            self.failed([request], exc)
             raise
         finally:
             self.in_flight -= 1
