@@ -99,14 +99,19 @@ def question_param(strategy: P.StrategyPlan) -> str:
     )
 
 
-def _cases(backends: tuple[str, ...]) -> st.SearchStrategy[Case]:
-    options: list[st.SearchStrategy[Case]] = []
-    if "sim" in backends:
-        options.append(S.sim_tasks().flatmap(lambda task: st.builds(
-            Case, seed=S.seeds(), task=st.just(task), problem=st.integers(0, len(task.problems) - 1))))
-    if "scripted" in backends:
-        options.append(st.builds(Case, seed=S.seeds(), script=S.backend_behaviours()))
-    return st.one_of(options)
+def _cases(kind: str) -> st.SearchStrategy[Case]:
+    if kind == "sim":
+        return S.sim_tasks().flatmap(lambda task: st.builds(
+            Case, seed=S.seeds(), task=st.just(task), problem=st.integers(0, len(task.problems) - 1)))
+    return st.builds(Case, seed=S.seeds(), script=S.backend_behaviours())
+
+
+def _shares(examples: int, backends: tuple[str, ...]) -> list[tuple[str, int]]:
+    """Examples per kind of case: two thirds simulated, a third adversarial, when both run."""
+    if len(backends) == 1:
+        return [(backends[0], examples)]
+    sim = max(1, (2 * examples + 2) // 3)
+    return [("sim", sim), ("scripted", examples - sim)] if examples > sim else [("sim", sim)]
 
 
 def _check(plan: P.Plan, given: Mapping[str, Any], qname: str, case: Case, allow_verifier: bool) -> list[str]:
@@ -127,16 +132,28 @@ def explore(plan: P.Plan, file: str, given: Mapping[str, str], *, examples: int 
     qname = question_param(strategy)
     bind_args(strategy, {**given, qname: SCRIPTED_QUESTION})  # every other parameter is given or defaulted
     report = Report(plan.entry, expects=_count_expects(plan))
+    for kind, count in _shares(examples, backends):
+        failing = _phase(plan, given, qname, kind, count, seed, allow_verifier, report)
+        if failing is not None:
+            report.case, report.problems = failing
+            _reproduce(report, plan, file, given, qname, out, allow_verifier)
+            break
+    return report
+
+
+def _phase(plan: P.Plan, given: Mapping[str, Any], qname: str, kind: str, examples: int, seed: int,
+           allow_verifier: bool, report: Report) -> tuple[Case, list[str]] | None:
+    """Run `examples` cases of one kind; the shrunk failing case and its problems, or None."""
     failing: list[tuple[Case, list[str]]] = []
 
     @hypothesis_seed(seed)
     @settings(max_examples=examples, database=None, deadline=None, print_blob=False,
               # a case is a whole run of the strategy: slow draws are the runs, not the generators
               suppress_health_check=[HealthCheck.too_slow])
-    @hypothesis.given(case=_cases(backends))
+    @hypothesis.given(case=_cases(kind))
     def run(case: Case) -> None:
         report.examples += 1
-        if case.task is not None:
+        if kind == "sim":
             report.simulated += 1
         else:
             report.scripted += 1
@@ -147,10 +164,7 @@ def explore(plan: P.Plan, file: str, given: Mapping[str, str], *, examples: int 
 
     with contextlib.suppress(AssertionError):  # the failing cases are in `failing`
         run()
-    if failing:
-        report.case, report.problems = failing[-1]  # hypothesis runs the shrunk case last
-        _reproduce(report, plan, file, given, qname, out, allow_verifier)
-    return report
+    return failing[-1] if failing else None  # hypothesis runs the shrunk case last
 
 
 def _count_expects(plan: P.Plan) -> int:

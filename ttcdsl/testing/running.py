@@ -84,6 +84,15 @@ class StrategyResult:
     cap: int | None = None
     program: str = ""
 
+    def __repr__(self) -> str:
+        value = self.result.value
+        shown = (f"answer {value.value!r} (agreement {value.agreement:.2f})" if isinstance(value, Answer)
+                 else f"{len(value.items)} branches" if isinstance(value, Branches) else repr(value))
+        failed = len(self.failed_expects)
+        return (f"StrategyResult({self.result.strategy}: {shown}, {self.usage.completion_tokens} completion "
+                f"tokens, {self.usage.requests} requests, seed {self.result.seed}"
+                f"{f', {failed} failed expect(s)' if failed else ''})")
+
     @property
     def value(self) -> Any:
         return self.result.value
