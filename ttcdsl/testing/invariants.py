@@ -159,11 +159,11 @@ def _finish_reasons(r: StrategyResult) -> Iterable[str]:
             yield f"finish: {where} is {'finished' if b.finished else 'open'} with reason {b.finish_reason!r}"
         before = list(parent.ids) if parent is not None else []
         new = tuple(b.ids[len(before):])
+        if not new and b.finish_reason in ("budget", "abort"):
+            continue  # possibly never sent (its share of the budget was 0, or an anytime vote stopped)
         found = made.get(((*b.prompt_ids, *before), new), [])
         if not found:
-            if new or b.finish_reason not in ("budget", "abort"):
-                yield (f"finish: {where} ({b.finish_reason}) has {len(new)} new tokens that no "
-                       "request returned")
+            yield f"finish: {where} ({b.finish_reason}) has {len(new)} new tokens that no request returned"
             continue
         if not any(_reason_agrees(b.finish_reason, res.finish) for _, res in found):
             finishes = sorted({res.finish for _, res in found})
