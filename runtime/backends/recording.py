@@ -152,6 +152,7 @@ def recording(inner: Backend, cls: type[R] = RecordingBackend, **fields: Any) ->
     batches, streams = isinstance(inner, BatchBackend), isinstance(inner, StreamingBackend)
     key = (cls, batches, streams)
     if key not in _CLASSES:
-        bases = (*([_Streams] if streams else []), *([_Batches] if batches else []), cls)
+        bases: tuple[type, ...] = (*([_Streams] if streams else []), *([_Batches] if batches else []), cls)
         _CLASSES[key] = type(cls.__name__, bases, {}) if len(bases) > 1 else cls
-    return _CLASSES[key](inner, **fields)  # type: ignore[no-any-return]
+    made: R = _CLASSES[key](inner, **fields)
+    return made

@@ -177,7 +177,7 @@ def run_strategy(program: str | Path | Compiled | P.Plan, strategy: str | None =
     hang fails after ``timeout_s``."""
     plan, path = _compiled(program, strategy)
     values = bind_args(plan.strategy(), dict(args or {}), where="args")
-    watch = recording(_backend(backend))
+    watch: RecordingBackend = recording(_backend(backend))
     root = Budget(budget, None, "run")
     trace: list[TraceRecord] = []
     expects: list[ExpectOutcome] = []
@@ -214,7 +214,7 @@ def run_on(plan: P.Plan, backend: Backend, args: Mapping[str, Any], *, seed: int
     default, so a hang fails the test with a message instead of stalling it).  Unlike
     `run_strategy`, `args` are not checked against the parameters."""
     options.setdefault("timeout_s", 120.0)
-    watch = RecordingBackend(backend)
+    watch: RecordingBackend = RecordingBackend(backend)
     root = Budget(budget, None, "run")
     values = {p.name: p.default for p in plan.strategy().params if not p.required}
     values.update(args)
