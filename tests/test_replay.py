@@ -134,3 +134,20 @@ def test_ttc_run_records_and_replays_byte_for_byte(tmp_path: Path) -> None:
     assert a == b
     header = json.loads(rec.read_text().splitlines()[0])
     assert header["format"] == "ttc-record/1" and header["info"]["model"] == "ttc-sim"
+
+
+def test_ttc_bench_records_and_replays(tmp_path: Path) -> None:
+    items = tmp_path / "in.jsonl"
+    items.write_text("".join((REPO / "data" / "sim_math.jsonl").read_text().splitlines(keepends=True)[:3]))
+    rec = tmp_path / "bench.jsonl"
+    common = [sys.executable, "-m", "ttcdsl.cli", "bench", str(REPO / "programs" / "self_consistency.ttc"),
+              "--input", str(items), "--sweep", "n=2,4", "--seed", "1"]
+
+    def rows(out: str) -> list[list[str]]:  # the table without its time column
+        return [[c.strip() for c in line.split("│")][:-1] for line in out.splitlines() if line.count("│") >= 6]
+
+    first = subprocess.run([*common, "--sim-task", str(REPO / "data/tasks/math.json"), "--record", str(rec)],
+                           capture_output=True, text=True, check=True)
+    again = subprocess.run([*common, "--backend", "replay", "--replay", str(rec)],
+                           capture_output=True, text=True, check=True)
+    assert rows(first.stdout) and rows(first.stdout) == rows(again.stdout)
