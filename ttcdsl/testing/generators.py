@@ -263,6 +263,26 @@ def _condition(draw: st.DrawFn, scope: _Scope) -> ast.Expr:
     return cond
 
 
+def _truth(draw: st.DrawFn, scope: _Scope) -> ast.Expr:
+    """A condition that holds in every run (for `expect`): the language's own laws."""
+    b = ast.Name(draw(st.sampled_from(scope.branches)))
+
+    def size(e: ast.Expr) -> ast.Call:
+        return ast.Call("size", (e,))
+
+    laws: list[ast.Expr] = [
+        ast.Compare(">=", size(b), ast.IntLit(0)),
+        ast.Compare(">=", ast.Call("budget_left"), ast.IntLit(0)),
+        ast.Compare("==", ast.BinOp("+", size(ast.Call("active", (b,))), size(ast.Call("done", (b,)))), size(b)),
+        ast.BoolOp("or", ast.Not(ast.Call("finished", (b,))), ast.Compare("==", size(ast.Call("done", (b,))), size(b))),
+    ]
+    for a in scope.answers[:1]:
+        agreement = ast.Call("agreement", (ast.Name(a),))
+        laws.append(ast.BoolOp("and", ast.Compare(">=", agreement, ast.IntLit(0)),
+                               ast.Compare("<=", agreement, ast.IntLit(1))))
+    return draw(st.sampled_from(laws))
+
+
 def _rebind(draw: st.DrawFn, scope: _Scope) -> ast.Stmt:
     """Inside a block only existing names are rebound, so every name is bound on every path."""
     target = draw(st.sampled_from(scope.branches))
@@ -276,10 +296,12 @@ def _block(draw: st.DrawFn, scope: _Scope) -> tuple[ast.Stmt, ...]:
 def _statement(draw: st.DrawFn, scope: _Scope) -> list[ast.Stmt]:
     kinds = ["branches"]
     if scope.branches:
-        kinds += ["repeat", "if", "answer", "prompt"]
+        kinds += ["repeat", "if", "answer", "prompt", "expect"]
     if scope.ints and scope.fresh:
         kinds.append("int")
     kind = draw(st.sampled_from(kinds))
+    if kind == "expect":
+        return [ast.Expect(_truth(draw, scope))]
     if kind == "branches" or (not scope.fresh and kind in ("answer", "prompt", "int")):
         if scope.branches and (not scope.fresh or draw(st.booleans())):
             return [_rebind(draw, scope)]
@@ -402,7 +424,8 @@ def programs(*, scorers: Sequence[str] = SCORERS, calls: bool = True) -> st.Sear
     with defaults.  Bodies mix the five steps with all their clauses, pipelines, `repeat`
     loops with static counts (1-3, some with `until`), `if`/`else`/`else if`, `+` on branches,
     integer arithmetic, step budgets and a strategy budget (50-2000), and return an answer
-    (a vote) or branches.  Counts are 1-4 and `max_tokens` 1-64; every `expand` is followed by
+    (a vote) or branches, and `expect` statements that hold in every run (laws of the
+    builtins, such as `size(active(b)) + size(done(b)) == size(b)`).  Counts are 1-4 and `max_tokens` 1-64; every `expand` is followed by
     a `prune`, and `weighted` votes and `prune ... by score` only follow a `score`."""
     return modules(scorers=scorers, calls=calls).map(format_module)
 
