@@ -5,7 +5,8 @@ generation from a `Script`: by default a deterministic pseudo-random text derive
 seed, honouring stop strings and ``max_new_tokens`` like a real server.  The script can also make
 it misbehave on purpose — random finish reasons and token counts, latencies, transient failures,
 permanent failures, or reporting more tokens than allowed — which is how the runtime's budget and
-robustness properties are tested (`ttcdsl.testing.scripts()` draws such scripts with hypothesis).
+robustness properties are tested (`ttcdsl.testing.strategies.backend_behaviours()` draws such
+scripts with hypothesis).
 
 It records every request it received (`requests`) and the high-water mark of concurrent requests
 (`max_in_flight`).
