@@ -34,8 +34,16 @@ from ttcdsl.runtime.budget import Budget
 from ttcdsl.runtime.client import ModelClient, RetryPolicy, Stats
 from ttcdsl.runtime.interpreter import Interpreter
 from ttcdsl.runtime.reference import Reference
-from ttcdsl.runtime.steps import RunState
-from ttcdsl.runtime.values import Answer, Branches, NodeLabel, NodeUsage, RunResult, TraceRecord
+from ttcdsl.runtime.steps import RunState, StepRecord
+from ttcdsl.runtime.values import (
+    Answer,
+    Branches,
+    ExpectOutcome,
+    NodeLabel,
+    NodeUsage,
+    RunResult,
+    TraceRecord,
+)
 
 __all__ = ["DEFAULT_CONCURRENCY", "RetryPolicy", "RunOptions", "run_plan"]
 
@@ -56,6 +64,11 @@ class RunOptions:
     budget: int | None = None
     timeout_s: float | None = None
     trace: Callable[[TraceRecord], None] | None = None
+    # Test mode: evaluate every `expect` statement and report each outcome here.  None (the
+    # default) skips them, so they cost nothing.
+    expect: Callable[[ExpectOutcome], None] | None = None
+    # Test mode: every step's inputs and output (`steps.StepRecord`), for invariant checks.
+    observe: Callable[[StepRecord], None] | None = None
     # A shared limiter (dataset mode shares one across items); else one per run.
     limiter: anyio.CapacityLimiter | None = None
 
@@ -89,7 +102,8 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
     stats = _usage_table(plan)
     limiter = opts.limiter or anyio.CapacityLimiter(opts.concurrency)
     client = ModelClient(backend, limiter, opts.retry, stats, seed, opts.trace)
-    state = RunState(client, stats, seed, allow_verifier=opts.allow_verifier)
+    state = RunState(client, stats, seed, allow_verifier=opts.allow_verifier, expect=opts.expect,
+                     observe=opts.observe)
     interpreter = (Reference if opts.sequential else Interpreter)(plan, state)
     root = root if root is not None else Budget(opts.budget, None, "run")
     if client.tracing:

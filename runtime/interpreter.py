@@ -142,6 +142,9 @@ class Interpreter:
                     tg.start_soon(self._fill, slot, view, st.value)
                 case P.Return():
                     return _Return(await self.ev(frame, st.value))
+                case P.Expect() if self.state.expect is not None:
+                    # Off the critical path, like a binding, so test mode schedules as usual.
+                    tg.start_soon(self._expect, replace(frame, env=dict(frame.env)), st)
                 case P.If():
                     cond = await self.ev(frame, st.cond)
                     ret = await self._block(frame, st.then if cond else st.orelse, tg)
@@ -168,6 +171,9 @@ class Interpreter:
 
     async def _fill(self, slot: _Slot, frame: Frame, ref: P.Ref) -> None:
         slot.set(await self.ev(frame, ref))
+
+    async def _expect(self, frame: Frame, st: P.Expect) -> None:
+        self.state.expected(frame, st, await self.ev(frame, st.cond))
 
     # ---- expressions ----
 

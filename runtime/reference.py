@@ -84,6 +84,8 @@ class Reference:
                 frame.env[st.name] = await self.ev(frame, st.value)
             elif isinstance(st, P.Return):
                 return await self.ev(frame, st.value)
+            elif isinstance(st, P.Expect) and self.state.expect is not None:
+                self.state.expected(frame, st, await self.ev(frame, st.cond))
             elif isinstance(st, P.If):
                 body = st.then if await self.ev(frame, st.cond) else st.orelse
                 value = await self._block(frame, body)

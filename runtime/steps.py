@@ -42,10 +42,10 @@ from ttcdsl.runtime.backend import GenRequest, GenResult, Sampling
 from ttcdsl.runtime.budget import Budget, Reservation, split
 from ttcdsl.runtime.client import ModelClient, Stats, op_name
 from ttcdsl.runtime.seeds import derive_seed
-from ttcdsl.runtime.values import Answer, Branch, Branches
+from ttcdsl.runtime.values import Answer, Branch, Branches, ExpectOutcome
 from ttcdsl.vocabulary import DEFAULT_MAX_TOKENS, JUDGE_TOKENS, SAMPLING_KEYS
 
-__all__ = ["SCORERS", "STEPS", "Evaluator", "Frame", "RunState", "run_step"]
+__all__ = ["SCORERS", "STEPS", "Evaluator", "Frame", "RunState", "StepRecord", "run_step"]
 
 T = TypeVar("T")
 JUDGE_TOP_LOGPROBS = 20
@@ -76,6 +76,19 @@ class Frame:
         return self.key + "".join(f"@{i}" for i in self.loops)
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """One finished step invocation, for test-mode observers: the node, where it ran (call path
+    and loop iterations), its value, its input branches (steps that take branches) and, for a
+    prune, its `keep` count.  The branches are the live objects: copy what must not change."""
+
+    node: P.Node
+    where: str
+    output: Any
+    inputs: list[Branch] | None = None
+    keep: int | None = None
+
+
 @dataclass
 class RunState:
     """What every step of one run shares."""
@@ -85,6 +98,22 @@ class RunState:
     seed: int
     allow_verifier: bool = False
     exhausted: bool = False  # some request got less than it asked for, or none at all
+    # Where `expect` outcomes go in test mode; None skips `expect` statements.
+    expect: Callable[[ExpectOutcome], None] | None = None
+    # Test mode: told every step's inputs and output (`StepRecord`); None costs nothing.
+    observe: Callable[[StepRecord], None] | None = None
+
+    def observed(self, frame: Frame, n: P.Node, output: Any, inputs: list[Branch] | None = None,
+                 keep: int | None = None) -> None:
+        if self.observe is not None:
+            self.observe(StepRecord(n, frame.tag(), output, inputs, keep))
+
+    def expected(self, frame: Frame, st: P.Expect, held: Any) -> None:
+        """Report one outcome of `expect` statement `st` (test mode only)."""
+        if self.expect is not None:
+            span = st.span
+            self.expect(ExpectOutcome(strategy=frame.strategy.name, file=span.file, line=span.line,
+                                      col=span.col, text=st.text, where=frame.tag(), held=bool(held)))
 
     @contextmanager
     def measure(self, n: P.Node) -> Iterator[None]:
@@ -207,6 +236,7 @@ async def sample(ev: Evaluator, frame: Frame, n: P.Sample, anytime: _Anytime | N
             # Done once per invocation (so which node is charged never depends on scheduling).
             await client.warm(n, frame.chain, prompt_ids)
         await _generate_forks(ev, frame, n, [(b, i) for i, b in enumerate(branches)], settings, anytime)
+        ev.state.observed(frame, n, Branches(branches))
         return Branches(branches)
 
 
@@ -227,6 +257,7 @@ async def expand(ev: Evaluator, frame: Frame, n: P.Expand, anytime: _Anytime | N
                 out.append(child)
                 pending.append((child, fork))
         await _generate_forks(ev, frame, n, pending, settings, anytime)
+        ev.state.observed(frame, n, Branches(out), branches.items)
         return Branches(out)
 
 
@@ -348,6 +379,7 @@ async def score(ev: Evaluator, frame: Frame, n: P.Score) -> Branches:
             ))
         if ev.state.client.tracing:
             ev.state.client.note("score", n.id, branches=[b.id for b in out], scores=[b.score for b in out])
+        ev.state.observed(frame, n, Branches(out), items)
         return Branches(out)
 
 
@@ -433,10 +465,12 @@ SCORERS: dict[str, Scorer] = {"prm": _prm, "logprob": _logprob, "judge": _judge,
 async def prune(ev: Evaluator, frame: Frame, n: P.Prune) -> Branches:
     branches, keep = await _both(ev, frame, n.branches, n.keep)
     with ev.state.measure(n):
-        kept = agg.prune(branches.items, _count(keep, n), n.by, n.per)
+        out = Branches(agg.prune(branches.items, _count(keep, n), n.by, n.per))
         if ev.state.client.tracing:
-            ev.state.client.note("prune", n.id, branches=[b.id for b in branches.items], kept=[b.id for b in kept])
-        return Branches(kept)
+            ev.state.client.note("prune", n.id, branches=[b.id for b in branches.items],
+                                 kept=[b.id for b in out.items])
+    ev.state.observed(frame, n, out, branches.items, keep)
+    return out
 
 
 async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
@@ -446,7 +480,8 @@ async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
     with ev.state.measure(n):
         answer = agg.vote(branches.items, n.on, n.pattern, n.weighted)
         _note_vote(ev.state, n, branches.items, answer)
-        return answer
+    ev.state.observed(frame, n, answer, branches.items)
+    return answer
 
 
 def _note_vote(state: RunState, n: P.Vote, items: Sequence[Branch], answer: Answer) -> None:
@@ -503,7 +538,8 @@ async def _anytime_vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Answer:
         answer.unsent = anytime.unsent
         answer.stopped_early = anytime.stopped
         _note_vote(ev.state, n, anytime.votes, answer)
-        return answer
+    ev.state.observed(frame, n, answer, anytime.votes)
+    return answer
 
 
 async def resample(ev: Evaluator, frame: Frame, n: P.Resample) -> Branches:
@@ -534,7 +570,8 @@ async def resample(ev: Evaluator, frame: Frame, n: P.Resample) -> Branches:
         if ev.state.client.tracing:
             ev.state.client.note("resample", n.id, branches=[b.id for b in items], kept=[b.id for b in out],
                                   sources=[items[i].id for i in picks])
-        return Branches(out)
+    ev.state.observed(frame, n, Branches(out), items)
+    return Branches(out)
 
 
 async def call(ev: Evaluator, frame: Frame, n: P.Call) -> Any:

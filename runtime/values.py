@@ -18,6 +18,7 @@ __all__ = [
     "Answer",
     "Branch",
     "Branches",
+    "ExpectOutcome",
     "FinishReason",
     "NodeLabel",
     "NodeUsage",
@@ -172,6 +173,20 @@ class NodeLabel(msgspec.Struct, kw_only=True, omit_defaults=True):
     strategy: str
     line: int
     source: str = ""
+
+
+class ExpectOutcome(msgspec.Struct, kw_only=True):
+    """One evaluation of an `expect` statement in test mode: where (file, line, column, the
+    strategy and the call path / loop iterations it ran in), the condition as written, and whether
+    it held."""
+
+    strategy: str
+    file: str
+    line: int
+    col: int
+    text: str
+    where: str
+    held: bool
 
 
 class RunResult(msgspec.Struct, kw_only=True):

@@ -43,6 +43,7 @@ __all__ = [
     "Call",
     "Compare",
     "Expand",
+    "Expect",
     "Expr",
     "FloatLit",
     "If",
@@ -397,7 +398,15 @@ class Return:
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
-Stmt: TypeAlias = BudgetStmt | Assign | Repeat | If | Return
+@dataclass(frozen=True)
+class Expect:
+    """`expect COND`: a property of the values computed so far, checked only in test mode."""
+
+    cond: Expr
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+Stmt: TypeAlias = BudgetStmt | Assign | Repeat | If | Return | Expect
 
 # ---- declarations ----
 
@@ -438,7 +447,7 @@ Node: TypeAlias = Expr | Stmt | KwArg | Setting | Scorer | Param | Strategy | Im
 
 # ---- walkers ----
 
-_STMT_TYPES = (BudgetStmt, Assign, Repeat, If, Return)
+_STMT_TYPES = (BudgetStmt, Assign, Repeat, If, Return, Expect)
 _NODE_TYPES = (
     IntLit, FloatLit, StrLit, BoolLit, Name, ListLit, BinOp, Compare, BoolOp, Not, Neg, Call,
     Sample, Expand, Score, Prune, Vote, Resample, *_STMT_TYPES, KwArg, Setting, Scorer, Param,

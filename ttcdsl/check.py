@@ -231,6 +231,22 @@ class _Checker:
             elif isinstance(st, ast.Return):
                 ctx.returns.append(self.expr(st.value, ctx.scope))
                 returned = True
+            elif isinstance(st, ast.Expect):
+                self.expect_stmt(st, ctx.scope)
+
+    def expect_stmt(self, st: ast.Expect, scope: dict[str, str]) -> None:
+        """`expect COND`: a bool over values already computed.  It runs only in test mode, so it
+        may not generate (a step or a strategy call would make test runs spend differently)."""
+        self.expect(st.cond, scope, ("bool",), "an `expect` condition")
+        for e in ast.expressions(st.cond):
+            work = isinstance(e, (ast.Sample, ast.Expand, ast.Score, ast.Prune, ast.Vote, ast.Resample))
+            if work or (isinstance(e, ast.Call) and e.func not in BUILTINS):
+                self.error(
+                    "an `expect` condition cannot run a step or call a strategy: bind the value "
+                    "to a name first and state the property of that name",
+                    e.span,
+                )
+                return
 
     # ---- expressions ----
 

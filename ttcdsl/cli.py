@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 # Modules in ttcdsl.commands, each with `register(subparsers)` that adds its parser and sets
 # `func` (a callable taking the parsed namespace and returning an exit status).
-COMMANDS = ("check", "plan", "fmt", "run", "sim", "serve", "bench", "trace")
+COMMANDS = ("check", "plan", "fmt", "run", "test", "sim", "serve", "bench", "trace")
 
 
 class _Parser(argparse.ArgumentParser):

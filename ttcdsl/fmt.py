@@ -210,7 +210,7 @@ def _is_else_if(st: ast.If) -> bool:
 
 
 def _simple_statements(anchors: Iterable[_Anchor]) -> list[_Anchor]:
-    return [a for a in anchors if isinstance(a.node, (ast.Assign, ast.Return, ast.BudgetStmt))]
+    return [a for a in anchors if isinstance(a.node, (ast.Assign, ast.Return, ast.BudgetStmt, ast.Expect))]
 
 
 def _attach(module: ast.Module, tokens: Sequence[Token], source: str) -> _Notes:
@@ -395,6 +395,8 @@ class _Formatter:
                 return self.trail(id(st), self.value_lines(f"{indent}{st.name} = ", st.value, follow))
             case ast.Return():
                 return self.trail(id(st), self.value_lines(f"{indent}return ", st.value, follow))
+            case ast.Expect():
+                return self.trail(id(st), self.value_lines(f"{indent}expect ", st.cond, follow))
             case ast.Repeat():
                 times = self.sub(st.times, _PIPE, frozenset({"until", "{"} if st.until else {"{"}))
                 head = _flat(f"repeat {times.text}")

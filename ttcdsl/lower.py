@@ -121,6 +121,9 @@ class _StrategyLowering:
                     )
                 case ast.Return():
                     out.append(plan.Return(span=st.span, value=self.expr(st.value)))
+                case ast.Expect():
+                    text = _source_text(self.checked, st.cond.span)
+                    out.append(plan.Expect(span=st.span, cond=self.expr(st.cond), text=text))
         return out
 
     def name(self, name: str, e: Any) -> plan.Ref:
@@ -269,3 +272,14 @@ def _literal(e: ast.Expr) -> Any:
     if isinstance(e, ast.Neg):
         return -_literal(e.operand)
     raise AssertionError(e)
+
+
+def _source_text(checked: Checked, span: Any) -> str:
+    """The text `span` covers in its source, on one line (for reports of an `expect`)."""
+    lines = (checked.program.source_of(span.file) or "").split("\n")[span.line - 1 : span.end_line]
+    if not lines:
+        return ""
+    if len(lines) == 1:
+        return lines[0][span.col - 1 : span.end_col - 1]
+    lines[-1], lines[0] = lines[-1][: span.end_col - 1], lines[0][span.col - 1 :]
+    return " ".join(line.strip() for line in lines)

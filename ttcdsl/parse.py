@@ -220,6 +220,9 @@ class _Builder(Transformer[Token, Any]):
     def return_stmt(self, meta: Any, value: ast.Expr) -> ast.Return:
         return ast.Return(value, self._s(meta))
 
+    def expect_stmt(self, meta: Any, cond: ast.Expr) -> ast.Expect:
+        return ast.Expect(cond, self._s(meta))
+
     # ---- expressions ----
 
     def pipe(self, meta: Any, left: ast.Expr, step: _PipeStep) -> ast.Expr:
@@ -422,7 +425,7 @@ _TOKEN_NAMES = {
 }
 
 # Groups of terminals named together in "expected ..." lists, so a message stays short.
-_STATEMENT_STARTS = frozenset({"NAME", "IF", "REPEAT", "RETURN", "BUDGET_STMT"})
+_STATEMENT_STARTS = frozenset({"NAME", "IF", "REPEAT", "RETURN", "BUDGET_STMT", "EXPECT"})
 _EXPRESSION_STARTS = frozenset({
     "NAME", "INT", "FLOAT", "STRING", "LONG_STRING", "LPAR", "LSQB", "MINUS",
     *(word.upper() for word in RESERVED_NAMES),

@@ -58,6 +58,7 @@ __all__ = [
     "Compare",
     "Const",
     "Expand",
+    "Expect",
     "If",
     "ListOf",
     "Logic",
@@ -376,7 +377,16 @@ class Return(StmtBase, tag="return", frozen=True):
     value: Ref
 
 
-Stmt: TypeAlias = Bind | Repeat | If | Return
+class Expect(StmtBase, tag="expect", frozen=True):
+    """`expect COND`: evaluated only when the run asks for it (`RunOptions.expect`, test mode);
+    otherwise skipped, so `cond` and the nodes under it cost nothing.  `text` is the condition as
+    written, for reports."""
+
+    cond: Ref
+    text: str
+
+
+Stmt: TypeAlias = Bind | Repeat | If | Return | Expect
 
 
 class ParamSpec(msgspec.Struct, frozen=True, omit_defaults=True):

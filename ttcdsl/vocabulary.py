@@ -229,7 +229,7 @@ RESERVED_NAMES: frozenset[str] = frozenset({*STEP_KINDS, "not", "true", "false"}
 """Words that start an expression: a value bound to such a name could never be read back."""
 
 KEYWORDS: frozenset[str] = frozenset({
-    "import", "strategy", "budget", "tokens", "repeat", "until", "if", "else", "return",
+    "import", "strategy", "budget", "tokens", "repeat", "until", "if", "else", "return", "expect",
     "and", "or", "from", "by", "with", "keep", "agg", "per", "on", "weighted", "after", "to",
     *RESERVED_NAMES, *SCORERS, *PARAM_TYPES, *AGGREGATIONS, *PRUNE_ORDERS, *PRUNE_GROUPS,
     *EXTRACTORS, *STOP_RULES, *RESAMPLE_WEIGHTINGS, *RESAMPLE_METHODS,

@@ -3,7 +3,9 @@
 Defaults: `--backend local` when no `--url` is given, `sglang` when one is, `sim` when only
 `--sim-task` is given.  ``model`` is a GGUF path for `local` and a model name for `openai`;
 ``api_key_env`` names the environment variable holding the `openai` server's API key (read
-here, so a missing variable is a usage error before anything starts).
+here, so a missing variable is a usage error before anything starts).  ``replay`` is the file
+`--backend replay` serves; ``record`` wraps whichever backend is made so that every exchange is
+written to that file (`ttcdsl.runtime.backends.replay`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ttcdsl.runtime.backend import Backend
 
 __all__ = ["BACKENDS", "BackendOptions", "make_backend"]
 
-BACKENDS = ("local", "sglang", "sim", "openai")
+BACKENDS = ("local", "sglang", "sim", "openai", "replay")
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,14 @@ class BackendOptions:
     router: bool | None = None
     api_key_env: str | None = None
     timeout_s: float = 300.0
+    replay: str | None = None
+    record: str | None = None
 
     def resolved(self) -> str:
         if self.backend is not None:
             return self.backend
+        if self.replay is not None:
+            return "replay"
         if self.url is not None:
             return "sglang"
         if self.sim_task is not None:
@@ -41,11 +47,26 @@ class BackendOptions:
 
 
 def make_backend(opts: BackendOptions) -> Backend:
+    backend = _make(opts)
+    if opts.record is not None:
+        from ttcdsl.runtime.backends.replay import record_to
+
+        return record_to(backend, opts.record)
+    return backend
+
+
+def _make(opts: BackendOptions) -> Backend:
     kind = opts.resolved()
     if kind not in BACKENDS:
         raise UsageError(f"unknown backend {kind!r}; expected one of {', '.join(BACKENDS)}")
     if opts.api_key_env is not None and kind != "openai":
         raise UsageError("--api-key-env is for --backend openai")
+    if (kind == "replay") != (opts.replay is not None):
+        raise UsageError("--backend replay and --replay FILE go together (FILE: a `ttc run --record` file)")
+    if kind == "replay":
+        from ttcdsl.runtime.backends.replay import ReplayBackend
+
+        return ReplayBackend(opts.replay)  # type: ignore[arg-type]
     if kind == "sim":
         if opts.sim_task is None:
             raise UsageError("--backend sim needs --sim-task FILE (a task file: see data/tasks/)")

@@ -5,7 +5,8 @@ generation from a `Script`: by default a deterministic pseudo-random text derive
 seed, honouring stop strings and ``max_new_tokens`` like a real server.  The script can also make
 it misbehave on purpose — random finish reasons and token counts, latencies, transient failures,
 permanent failures, or reporting more tokens than allowed — which is how the runtime's budget and
-robustness properties are tested (`ttcdsl.testing.scripts()` draws such scripts with hypothesis).
+robustness properties are tested (`ttcdsl.testing.strategies.backend_behaviours()` draws such
+scripts with hypothesis).
 
 It records every request it received (`requests`) and the high-water mark of concurrent requests
 (`max_in_flight`).
@@ -35,7 +36,8 @@ class Script:
 
     ``text``: a function (request, seed) -> the full text the model "wants" to write; by default
     words drawn from a small vocabulary, ending in "The answer is N.".  ``latency_s``: a sleep per
-    request.  ``transient_every``: every k-th request fails transiently first (0 = never).
+    request.  ``transient_every``: every k-th request fails transiently first (0 = never; a
+    retry of a request that failed gets through).
     ``chaos``: a seeded source of random misbehaviour — per request it may cut the text anywhere,
     claim any finish reason and any token count up to ``max_new_tokens``.  ``overreport``: report
     one token more than allowed (a protocol violation the runtime must catch).  ``fail``: every
@@ -68,6 +70,7 @@ class ScriptedBackend:
     in_flight: int = 0
     max_in_flight: int = 0
     _count: int = 0
+    _failed: set[str] = field(default_factory=set)
 
     async def __aenter__(self) -> ScriptedBackend:
         return self
@@ -117,7 +120,8 @@ class ScriptedBackend:
             await anyio.lowlevel.checkpoint()
         if s.fail is not None:
             raise BackendError(s.fail)
-        if s.transient_every and count % s.transient_every == 1:
+        if s.transient_every and count % s.transient_every == 1 and request.rid not in self._failed:
+            self._failed.add(request.rid)  # a retry of the same request gets through
             raise TransientBackendError("scripted transient failure (connection reset)")
         seed = request.sampling.seed if request.sampling.seed is not None else count
         full = (s.text or _default_text)(request, seed)

@@ -3,7 +3,7 @@
     add_run_options(parser)      --strategy --arg --seed --concurrency --budget --timeout
                                  --allow-verifier, and the backend group below  (run, bench)
     add_backend_options(parser)  --backend --url --reward-url --sim-task --model --router
-                                 --api-key-env
+                                 --api-key-env --replay --record
     add_items_option(parser)     --items: dataset items in flight                (run, bench)
     add_address_options(parser)  --host --port of a server to start              (serve, sim serve)
 
@@ -92,6 +92,8 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
                    help="treat --url as an sglang-router (default: detect)")
     g.add_argument("--api-key-env", metavar="VAR",
                    help="--backend openai: the environment variable holding the server's API key")
+    g.add_argument("--replay", metavar="FILE", help="--backend replay: serve the exchanges recorded in FILE")
+    g.add_argument("--record", metavar="FILE", help="write every backend exchange of the run to FILE (for --replay)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +128,7 @@ def backend_options(args: argparse.Namespace) -> BackendOptions:
     return BackendOptions(
         backend=args.backend, url=args.url, reward_url=args.reward_url, sim_task=args.sim_task,
         model=args.model, router=args.router, api_key_env=args.api_key_env,
+        replay=getattr(args, "replay", None), record=getattr(args, "record", None),
     )
 
 

@@ -1,6 +1,4 @@
-"""ttcdsl's hypothesis kit: strategies that generate `.ttc` programs.
-
-Program generators:
+"""Hypothesis strategies that generate `.ttc` programs (part of `ttcdsl.testing`).
 
     programs()          source text of well-typed, runnable programs: every draw checks cleanly
                         and compiles; small sizes (counts 1-4, max_tokens 1-64, loops 1-3,
@@ -11,25 +9,6 @@ Program generators:
                         comments; most of it fails the checker: for robustness properties
     keywords()          the words the grammar reserves somewhere (never generated as names)
 
-Usage::
-
-    from hypothesis import given
-    from ttcdsl.testing import programs
-
-    @given(programs())
-    def test_compiles(source): compile_source(source)
-
-Running strategies and checking invariants:
-
-    sim_tasks()         random valid simulator tasks (answer distributions, steps, PRM noise)
-    scripts()           `Script`s for `ScriptedBackend`: a model that cuts text anywhere, claims
-                        any finish reason and token count, stalls and fails transiently
-    run_on(plan, backend, args, seed=..., budget=...)
-                        run a plan and return a `Checked` run: the result, the budget tree and
-                        what the backend reported
-    assert_budgets(run) the hard budget guarantee at every level of the run, cross-checked
-                        against the completion tokens the backend itself reported
-
 The generated programs use one `question: text` parameter (plus optional ints with defaults),
 so `--arg question=...` is all a run needs.  `scorers` limits the scorers used (the default
 avoids `verifier`, which needs user Python).
@@ -39,41 +18,17 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import anyio
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from ttcdsl import ast
-from ttcdsl import plan as P
 from ttcdsl.fmt import INDENT, _triple, format_module
 from ttcdsl.parse import grammar_text
-from ttcdsl.runtime.backend import Backend
-from ttcdsl.runtime.backends.recording import RecordingBackend
-from ttcdsl.runtime.backends.scripted import Script
-from ttcdsl.runtime.budget import Budget
-from ttcdsl.runtime.executor import RunOptions, run_plan
-from ttcdsl.runtime.sim.task import Problem, SimTask
-from ttcdsl.runtime.values import RunResult
 
-__all__ = [
-    "CheckedRun",
-    "assert_budgets",
-    "grammar_programs",
-    "keywords",
-    "modules",
-    "programs",
-    "run_on",
-    "scripts",
-    "sim_tasks",
-]
-
-# ---------------------------------------------------------------------------------------------
-# Program generators
-# ---------------------------------------------------------------------------------------------
+__all__ = ["grammar_programs", "keywords", "modules", "programs"]
 
 SCORERS = ("prm", "logprob", "judge")
 _ALL_SCORERS = ("prm", "logprob", "judge", "verifier")
@@ -308,6 +263,26 @@ def _condition(draw: st.DrawFn, scope: _Scope) -> ast.Expr:
     return cond
 
 
+def _truth(draw: st.DrawFn, scope: _Scope) -> ast.Expr:
+    """A condition that holds in every run (for `expect`): the language's own laws."""
+    b = ast.Name(draw(st.sampled_from(scope.branches)))
+
+    def size(e: ast.Expr) -> ast.Call:
+        return ast.Call("size", (e,))
+
+    laws: list[ast.Expr] = [
+        ast.Compare(">=", size(b), ast.IntLit(0)),
+        ast.Compare(">=", ast.Call("budget_left"), ast.IntLit(0)),
+        ast.Compare("==", ast.BinOp("+", size(ast.Call("active", (b,))), size(ast.Call("done", (b,)))), size(b)),
+        ast.BoolOp("or", ast.Not(ast.Call("finished", (b,))), ast.Compare("==", size(ast.Call("done", (b,))), size(b))),
+    ]
+    for a in scope.answers[:1]:
+        agreement = ast.Call("agreement", (ast.Name(a),))
+        laws.append(ast.BoolOp("and", ast.Compare(">=", agreement, ast.IntLit(0)),
+                               ast.Compare("<=", agreement, ast.IntLit(1))))
+    return draw(st.sampled_from(laws))
+
+
 def _rebind(draw: st.DrawFn, scope: _Scope) -> ast.Stmt:
     """Inside a block only existing names are rebound, so every name is bound on every path."""
     target = draw(st.sampled_from(scope.branches))
@@ -321,10 +296,12 @@ def _block(draw: st.DrawFn, scope: _Scope) -> tuple[ast.Stmt, ...]:
 def _statement(draw: st.DrawFn, scope: _Scope) -> list[ast.Stmt]:
     kinds = ["branches"]
     if scope.branches:
-        kinds += ["repeat", "if", "answer", "prompt"]
+        kinds += ["repeat", "if", "answer", "prompt", "expect"]
     if scope.ints and scope.fresh:
         kinds.append("int")
     kind = draw(st.sampled_from(kinds))
+    if kind == "expect":
+        return [ast.Expect(_truth(draw, scope))]
     if kind == "branches" or (not scope.fresh and kind in ("answer", "prompt", "int")):
         if scope.branches and (not scope.fresh or draw(st.booleans())):
             return [_rebind(draw, scope)]
@@ -447,7 +424,8 @@ def programs(*, scorers: Sequence[str] = SCORERS, calls: bool = True) -> st.Sear
     with defaults.  Bodies mix the five steps with all their clauses, pipelines, `repeat`
     loops with static counts (1-3, some with `until`), `if`/`else`/`else if`, `+` on branches,
     integer arithmetic, step budgets and a strategy budget (50-2000), and return an answer
-    (a vote) or branches.  Counts are 1-4 and `max_tokens` 1-64; every `expand` is followed by
+    (a vote) or branches, and `expect` statements that hold in every run (laws of the
+    builtins, such as `size(active(b)) + size(done(b)) == size(b)`).  Counts are 1-4 and `max_tokens` 1-64; every `expand` is followed by
     a `prune`, and `weighted` votes and `prune ... by score` only follow a `score`."""
     return modules(scorers=scorers, calls=calls).map(format_module)
 
@@ -511,88 +489,3 @@ def grammar_programs() -> st.SearchStrategy[str]:
 
     grammar = Lark(grammar_text(), parser="lalr", start="start")
     return from_lark(grammar, start="start", explicit=_terminal_strategies())
-
-
-# ---------------------------------------------------------------------------------------------
-# Running strategies and checking invariants
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckedRun:
-    """A finished run with what is needed to check it: the result, the root of its budget tree
-    and the completion tokens the backend reported (counted beside the runtime, not by it)."""
-
-    result: RunResult
-    root: Budget
-    backend: RecordingBackend
-
-
-def run_on(plan: P.Plan, backend: Backend, args: Mapping[str, Any], *, seed: int = 0,
-           budget: int | None = None, **options: Any) -> CheckedRun:
-    """Run `plan` (its entry strategy) on `backend` with `args`, parameters' defaults filling in
-    the rest; `budget` caps the whole run; `options` go to `RunOptions` (a 120 s timeout by
-    default, so a hang fails the test with a message instead of stalling it)."""
-    options.setdefault("timeout_s", 120.0)
-    recording = RecordingBackend(backend)
-    root = Budget(budget, None, "run")
-    values = {p.name: p.default for p in plan.strategy().params if not p.required}
-    values.update(args)
-
-    async def main() -> RunResult:
-        async with recording:
-            return await run_plan(plan, recording, values, RunOptions(seed=seed, **options), root)
-
-    return CheckedRun(anyio.run(main), root, recording)
-
-
-def assert_budgets(run: CheckedRun, plan: P.Plan | None = None) -> None:
-    """Fail unless, at every budget level (run, strategy, call, step invocation), the tokens
-    spent stayed within the limit, nothing is left reserved, and the tokens the backend reported
-    equal the tokens the budget tree recorded and the run reported."""
-    problems = run.root.violations()
-    assert not problems, "budget invariant broken: " + "; ".join(problems)
-    reported, spent, usage = run.backend.reported, run.root.spent, run.result.usage.completion_tokens
-    assert reported == spent == usage, f"backend reported {reported}, budgets recorded {spent}, run says {usage}"
-    cap = plan.strategy().budget if plan is not None else None
-    if cap is not None:
-        assert usage <= cap, f"{usage} tokens > strategy budget {cap}"
-
-
-@st.composite
-def _problem(draw: st.DrawFn, index: int) -> Problem:
-    k = draw(st.integers(1, 4))
-    values = draw(st.lists(st.integers(0, 999), min_size=k, max_size=k, unique=True))
-    weights = draw(st.lists(st.integers(1, 20), min_size=k, max_size=k))
-    total = sum(weights)
-    answers = {str(v): w / total for v, w in zip(values, weights)}
-    low = draw(st.integers(1, 4))
-    tok = draw(st.integers(14, 40))
-    a, b = draw(st.integers(1, 50)), draw(st.integers(1, 50))
-    return Problem(
-        id=f"p{index}",
-        question=f"What is {a} + {b} (case {index})?",
-        answer=str(draw(st.sampled_from(values))),
-        answers=answers,
-        steps=(low, low + draw(st.integers(0, 3))),
-        step_tokens=(tok, tok + draw(st.integers(0, 30))),
-        prm_noise=draw(st.floats(0, 1)),
-    )
-
-
-@st.composite
-def sim_tasks(draw: st.DrawFn, max_problems: int = 3) -> SimTask:
-    """Valid simulator tasks of 1..`max_problems` problems with distinct questions."""
-    n = draw(st.integers(1, max_problems))
-    return SimTask(tuple(draw(_problem(i)) for i in range(n)))
-
-
-def scripts(*, failures: bool = True) -> st.SearchStrategy[Script]:
-    """Misbehaving models for `ScriptedBackend`: random cuts, finish reasons and token counts
-    (never above what was allowed), and, with `failures`, transient errors every few requests."""
-    return st.builds(
-        Script,
-        chaos=st.integers(0, 2**32) | st.none(),
-        transient_every=st.sampled_from([0, 2, 3, 7]) if failures else st.just(0),
-        reward_bias=st.floats(-0.5, 0.5),
-    )
