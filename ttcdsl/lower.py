@@ -174,9 +174,10 @@ class _StrategyLowering:
                 )
             case ast.Expand():
                 branches, count = self.expr(e.branches), self.expr(e.count)
+                inject = self.expr(e.inject) if e.inject is not None else None
                 return self.add(
-                    plan.Expand, e, branches=branches, count=count, settings=self.settings(e.settings),
-                    budget=e.budget, logprobs=self.logprobs,
+                    plan.Expand, e, branches=branches, count=count, inject=inject,
+                    settings=self.settings(e.settings), budget=e.budget, logprobs=self.logprobs,
                 )
             case ast.Score():
                 branches = self.expr(e.branches)

@@ -130,6 +130,11 @@ class Settings(msgspec.Struct, frozen=True, omit_defaults=True):
     seed: Ref | None = None
     stop: Ref | None = None
     step: Ref | None = None
+    think_max: Ref | None = None
+    think_min: Ref | None = None
+    think_extend: Ref | None = None
+    think_wrapup: Ref | None = None
+    think_extend_text: Ref | None = None
 
 
 class Scorer(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -268,10 +273,12 @@ class Sample(NodeBase, Budgeted, tag="sample", frozen=True):
 
 
 class Expand(NodeBase, Budgeted, tag="expand", frozen=True):
-    """Every unfinished branch forked `count` times from its own tokens; finished ones pass."""
+    """Every unfinished branch forked `count` times from its own tokens; finished ones pass.
+    With `inject` (`after TEXT`), each child gets the text's exact tokens before it continues."""
 
     branches: Ref
     count: Ref
+    inject: Ref | None = None
     settings: Settings = Settings()
     budget: int | None = None
     logprobs: bool = False
