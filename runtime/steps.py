@@ -253,12 +253,14 @@ class _Generation:
     stops: list[str] = field(default_factory=list)
     step: str | None = None
     seed: int | None = None
+    chunk: bool = False  # `chunk = N`: running out of tokens ends a step, not the branch
 
     @classmethod
     def of(cls, n: P.Sample | P.Expand, settings: dict[str, Any]) -> _Generation:
-        max_tokens = settings.get("max_tokens", DEFAULT_MAX_TOKENS)
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise NodeFailed(f"max_tokens must be a positive int, got {max_tokens!r}", n.span)
+        key = "chunk" if "chunk" in settings else "max_tokens"
+        max_tokens = settings.get(key, DEFAULT_MAX_TOKENS)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise NodeFailed(f"{key} must be a positive int, got {max_tokens!r}", n.span)
         stop = settings.get("stop")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         step = settings.get("step")
@@ -270,7 +272,7 @@ class _Generation:
             min_p=float(settings.get("min_p", _default("min_p"))),
             stop=tuple(stops + ([step] if step and step not in stops else [])),
         )
-        return cls(base, stops, step, settings.get("seed"))
+        return cls(base, stops, step, settings.get("seed"), key == "chunk")
 
 
 async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
@@ -318,12 +320,12 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
     if anytime is None:
         results = await ev.generate(n, frame.chain, requests, reservations, notes)
         for (branch, _, tokens, _), result in zip(work, results):
-            sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+            sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step, gen.chunk)
         return
 
     def finished(i: int, result: GenResult) -> bool:
         branch, _, tokens, _ = work[i]
-        sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+        sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step, gen.chunk)
         return anytime.counted(branch)
 
     _, sent = await ev.generate_until(n, frame.chain, requests, reservations, finished, notes)

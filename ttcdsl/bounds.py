@@ -256,6 +256,8 @@ class _Interp:
     def max_tokens(self, settings: plan.Settings) -> int | None:
         """Worst case of one fork: `max_tokens`, plus `think_max` for a thinking budget (the
         thinking phase, then at most `max_tokens` of answer)."""
+        if settings.chunk is not None:
+            return _int(self.ev(settings.chunk))
         answer = DEFAULT_MAX_TOKENS if settings.max_tokens is None else _int(self.ev(settings.max_tokens))
         if settings.think_max is None:
             return answer

@@ -471,7 +471,17 @@ class _Checker:
 
     def thinking(self, settings: Sequence[ast.Setting], budget: int | None) -> None:
         """A thinking budget's keys fit together: every `think_*` key needs `think_max`, the
-        minimum is at most the cap, and the cap fits the step's own budget."""
+        minimum is at most the cap, and the cap fits the step's own budget; `chunk` is at least
+        1 and comes without `max_tokens` and thinking keys."""
+        keys = {s.key: s for s in settings}
+        if "chunk" in keys:
+            size = _literal_number(keys["chunk"].value)
+            if size is not None and size < 1:
+                self.error(f"`chunk` must be at least 1, got {size:g}", keys["chunk"].value.span)
+            clash = next((k for k in ("max_tokens", *THINK_KEYS) if k in keys), None)
+            if clash is not None:
+                self.error(f"`chunk` and `{clash}` do not go together: a chunk is its own max_tokens, "
+                           "and a thinking budget runs to the end of its phase", keys["chunk"].span)
         given = {s.key: s for s in settings if s.key in THINK_KEYS}
         cap = given.get("think_max")
         if cap is None:

@@ -130,6 +130,7 @@ class Settings(msgspec.Struct, frozen=True, omit_defaults=True):
     seed: Ref | None = None
     stop: Ref | None = None
     step: Ref | None = None
+    chunk: Ref | None = None
     think_max: Ref | None = None
     think_min: Ref | None = None
     think_extend: Ref | None = None

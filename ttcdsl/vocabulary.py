@@ -230,6 +230,9 @@ SAMPLING_KEYS: Mapping[str, SamplingKey] = {
         # `stop` ends the branch; `step` ends one step and the branch stays open.
         SamplingKey("stop", ("text", "list")),
         SamplingKey("step", ("text",)),
+        # `chunk = N`: at most N tokens as one step; running out of them leaves the branch open
+        # (generation in chunks, e.g. to probe a chain between them).  Instead of `max_tokens`.
+        SamplingKey("chunk", ("int",)),
         # Thinking budgets (runtime/thinking.py): cap the reasoning phase at `think_max` tokens
         # (then `think_wrapup`, if given, and the closing tag are injected); a phase closed before
         # `think_min` tokens gets its closing tag replaced by `think_extend_text` ("Wait" when
