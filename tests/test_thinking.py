@@ -123,9 +123,9 @@ def test_injected_text_belongs_to_the_child_and_is_sent_as_exact_ids() -> None:
     children = branches(r)
     assert len(children) == 4
     for child in children:
-        parent_text = child.text.split(" Wait,")[0]
-        assert len(parent_text) == 12 and not child.finished or child.finish_reason in ("eos", "length")
-        assert child.steps[1] == " Wait,"  # a step of its own, in the child
+        # The parent's open chunk, then the injection as a step of its own, then the child's text.
+        assert len(child.steps[0]) == 12 and child.steps[1] == " Wait," and child.parent is not None
+        assert child.finish_reason in ("eos", "length")
     sent = [req for req in backend.requests if req.sampling.max_new_tokens == 6]
     assert len(sent) == 4
     for req in sent:
@@ -270,13 +270,13 @@ strategy s(q: text) {
     return expand a by 1 with think_max = 50, max_tokens = 30
 }"""
     backend = ScriptedBackend(Script(text=thinker(10)), tags=TAGS)
-    r, records = run(src, backend, {"q": "Q:"})
+    _, records = run(src, backend, {"q": "Q:"})
     assert [p for p, *_ in phases(records)] == ["think", "answer", "answer"]
 
 
 def test_thinking_tags_come_from_the_run_before_the_backend() -> None:
     backend = ScriptedBackend(Script(text=thinker(10)), tags=("<t>", "</t>"))
-    r, records = run(THINK, backend, {"q": "Q:"}, think_tags=TAGS)
+    r, _ = run(THINK, backend, {"q": "Q:"}, think_tags=TAGS)
     assert all("</think>" in b.text for b in branches(r))
 
 
