@@ -456,8 +456,9 @@ class _Checker:
             seen.add(s.key)
             key = SAMPLING_KEYS.get(s.key)
             if key is None:
-                # (the listing leaves out the `think_*` keys of thinking budgets; a near miss is still named)
-                plain = [k for k in SAMPLING_KEYS if k not in THINK_KEYS]
+                # (the listing names the core keys of DESIGN §2, not `chunk` and the `think_*` keys
+                # of sequential scaling; a near miss of those is still named)
+                plain = [k for k in SAMPLING_KEYS if k not in THINK_KEYS and k != "chunk"]
                 hint = _suggest(s.key, SAMPLING_KEYS) or f"; expected one of {', '.join(plain)}"
                 self.error(f"unknown sampling key '{s.key}'{hint}", s.span)
                 self.expr(s.value, scope)
