@@ -4,6 +4,7 @@ the scripted backend (one character per token, so ids and text are easy to asser
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,3 +325,26 @@ def test_reasoning_parsers_and_chat_templates_name_their_tags() -> None:
         tags_of_parser("gpt-oss")
     assert tags_of_template("{% if x %}<think>\n{{ r }}\n</think>{% endif %}") == TAGS
     assert tags_of_template("{{ messages }}") is None and tags_of_template(None) is None
+
+
+# ---- the command line ----
+
+
+def test_ttc_run_takes_think_tags_and_reports_thinking_apart(capsys: pytest.CaptureFixture[str]) -> None:
+    from ttcdsl.cli import main
+
+    program = str(REPO / "programs" / "think_then_vote.ttc")
+    task = str(REPO / "data" / "tasks" / "demo.json")
+    argv = ["run", program, "--sim-task", task, "--arg", "question=What is 17 + 25?", "--arg", "n=2",
+            "--arg", "think=16", "--seed", "1", "--json"]
+    assert main([*argv, "--think-tags", "<think>,</think>"]) == 0
+    usage = json.loads(capsys.readouterr().out)["usage"]
+    assert usage["thinking_tokens"] == 2 * 16  # the demo task never closes: both chains hit the cap
+    assert usage["answer_tokens"] == usage["completion_tokens"] - 32 and usage["injected_tokens"] > 0
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "needs the model's thinking tags" in err and "--think-tags" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--think-tags", "<think>"])
+    assert exit_info.value.code == 2
+    assert "expected OPEN,CLOSE" in capsys.readouterr().err
