@@ -348,3 +348,73 @@ def test_ttc_run_takes_think_tags_and_reports_thinking_apart(capsys: pytest.Capt
         main([*argv, "--think-tags", "<think>"])
     assert exit_info.value.code == 2
     assert "expected OPEN,CLOSE" in capsys.readouterr().err
+
+
+# ---- SGLang: injection over the wire, tags from the reasoning parser ----
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_injection_over_the_sglang_protocol_hits_the_servers_radix_cache() -> None:
+    from ttcdsl.runtime.backends.sglang import SGLangBackend
+    from ttcdsl.runtime.sim.server import running_server
+
+    task = load_task(REPO / "data" / "tasks" / "demo.json")
+    plan = compile_source(PROBE, "t.ttc").plan
+    records: list[TraceRecord] = []
+    async with running_server(task) as url, SGLangBackend(url) as backend:
+        r = await run_plan(plan, backend, {"q": task.problems[0].question + "\n"},
+                           RunOptions(seed=5, trace=records.append, timeout_s=60))
+    probes = [rec for rec in records if rec.kind == "generate" and rec.max_new_tokens == 6]
+    assert len(probes) == 4 and r.usage.injected_tokens == sum(rec.injected_tokens for rec in probes) > 0
+    for rec in probes:
+        assert rec.cached_tokens >= rec.input_tokens - rec.injected_tokens - 1
+    assert all(" Wait," in b.text for b in branches(r))
+
+
+def _sglang_lookalike(model_info: dict[str, Any], server_info: dict[str, Any] | None) -> Any:
+    from aiohttp import web
+
+    def answer(body: Any) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            return web.json_response(body) if body is not None else web.Response(status=200)
+
+        return handler
+
+    app = web.Application()
+    app.router.add_get("/health", answer(None))
+    for path in ("/model_info", "/get_model_info"):
+        app.router.add_get(path, answer(model_info))
+    if server_info is not None:
+        app.router.add_get("/get_server_info", answer(server_info))
+    return app
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("model_info", "server_info", "tags"), [
+    ({"model_path": "qwen", "reasoning_parser": "qwen3"}, None, TAGS),
+    ({"model_path": "r1"}, {"model_path": "r1", "reasoning_parser": "deepseek-r1"}, TAGS),
+    ({"model_path": "plain"}, {"model_path": "plain", "reasoning_parser": None}, None),
+    ({"model_path": "old"}, None, None),
+])
+async def test_sglang_reads_the_tags_of_its_reasoning_parser(model_info: dict[str, Any],
+                                                             server_info: dict[str, Any] | None,
+                                                             tags: tuple[str, str] | None) -> None:
+    from aiohttp import web
+
+    from ttcdsl.runtime.backends.sglang import SGLangBackend
+
+    runner = web.AppRunner(_sglang_lookalike(model_info, server_info))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with SGLangBackend(url) as backend:
+            assert await backend.think_tags() == tags
+    finally:
+        await runner.cleanup()
