@@ -418,3 +418,24 @@ async def test_sglang_reads_the_tags_of_its_reasoning_parser(model_info: dict[st
             assert await backend.think_tags() == tags
     finally:
         await runner.cleanup()
+
+
+def test_a_probe_leaves_its_parent_untouched_and_an_anytime_vote_counts_its_injection() -> None:
+    src = """
+strategy s(q: text) {
+    chain = sample 1 from q with chunk = 10
+    probe = expand chain by 1 after " So:" with max_tokens = 20
+    return chain + probe
+}"""
+    r, _ = run(src, ScriptedBackend(), {"q": "Q? "})
+    chain, probe = branches(r)
+    assert chain.steps == [chain.text] and len(chain.ids) == 10 and " So:" not in chain.text
+    assert probe.ids[:10] == chain.ids and probe.steps[:2] == [chain.text, " So:"]
+    anytime = """
+strategy s(q: text) {
+    chain = sample 1 from q with chunk = 10
+    return vote (expand chain by 6 after " So:" with max_tokens = 40) until agreement >= 0.5 after 2
+}"""
+    r, records = run(anytime, ScriptedBackend(), {"q": "Q? "})
+    sent = [rec for rec in records if rec.kind == "generate" and rec.max_new_tokens == 40 and rec.error is None]
+    assert sent and r.usage.injected_tokens == 4 * len(sent)
