@@ -377,6 +377,11 @@ class ModelClient:
 
         return await self._pieces.once(text, ids)
 
+    async def detokenize(self, n: P.Node, ids: Sequence[int]) -> str:
+        """The text of ``ids`` (not charged as usage)."""
+        return await self._retrying(n, "detokenize", [""], lambda: self.backend.detokenize(ids),
+                                    lambda r: [{}], lambda: [{"input_tokens": len(ids)}])
+
     async def think_tags(self, n: P.Node, key: str, given: tuple[str, str] | None) -> tuple[str, str]:
         """The thinking tags a thinking budget needs: ``given`` (the run's ``--think-tags``), else
         the backend's own, asked once; neither fails the node naming the key that needs them."""

@@ -365,7 +365,7 @@ async def _think_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
 
             result, cut = await think_fork(
                 send, hold, think, tags, gen.base.max_new_tokens, gen.base.stop, tags[1] in branch.text,
-                partial(client.piece, n), client.backend.detokenize, injected,
+                partial(client.piece, n), partial(client.detokenize, n), injected,
             )
             sem.apply(branch, result, cut, gen.stops, gen.step)
 

@@ -439,3 +439,39 @@ strategy s(q: text) {
     r, records = run(anytime, ScriptedBackend(), {"q": "Q? "})
     sent = [rec for rec in records if rec.kind == "generate" and rec.max_new_tokens == 40 and rec.error is None]
     assert sent and r.usage.injected_tokens == 4 * len(sent)
+
+
+def test_an_early_close_written_in_other_tokens_than_the_tag_alone_is_cut_by_decoding() -> None:
+    from ttcdsl.runtime.backend import GenResult
+    from ttcdsl.runtime.thinking import Thinking, think_fork
+
+    words = {1: "h", 2: "</think>", 3: " A", 7: "</thi", 8: "nk>", 9: "Wait"}
+    replies = iter([
+        GenResult(text="hh</think>", output_ids=[1, 1, 2], finish="stop", completion_tokens=3,
+                  prompt_tokens=5, matched="</think>"),
+        GenResult(text="h</think>", output_ids=[1, 2], finish="stop", completion_tokens=2,
+                  prompt_tokens=8, matched="</think>"),
+        GenResult(text=" A", output_ids=[3, 0], finish="eos", completion_tokens=2, prompt_tokens=10, matched=0),
+    ])
+    sent: list[tuple[tuple[int, ...], int, str | None, int]] = []
+
+    async def send(more: Any, max_new: int, stops: Any, res: Any, note: Any) -> GenResult:
+        sent.append((more, max_new, note.phase, note.injected))
+        reply = next(replies)
+        res.settle(reply.completion_tokens)
+        return reply
+
+    async def piece(text: str) -> tuple[int, ...]:
+        return {"</think>": (7, 8), "Wait": (9,)}[text]
+
+    async def detokenize(ids: Any) -> str:
+        return "".join(words.get(i, "") for i in ids)
+
+    root = Budget(None)
+    hold = root.reserve(200)
+    think = Thinking(cap=100, least=10, extend=1)
+    result, cut = anyio.run(lambda: think_fork(send, hold, think, TAGS, 50, (), False, piece, detokenize))
+    hold.release()
+    assert (result.text, result.output_ids, result.finish, cut) == ("hhWaith</think> A", [1, 1, 9, 1, 2, 3, 0], "eos", False)
+    assert sent == [((), 100, "think", 0), ((1, 1, 9), 97, "think", 1), ((1, 1, 9, 1, 2), 50, "answer", 0)]
+    assert result.completion_tokens == 7 and root.spent == 7 and root.violations() == []
