@@ -21,7 +21,9 @@ Budget: the caller reserves the fork's fair share (at most ``think_max + max_tok
 fork starts and passes that `Reservation` as ``hold``; every request takes its own reservation out
 of it (`Reservation.take`), so every request still reserves before it is sent, no other fork can
 spend the share meanwhile, and the hard guarantee of `budget.py` holds unchanged.  The caller
-refunds what is left.
+refunds what is left.  A share short of ``think_max + max_tokens`` (a tight budget) shrinks the
+cap first, to the share less ``max_tokens`` (at least 1), so the chain still gets to answer: the
+documented clamp of a cap that does not fit.
 
 What this module does not do: decide the thinking tags (`ModelClient.think_tags`), split budgets
 (`budget.split`), or close the branch (`semantics.apply`, given the combined result).
@@ -163,9 +165,11 @@ async def think_fork(send: Send, hold: Reservation, think: Thinking, tags: tuple
         p.add(r)
         return r
 
+    # A share short of cap + answer shrinks the cap (never below 1), so the answer keeps its room.
+    cap = min(think.cap, max(1, hold.tokens - answer_tokens))
     thought = extended = 0
     while not past_thinking:
-        want = think.cap - thought
+        want = cap - thought
         tokens = min(want, hold.tokens)
         if tokens <= 0:
             return p.result(_EMPTY), True

@@ -475,3 +475,16 @@ def test_an_early_close_written_in_other_tokens_than_the_tag_alone_is_cut_by_dec
     assert (result.text, result.output_ids, result.finish, cut) == ("hhWaith</think> A", [1, 1, 9, 1, 2, 3, 0], "eos", False)
     assert sent == [((), 100, "think", 0), ((1, 1, 9), 97, "think", 1), ((1, 1, 9, 1, 2), 50, "answer", 0)]
     assert result.completion_tokens == 7 and root.spent == 7 and root.violations() == []
+
+
+def test_a_cap_that_does_not_fit_the_budget_shrinks_so_the_answer_still_fits() -> None:
+    src = """
+strategy s(q: text, cap: int = 100) {
+    return sample 1 from q with think_max = cap, max_tokens = 30 budget 60
+}"""
+    backend = ScriptedBackend(Script(text=thinker(400)), tags=TAGS)
+    r, records = run(src, backend, {"q": "Q:"})
+    (b,) = branches(r)
+    assert r.usage.thinking_tokens == 30 and b.text.endswith("</think> The answer is 7.")
+    assert phases(records) == [("think", 30, 30), ("answer", 30, 18)]
+    assert r.budget_exhausted
