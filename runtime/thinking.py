@@ -176,7 +176,7 @@ async def think_fork(send: Send, hold: Reservation, think: Thinking, tags: tuple
         r = await generate(tokens, (close,), "think")
         thought += r.completion_tokens
         if r.finish == "stop" and r.matched == close:
-            if thought < think.least and extended < think.extend:
+            if thought < min(think.least, cap) and extended < think.extend:
                 await p.cut(close, await piece(close), detokenize)
                 p.inject(think.extend_text, await piece(think.extend_text))
                 extended += 1
