@@ -488,3 +488,12 @@ strategy s(q: text, cap: int = 100) {
     assert r.usage.thinking_tokens == 30 and b.text.endswith("</think> The answer is 7.")
     assert phases(records) == [("think", 30, 30), ("answer", 30, 18)]
     assert r.budget_exhausted
+
+
+def test_ttc_run_says_how_much_was_thinking(capsys: pytest.CaptureFixture[str]) -> None:
+    from ttcdsl.cli import main
+
+    assert main(["run", str(REPO / "programs" / "think_then_vote.ttc"), "--sim-task",
+                 str(REPO / "data" / "tasks" / "demo.json"), "--arg", "question=What is 17 + 25?",
+                 "--arg", "n=2", "--arg", "think=16", "--seed", "1", "--think-tags", "<think>,</think>"]) == 0
+    assert "of which thinking 32, answer " in capsys.readouterr().out
