@@ -497,3 +497,12 @@ def test_ttc_run_says_how_much_was_thinking(capsys: pytest.CaptureFixture[str]) 
                  str(REPO / "data" / "tasks" / "demo.json"), "--arg", "question=What is 17 + 25?",
                  "--arg", "n=2", "--arg", "think=16", "--seed", "1", "--think-tags", "<think>,</think>"]) == 0
     assert "of which thinking 32, answer " in capsys.readouterr().out
+
+
+def test_plans_that_inject_chunk_or_think_say_version_2_and_others_stay_at_1() -> None:
+    core = compile_source("strategy s(q: text) {\n    return sample 2 from q with max_tokens = 5\n}\n").plan
+    assert core.version == 1
+    for settings_ in ("chunk = 5", "think_max = 5"):
+        src = f"strategy s(q: text) {{\n    return sample 2 from q with {settings_}\n}}\n"
+        assert compile_source(src).plan.version == 2
+    assert compile_source(PROBE).plan.version == 2

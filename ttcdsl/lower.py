@@ -60,7 +60,7 @@ def lower(checked: Checked, entry: str | None = None) -> plan.Plan:
         lowered = _StrategyLowering(checked, s, next_id, logprobs).run()
         next_id += len(lowered.nodes)
         strategies[name] = lowered
-    return plan.Plan(entry=entry, strategies=strategies)
+    return plan.Plan(entry=entry, strategies=strategies, version=plan.version_for(strategies))
 
 
 class _StrategyLowering:

@@ -33,6 +33,7 @@ from ttcdsl.vocabulary import (
     DEFAULT_PRUNE_GROUP,
     DEFAULT_PRUNE_ORDER,
     DEFAULT_RESAMPLE_METHOD,
+    THINK_KEYS,
     Aggregation,
     BuiltinName,
     Extractor,
@@ -88,9 +89,14 @@ __all__ = [
     "encode",
     "refs",
     "to_json",
+    "version_for",
 ]
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+"""The newest plan version this reader knows.  Version 2 adds text injection (`Expand.inject`),
+`chunk` and the thinking-budget settings; a plan that uses none of them still says version 1
+(`version_for`), so a version-1 reader runs it, and refuses one that does instead of silently
+dropping what it cannot read."""
 
 
 class Ref(msgspec.Struct, frozen=True, tag="ref"):
@@ -413,10 +419,24 @@ class Plan(msgspec.Struct, frozen=True):
 
     entry: str
     strategies: dict[str, StrategyPlan]
-    version: int = PLAN_VERSION
+    version: int = 1
 
     def strategy(self, name: str | None = None) -> StrategyPlan:
         return self.strategies[name or self.entry]
+
+
+_V2_SETTINGS = ("chunk", *THINK_KEYS)
+
+
+def version_for(strategies: dict[str, StrategyPlan]) -> int:
+    """The oldest plan version that can express ``strategies`` (see `PLAN_VERSION`)."""
+    for s in strategies.values():
+        for n in s.nodes:
+            if isinstance(n, Expand) and n.inject is not None:
+                return 2
+            if isinstance(n, (Sample, Expand)) and any(getattr(n.settings, k) is not None for k in _V2_SETTINGS):
+                return 2
+    return 1
 
 
 _ENCODER = msgspec.json.Encoder()
