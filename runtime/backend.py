@@ -28,6 +28,9 @@ Conventions every backend follows:
 * A backend that streams also implements `StreamingBackend.generate_stream`, which reports the
   tokens generated so far as they come, so a request cancelled mid-way (an anytime vote that
   stopped) is charged what the server really spent on it.
+* A backend that can tell a reasoning model's thinking delimiters (from the server's reasoning
+  parser or the model's chat template) implements `ThinkingBackend.think_tags`; the runtime's
+  thinking budgets use them unless the run gives its own (``--think-tags``).
 * Transient failures raise `TransientBackendError` (the runtime retries with backoff); anything
   else raises `BackendError` with a message a user can act on.
 """
@@ -49,6 +52,7 @@ __all__ = [
     "GenResult",
     "Sampling",
     "StreamingBackend",
+    "ThinkingBackend",
     "WarmResult",
     "first_failure",
 ]
@@ -175,6 +179,16 @@ class StreamingBackend(Backend, Protocol):
     async def generate_stream(self, request: GenRequest, progress: Callable[[int], None]) -> GenResult:
         """`generate`, streamed, calling ``progress(n)`` with the completion tokens generated so
         far after each chunk."""
+        ...
+
+
+@runtime_checkable
+class ThinkingBackend(Backend, Protocol):
+    """A `Backend` that knows whether its model thinks, and with which tags."""
+
+    async def think_tags(self) -> tuple[str, str] | None:
+        """The model's (opening, closing) thinking tags, e.g. ``("<think>", "</think>")``; None
+        when the model has none as far as the backend can tell."""
         ...
 
 

@@ -13,7 +13,8 @@ and the completion tokens the backend reports never exceed any budget.
 Fair split (`split`): when a step has more pending forks than its remaining budget covers at
 their full ``max_tokens``, the available tokens are divided equally, the first ``available % k``
 forks getting one token more; a fork whose share is 0 is not sent and finishes with reason
-``budget``.  Everything here is synchronous, so a check-and-reserve can never interleave with
+``budget``.  A fork that sends several requests (a thinking budget) reserves its share once and
+gives each request its own part of it (`Reservation.take`).  Everything here is synchronous, so a check-and-reserve can never interleave with
 another task's.
 """
 
@@ -99,23 +100,41 @@ class Reservation:
     budget: Budget
     tokens: int
     settled: bool = False
+    # The reservation this one was taken from (`take`): what it does not use goes back there.
+    source: Reservation | None = None
 
     def settle(self, used: int) -> None:
-        """Keep `used` tokens as spent and refund the rest.  `used` must not exceed the
+        """Keep `used` tokens as spent and refund the rest (to the reservation it was taken
+        from while that is open, else to every level).  `used` must not exceed the
         reservation: the caller checks the backend's report first (ProtocolViolation)."""
         if self.settled:
             raise RuntimeError("reservation settled twice")
         if not 0 <= used <= self.tokens:
             raise ValueError(f"used {used} tokens of a {self.tokens}-token reservation")
         self.settled = True
+        back = self.source is not None and not self.source.settled
         for b in self.budget.chain():
-            b.reserved -= self.tokens
+            b.reserved -= used if back else self.tokens
             b.spent += used
+        if back:
+            assert self.source is not None
+            self.source.tokens += self.tokens - used
 
     def release(self) -> None:
         """Refund everything (the request was never answered)."""
         if not self.settled:
             self.settle(0)
+
+    def take(self, tokens: int) -> Reservation:
+        """Move ``tokens`` of this open reservation into a new one at the same level (no level's
+        totals change): a fork that holds its share for several requests gives each its own,
+        and gets back what each did not use."""
+        if self.settled:
+            raise RuntimeError("cannot take from a settled reservation")
+        if not 0 <= tokens <= self.tokens:
+            raise ValueError(f"cannot take {tokens} tokens of a {self.tokens}-token reservation")
+        self.tokens -= tokens
+        return Reservation(self.budget, tokens, source=self)
 
 
 def split(available: int | None, wants: list[int]) -> list[int]:

@@ -15,6 +15,11 @@
 * single flight: a prompt is tokenized once per run even when many forks ask at once, and a
   prefix warm-up waits for an identical one already in flight (so the server prefills it once and
   the second one is a cache hit);
+* injection: `piece` gives the exact ids of a text to append to a branch (tokenized once per run,
+  without the special tokens a prompt starts with), and `think_tags` the model's thinking tags
+  (the run's own, else the backend's, asked once); a request may carry a `RequestNote` saying
+  its phase of a thinking budget and how many of its input tokens were injected, which the
+  trace records and the usage counts (thinking tokens are completion tokens like any other);
 * the lean fork path (`generate_many`): the forks of a step go out in as few round trips as the
   backend allows.  A `BatchBackend` that batches gets as many forks in one batch request as there
   are free limiter slots (a batch holds one slot per fork until it returns); the forks left over
@@ -45,12 +50,13 @@ from ttcdsl.runtime.backend import (
     GenRequest,
     GenResult,
     StreamingBackend,
+    ThinkingBackend,
     first_failure,
 )
 from ttcdsl.runtime.budget import Reservation
 from ttcdsl.runtime.values import NodeUsage, TraceRecord, Usage
 
-__all__ = ["ModelClient", "RetryPolicy", "SingleFlight", "Stats", "op_name"]
+__all__ = ["ModelClient", "RequestNote", "RetryPolicy", "SingleFlight", "Stats", "op_name"]
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -74,6 +80,27 @@ class RetryPolicy:
         return min(self.cap_s, self.base_s * 2 ** (attempt - 1))
 
 
+@dataclass(frozen=True)
+class RequestNote:
+    """What the trace and the usage should know of a request beyond the request itself: its phase
+    of a thinking budget ("think" or "answer"; None outside one) and how many of its input tokens
+    the runtime injected since the branch's previous request."""
+
+    phase: str | None = None
+    injected: int = 0
+
+    def trace(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.phase is not None:
+            out["phase"] = self.phase
+        if self.injected:
+            out["injected_tokens"] = self.injected
+        return out
+
+
+_PLAIN = RequestNote()
+
+
 @dataclass
 class Stats:
     """Usage per step node and in total."""
@@ -82,14 +109,17 @@ class Stats:
     total: Usage = field(default_factory=Usage)
 
     def charge(self, node: int, chain: tuple[int, ...], completion: int = 0, prompt: int = 0,
-               cached: int = 0) -> None:
+               cached: int = 0, note: RequestNote = _PLAIN) -> None:
         """One request's usage, charged to `node`, every call node in `chain`, and the total."""
         usages: list[NodeUsage | Usage] = [self.nodes[nid] for nid in (node, *chain)]
+        thinking = completion if note.phase == "think" else 0
         for usage in (*usages, self.total):
             usage.completion_tokens += completion
             usage.prompt_tokens += prompt
             usage.cached_tokens += cached
             usage.requests += 1
+            usage.thinking_tokens += thinking
+            usage.injected_tokens += note.injected
 
 
 class SingleFlight(Generic[K]):
@@ -179,6 +209,8 @@ class ModelClient:
         if self._trace_sink is not None:
             t = time.monotonic() - self._t0
             self._trace_sink(TraceRecord(kind=kind, node=node, t_start=t, t_end=t, **fields))
+        self._pieces: SingleFlight[str] = SingleFlight()
+        self._tags: SingleFlight[int] = SingleFlight()
 
     def new_rid(self) -> str:
         self._rid += 1
@@ -187,14 +219,14 @@ class ModelClient:
     # ---- the calls ----
 
     async def generate(self, n: P.Node, chain: tuple[int, ...], request: GenRequest,
-                       res: Reservation) -> GenResult:
+                       res: Reservation, note: RequestNote = _PLAIN) -> GenResult:
         """One generation; settles ``res`` with the completion tokens the backend reported.
         A streamed request on a `StreamingBackend` that is cancelled (an anytime vote stopped)
         is charged the tokens the server generated for it before the abort."""
         backend = self.backend
         if not (request.stream and isinstance(backend, StreamingBackend)):
             (result,) = await self._generations(n, chain, [request], [res], 1,
-                                                lambda: self._one(request))
+                                                lambda: self._one(request), notes=[note])
             return result
         seen = [0]
 
@@ -206,12 +238,14 @@ class ModelClient:
             return [await backend.generate_stream(request, progress)]
 
         (result,) = await self._generations(n, chain, [request], [res], 1, streamed,
-                                            aborted=lambda: seen[0])
+                                            aborted=lambda: seen[0], notes=[note])
         return result
 
     async def generate_many(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
-                            reservations: Sequence[Reservation]) -> list[GenResult]:
+                            reservations: Sequence[Reservation],
+                            notes: Sequence[RequestNote] | None = None) -> list[GenResult]:
         """The forks of one step (see the module doc); results in request order."""
+        notes = list(notes) if notes is not None else [_PLAIN] * len(requests)
         results: list[GenResult | None] = [None] * len(requests)
         backend = self.backend
         batch = 0
@@ -224,12 +258,12 @@ class ModelClient:
             assert isinstance(backend, BatchBackend)
             part = list(requests[:batch])
             done = await self._generations(n, chain, part, reservations[:batch], batch,
-                                           lambda: backend.generate_batch(part))
+                                           lambda: backend.generate_batch(part), notes=notes[:batch])
             results[:batch] = done
 
         async def worker() -> None:
             for i in rest:
-                results[i] = await self.generate(n, chain, requests[i], reservations[i])
+                results[i] = await self.generate(n, chain, requests[i], reservations[i], notes[i])
 
         workers = min(len(requests) - (batch if batch > 1 else 0), max(1, int(self.limiter.total_tokens)))
         try:
@@ -244,13 +278,15 @@ class ModelClient:
 
     async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
                              reservations: Sequence[Reservation],
-                             enough: Callable[[int, GenResult], bool]
+                             enough: Callable[[int, GenResult], bool],
+                             notes: Sequence[RequestNote] | None = None,
                              ) -> tuple[list[GenResult | None], list[bool]]:
         """The forks of an anytime step: one request each (no batch, so each result arrives as
         its generation ends), ``enough(i, result)`` asked after every result; once it says yes,
         every request still running is cancelled (the backend aborts it on the server) and
         every reservation not settled is refunded at every level.  Returns the results in
         request order (None for a request aborted or never sent) and which requests were sent."""
+        notes = list(notes) if notes is not None else [_PLAIN] * len(requests)
         results: list[GenResult | None] = [None] * len(requests)
         sent = [False] * len(requests)
         pending = iter(range(len(requests)))
@@ -260,7 +296,8 @@ class ModelClient:
                 async def worker() -> None:
                     for i in pending:
                         sent[i] = True
-                        results[i] = result = await self.generate(n, chain, requests[i], reservations[i])
+                        results[i] = result = await self.generate(n, chain, requests[i], reservations[i],
+                                                                  notes[i])
                         if enough(i, result):
                             tg.cancel_scope.cancel()
                             return
@@ -280,7 +317,8 @@ class ModelClient:
     async def _generations(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
                            reservations: Sequence[Reservation], slots: int,
                            send: Callable[[], Awaitable[list[GenResult]]],
-                           aborted: Callable[[], int] | None = None) -> list[GenResult]:
+                           aborted: Callable[[], int] | None = None,
+                           notes: Sequence[RequestNote] = ()) -> list[GenResult]:
         """Send generations (one, or a batch holding ``slots`` limiter slots), check what came
         back against each request's allowance, settle the reservations and charge the usage.
         ``aborted`` (one streamed request) tells how many tokens the server had generated when
@@ -291,7 +329,8 @@ class ModelClient:
                 lambda rs: [{"text": r.text, "finish": r.finish, "completion_tokens": r.completion_tokens,
                              "prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens} for r in rs],
                 lambda: [{"input_tokens": len(r.input_ids), "max_new_tokens": r.sampling.max_new_tokens,
-                          "seed": r.sampling.seed} for r in requests],
+                          "seed": r.sampling.seed, **note.trace()}
+                         for r, note in zip(requests, notes or [_PLAIN] * len(requests))],
                 slots,
             )
             if len(results) != len(requests):
@@ -312,8 +351,9 @@ class ModelClient:
         finally:
             for res in reservations:
                 res.release()
-        for result in results:
-            self.stats.charge(n.id, chain, result.completion_tokens, result.prompt_tokens, result.cached_tokens)
+        for result, note in zip(results, notes or [_PLAIN] * len(results)):
+            self.stats.charge(n.id, chain, result.completion_tokens, result.prompt_tokens, result.cached_tokens,
+                              note)
         return results
 
     def _charge_aborted(self, n: P.Node, chain: tuple[int, ...], request: GenRequest,
@@ -346,6 +386,41 @@ class ModelClient:
             n, "tokenize", [""], lambda: self.backend.tokenize(text),
             lambda r: [{"input_tokens": len(r)}], lambda: [{}],
         ))
+
+    async def piece(self, n: P.Node, text: str) -> tuple[int, ...]:
+        """The exact ids of ``text`` appended to a branch: its tokens as a prompt, less the
+        special tokens (BOS) every prompt starts with, asked once per run."""
+        async def ids() -> tuple[int, ...]:
+            specials, alone = await self.tokenize(n, ""), await self.tokenize(n, text)
+            return tuple(alone[len(specials):] if specials and alone[: len(specials)] == specials else alone)
+
+        return await self._pieces.once(text, ids)
+
+    async def detokenize(self, n: P.Node, ids: Sequence[int]) -> str:
+        """The text of ``ids`` (not charged as usage)."""
+        return await self._retrying(n, "detokenize", [""], lambda: self.backend.detokenize(ids),
+                                    lambda r: [{}], lambda: [{"input_tokens": len(ids)}])
+
+    async def think_tags(self, n: P.Node, key: str, given: tuple[str, str] | None) -> tuple[str, str]:
+        """The thinking tags a thinking budget needs: ``given`` (the run's ``--think-tags``), else
+        the backend's own, asked once; neither fails the node naming the key that needs them."""
+        if given is not None:
+            return given
+        backend = self.backend
+
+        async def ask() -> tuple[str, str] | None:
+            if not isinstance(backend, ThinkingBackend):
+                return None
+            return await self._retrying(n, "think_tags", [""], backend.think_tags, lambda r: [{}], lambda: [{}])
+
+        tags = await self._tags.once(0, ask)
+        if tags is None:
+            raise NodeFailed(
+                f"`{key}` needs the model's thinking tags, and the {backend.info.name} backend cannot tell "
+                f"them for model {backend.info.model!r}; pass --think-tags OPEN,CLOSE "
+                "(e.g. --think-tags '<think>,</think>')", n.span,
+            )
+        return tags
 
     async def reward(self, n: P.Node, chain: tuple[int, ...], texts: Sequence[str]) -> list[float]:
         """Reward-model scores, one per text."""

@@ -71,12 +71,16 @@ class RunOptions:
     observe: Callable[[StepRecord], None] | None = None
     # A shared limiter (dataset mode shares one across items); else one per run.
     limiter: anyio.CapacityLimiter | None = None
+    # The model's (opening, closing) thinking tags for thinking budgets; None: ask the backend.
+    think_tags: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"budget must be >= 0, got {self.budget}")
+        if self.think_tags is not None and not all(self.think_tags):
+            raise ValueError(f"think_tags must be two non-empty strings, got {self.think_tags!r}")
 
 
 def _usage_table(plan: P.Plan) -> Stats:
@@ -103,7 +107,7 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
     limiter = opts.limiter or anyio.CapacityLimiter(opts.concurrency)
     client = ModelClient(backend, limiter, opts.retry, stats, seed, opts.trace)
     state = RunState(client, stats, seed, allow_verifier=opts.allow_verifier, expect=opts.expect,
-                     observe=opts.observe)
+                     observe=opts.observe, think_tags=opts.think_tags)
     interpreter = (Reference if opts.sequential else Interpreter)(plan, state)
     root = root if root is not None else Budget(opts.budget, None, "run")
     if client.tracing:

@@ -34,6 +34,7 @@ from ttcdsl.errors import NodeFailed
 from ttcdsl.runtime import semantics as sem
 from ttcdsl.runtime.backend import GenRequest, GenResult, first_failure
 from ttcdsl.runtime.budget import Budget, Reservation
+from ttcdsl.runtime.client import RequestNote
 from ttcdsl.runtime.steps import Frame, RunState, run_step
 from ttcdsl.runtime.values import Branches
 
@@ -99,13 +100,15 @@ class Interpreter:
         return results
 
     async def generate(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
-                       reservations: Sequence[Reservation]) -> list[GenResult]:
-        return await self.state.client.generate_many(n, chain, requests, reservations)
+                       reservations: Sequence[Reservation],
+                       notes: Sequence[RequestNote] | None = None) -> list[GenResult]:
+        return await self.state.client.generate_many(n, chain, requests, reservations, notes)
 
     async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
-                             reservations: Sequence[Reservation], enough: Callable[[int, GenResult], bool]
+                             reservations: Sequence[Reservation], enough: Callable[[int, GenResult], bool],
+                             notes: Sequence[RequestNote] | None = None,
                              ) -> tuple[list[GenResult | None], list[bool]]:
-        return await self.state.client.generate_until(n, chain, requests, reservations, enough)
+        return await self.state.client.generate_until(n, chain, requests, reservations, enough, notes)
 
     # ---- frames and statements ----
 

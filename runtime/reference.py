@@ -21,6 +21,7 @@ from ttcdsl.errors import NodeFailed
 from ttcdsl.runtime import semantics as sem
 from ttcdsl.runtime.backend import GenRequest, GenResult
 from ttcdsl.runtime.budget import Budget, Reservation
+from ttcdsl.runtime.client import RequestNote
 from ttcdsl.runtime.steps import Frame, RunState, run_step
 from ttcdsl.runtime.values import Branches
 
@@ -45,11 +46,15 @@ class Reference:
         return [await self.ev(frame, r) for r in refs]
 
     async def generate(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
-                       reservations: Sequence[Reservation]) -> list[GenResult]:
-        return [await self.state.client.generate(n, chain, r, res) for r, res in zip(requests, reservations)]
+                       reservations: Sequence[Reservation],
+                       notes: Sequence[RequestNote] | None = None) -> list[GenResult]:
+        notes = list(notes) if notes is not None else [RequestNote()] * len(requests)
+        return [await self.state.client.generate(n, chain, r, res, note)
+                for r, res, note in zip(requests, reservations, notes)]
 
     async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
-                             reservations: Sequence[Reservation], enough: Callable[[int, GenResult], bool]
+                             reservations: Sequence[Reservation], enough: Callable[[int, GenResult], bool],
+                             notes: Sequence[RequestNote] | None = None,
                              ) -> tuple[list[GenResult | None], list[bool]]:
         """One request at a time; after the one that settles the vote, no more are sent."""
         results: list[GenResult | None] = [None] * len(requests)
@@ -57,7 +62,8 @@ class Reference:
         try:
             for i, (request, res) in enumerate(zip(requests, reservations)):
                 sent[i] = True
-                results[i] = result = await self.state.client.generate(n, chain, request, res)
+                note = notes[i] if notes is not None else RequestNote()
+                results[i] = result = await self.state.client.generate(n, chain, request, res, note)
                 if enough(i, result):
                     break
         finally:

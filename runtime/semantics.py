@@ -5,8 +5,8 @@ their value) and `fill` a prompt's parts into text; `arith` and `compare` give t
 meaning (`/` on two ints is floor division; division by zero fails the node); `builtin` gives the
 builtins theirs; `const`, `unbound` and `repeat_count` read constants, report a name read before
 it was bound, and check a loop count; `apply` appends one generation to its branch and
-decides whether the branch is finished (a matched `step` string leaves it open, a stop string,
-EOS, the length limit or a budget cut closes it); `p_yes` reads a judge's one-token verdict.
+decides whether the branch is finished (a matched `step` string leaves it open, and so does the
+length limit of a `chunk`; a stop string, EOS, the length limit or a budget cut closes it); `p_yes` reads a judge's one-token verdict.
 """
 
 from __future__ import annotations
@@ -135,13 +135,18 @@ def compare(op: str, a: Any, b: Any) -> bool:
     raise AssertionError(op)
 
 
-def apply(branch: Branch, r: GenResult, budget_cut: bool, stops: list[str], step: str | None) -> None:
-    """Append a generation to its branch and decide whether the branch is finished."""
+def apply(branch: Branch, r: GenResult, budget_cut: bool, stops: list[str], step: str | None,
+          chunk: bool = False) -> None:
+    """Append a generation to its branch and decide whether the branch is finished (``chunk``:
+    reaching the request's own length limit leaves it open)."""
     text = r.text
     branch.ids.extend(r.output_ids)
     if r.logprobs is not None:
         branch.logprob = (branch.logprob or 0.0) + sum(r.logprobs)
         branch.n_tokens += len(r.logprobs)
+    if chunk and r.finish == "length" and not budget_cut:
+        branch.steps.append(text)
+        return
     if r.finish == "stop" and isinstance(r.matched, str):
         if step is not None and r.matched == step and r.matched not in stops:
             branch.steps.append(text)

@@ -40,8 +40,9 @@ from ttcdsl.runtime import aggregate as agg
 from ttcdsl.runtime import semantics as sem
 from ttcdsl.runtime.backend import GenRequest, GenResult, Sampling
 from ttcdsl.runtime.budget import Budget, Reservation, split
-from ttcdsl.runtime.client import ModelClient, Stats, op_name
+from ttcdsl.runtime.client import ModelClient, RequestNote, Stats, op_name
 from ttcdsl.runtime.seeds import derive_seed
+from ttcdsl.runtime.thinking import Thinking, think_fork
 from ttcdsl.runtime.values import Answer, Branch, Branches, ExpectOutcome
 from ttcdsl.vocabulary import DEFAULT_MAX_TOKENS, JUDGE_TOKENS, SAMPLING_KEYS
 
@@ -114,6 +115,8 @@ class RunState:
             span = st.span
             self.expect(ExpectOutcome(strategy=frame.strategy.name, file=span.file, line=span.line,
                                       col=span.col, text=st.text, where=frame.tag(), held=bool(held)))
+    # The run's own thinking tags (``--think-tags``); None: ask the backend.
+    think_tags: tuple[str, str] | None = None
 
     @contextmanager
     def measure(self, n: P.Node) -> Iterator[None]:
@@ -148,13 +151,15 @@ class Evaluator(Protocol):
         ...
 
     async def generate(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
-                       reservations: Sequence[Reservation]) -> list[GenResult]:
+                       reservations: Sequence[Reservation],
+                       notes: Sequence[RequestNote] | None = None) -> list[GenResult]:
         """The generations of one step (each settles its reservation), results in order."""
         ...
 
     async def generate_until(self, n: P.Node, chain: tuple[int, ...], requests: Sequence[GenRequest],
                              reservations: Sequence[Reservation],
-                             enough: Callable[[int, GenResult], bool]) -> tuple[list[GenResult | None], list[bool]]:
+                             enough: Callable[[int, GenResult], bool],
+                             notes: Sequence[RequestNote] | None = None) -> tuple[list[GenResult | None], list[bool]]:
         """The generations of an anytime step: ``enough(i, result)`` after each; once it holds
         the rest are stopped.  Results (None where stopped) and which requests were sent."""
         ...
@@ -241,10 +246,21 @@ async def sample(ev: Evaluator, frame: Frame, n: P.Sample, anytime: _Anytime | N
 
 
 async def expand(ev: Evaluator, frame: Frame, n: P.Expand, anytime: _Anytime | None = None) -> Branches:
+    """Fork every unfinished branch; finished branches pass through unchanged, also with
+    ``after TEXT`` (a finished branch takes no injection: probing it yields the branch itself).
+    The injected text is tokenized once per run and appended to each child, text and exact ids,
+    as a step of its own, before the child continues."""
     branches, count = await _both(ev, frame, n.branches, n.count)
     settings = await _settings(ev, frame, n.settings)
+    inject = await ev.ev(frame, n.inject) if n.inject is not None else None
     with ev.state.measure(n):
         count = _forks(_count(count, n), sum(not b.finished for b in branches.items), n)
+        ids: tuple[int, ...] = ()
+        if inject is not None:
+            text = sem.interpolate(inject)
+            if not text:
+                raise NodeFailed("`after` has no text to inject (it is empty at run time)", n.span)
+            ids = await ev.state.client.piece(n, text)
         out: list[Branch] = []
         pending: list[tuple[Branch, int]] = []
         for j, b in enumerate(branches.items):
@@ -254,9 +270,12 @@ async def expand(ev: Evaluator, frame: Frame, n: P.Expand, anytime: _Anytime | N
             for c in range(count):
                 fork = j * count + c
                 child = b.child(_branch_id(frame, n.id, fork))
+                if inject is not None:
+                    child.ids.extend(ids)
+                    child.steps.append(text)
                 out.append(child)
                 pending.append((child, fork))
-        await _generate_forks(ev, frame, n, pending, settings, anytime)
+        await _generate_forks(ev, frame, n, pending, settings, anytime, len(ids))
         ev.state.observed(frame, n, Branches(out), branches.items)
         return Branches(out)
 
@@ -269,12 +288,14 @@ class _Generation:
     stops: list[str] = field(default_factory=list)
     step: str | None = None
     seed: int | None = None
+    chunk: bool = False  # `chunk = N`: running out of tokens ends a step, not the branch
 
     @classmethod
     def of(cls, n: P.Sample | P.Expand, settings: dict[str, Any]) -> _Generation:
-        max_tokens = settings.get("max_tokens", DEFAULT_MAX_TOKENS)
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise NodeFailed(f"max_tokens must be a positive int, got {max_tokens!r}", n.span)
+        key = "chunk" if "chunk" in settings else "max_tokens"
+        max_tokens = settings.get(key, DEFAULT_MAX_TOKENS)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise NodeFailed(f"{key} must be a positive int, got {max_tokens!r}", n.span)
         stop = settings.get("stop")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         step = settings.get("step")
@@ -286,31 +307,39 @@ class _Generation:
             min_p=float(settings.get("min_p", _default("min_p"))),
             stop=tuple(stops + ([step] if step and step not in stops else [])),
         )
-        return cls(base, stops, step, settings.get("seed"))
+        return cls(base, stops, step, settings.get("seed"), key == "chunk")
 
 
 async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
                           forks: list[tuple[Branch, int]], settings: dict[str, Any],
-                          anytime: _Anytime | None = None) -> None:
+                          anytime: _Anytime | None = None, injected: int = 0) -> None:
     """One request per fork, each continuing its branch's exact tokens, sent together through
     the interpreter (`Evaluator.generate`); the node's remaining budget is split fairly across the
     forks (`budget.split`) before any is sent.  Driven by an anytime vote, the requests are
-    streamed and each branch is handed to the vote as it finishes (`_Anytime`)."""
+    streamed and each branch is handed to the vote as it finishes (`_Anytime`).  With a thinking
+    budget each fork is a short run of requests instead (`thinking.think_fork`).  ``injected``:
+    tokens injected at the end of every branch that its first request reports."""
     if not forks:
         return
     state = ev.state
     gen = _Generation.of(n, settings)
+    think = Thinking.of(n, settings)
     max_tokens = gen.base.max_new_tokens
+    wants = max_tokens + (think.cap if think is not None else 0)
     budget = _node_budget(frame, n)
-    alloc = split(budget.available(), [max_tokens] * len(forks))
+    alloc = split(budget.available(), [wants] * len(forks))
     work: list[tuple[Branch, int, int, Reservation]] = []
     for (branch, fork), tokens in zip(forks, alloc):
-        if tokens < max_tokens:
+        if tokens < wants:
             state.exhausted = True
         if tokens <= 0:
             branch.finished, branch.finish_reason = True, "budget"
             continue
         work.append((branch, fork, tokens, budget.reserve(tokens)))
+    if think is not None:
+        await _think_forks(ev, frame, n, work, gen, think, injected, anytime)
+        _note_finished(state, n, forks)
+        return
 
     requests = [
         GenRequest(
@@ -326,19 +355,20 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
     if state.client.tracing:
         for (branch, *_), request in zip(work, requests):
             state.client.lineage(request.rid, branch.id, branch.parent, len(branch.steps))
+    notes = [RequestNote(injected=injected)] * len(requests) if injected else None
     if anytime is None:
-        results = await ev.generate(n, frame.chain, requests, reservations)
+        results = await ev.generate(n, frame.chain, requests, reservations, notes)
         for (branch, _, tokens, _), result in zip(work, results):
-            sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+            sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step, gen.chunk)
         _note_finished(state, n, forks)
         return
 
     def finished(i: int, result: GenResult) -> bool:
         branch, _, tokens, _ = work[i]
-        sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+        sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step, gen.chunk)
         return anytime.counted(branch)
 
-    _, sent = await ev.generate_until(n, frame.chain, requests, reservations, finished)
+    _, sent = await ev.generate_until(n, frame.chain, requests, reservations, finished, notes)
     anytime.aborted = sum(sent) - len(anytime.votes)
     anytime.unsent = len(sent) - sum(sent)
     for (branch, *_), was_sent in zip(work, sent):
@@ -354,6 +384,47 @@ def _note_finished(state: RunState, n: P.Sample | P.Expand, forks: list[tuple[Br
         if done:
             state.client.note("finish", n.id, branches=[b.id for b in done],
                               values=[b.finish_reason for b in done])
+
+
+async def _think_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
+                       work: list[tuple[Branch, int, int, Reservation]], gen: _Generation, think: Thinking,
+                       injected: int, anytime: _Anytime | None) -> None:
+    """The forks of a step with a thinking budget, each run by `thinking.think_fork` holding its
+    share of the budget; the forks run as the interpreter schedules them (`Evaluator.gather`)."""
+    state = ev.state
+    client = state.client
+    try:
+        if anytime is not None:
+            raise NodeFailed("an anytime vote cannot stop a step with a thinking budget", n.span)
+        tags = await client.think_tags(n, "think_max", state.think_tags)
+
+        async def fork(branch: Branch, index: int, hold: Reservation) -> None:
+            first = _seed(state, frame, n.id, index, gen.seed)
+            sent = [0]
+
+            async def send(more: tuple[int, ...], max_new: int, stops: tuple[str, ...], res: Reservation,
+                           note: RequestNote) -> GenResult:
+                seed = first if sent[0] == 0 else derive_seed(first, sent[0])
+                sent[0] += 1
+                request = GenRequest(
+                    rid=client.new_rid(), input_ids=(*branch.prompt_ids, *branch.ids, *more),
+                    sampling=msgspec.structs.replace(gen.base, max_new_tokens=max_new, seed=seed, stop=stops),
+                    logprobs=n.logprobs,
+                )
+                if client.tracing:
+                    client.lineage(request.rid, branch.id, branch.parent, len(branch.steps))
+                return await client.generate(n, frame.chain, request, res, note)
+
+            result, cut = await think_fork(
+                send, hold, think, tags, gen.base.max_new_tokens, gen.base.stop, tags[1] in branch.text,
+                partial(client.piece, n), partial(client.detokenize, n), injected,
+            )
+            sem.apply(branch, result, cut, gen.stops, gen.step)
+
+        await ev.gather([partial(fork, branch, index, hold) for branch, index, _, hold in work])
+    finally:
+        for *_, hold in work:
+            hold.release()
 
 
 # ---- score and its scorers ----

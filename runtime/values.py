@@ -26,6 +26,7 @@ __all__ = [
     "TraceRecord",
     "Usage",
     "result_to_json",
+    "usage_to_json",
     "value_to_json",
 ]
 
@@ -103,6 +104,10 @@ class Usage(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     requests: int = 0
+    # Of the completion tokens, those generated inside a thinking phase (`think_max`); and the
+    # prompt tokens the runtime injected (`after TEXT`, wrap-ups, closing tags, "Wait").
+    thinking_tokens: int = 0
+    injected_tokens: int = 0
 
 
 class NodeUsage(msgspec.Struct, kw_only=True):
@@ -118,6 +123,8 @@ class NodeUsage(msgspec.Struct, kw_only=True):
     requests: int = 0
     calls: int = 0
     wall_s: float = 0.0
+    thinking_tokens: int = 0
+    injected_tokens: int = 0
 
 
 class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -161,6 +168,11 @@ class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     voters: list[str] | None = None
     answer: str | None = None
     labels: dict[int, NodeLabel] | None = None
+
+    # A request of a thinking budget says its phase ("think" or "answer"); a request that
+    # continues injected text says how many of its input tokens were injected.
+    phase: str | None = None
+    injected_tokens: int = 0
 
 
 REQUEST_KINDS = ("tokenize", "warm", "generate", "reward")
@@ -231,11 +243,24 @@ def value_to_json(value: Any) -> Any:
     return {"value": value}
 
 
+def usage_to_json(usage: Usage | NodeUsage) -> dict[str, Any]:
+    """A usage as JSON.  The thinking and injection counts appear only when non-zero (then with
+    ``answer_tokens``, the completion tokens outside thinking phases), so a run that uses neither
+    reports exactly the four keys of DESIGN §7."""
+    out: dict[str, Any] = msgspec.to_builtins(usage)
+    for key in ("thinking_tokens", "injected_tokens"):
+        if not out.get(key):
+            out.pop(key, None)
+    if usage.thinking_tokens:
+        out["answer_tokens"] = usage.completion_tokens - usage.thinking_tokens
+    return out
+
+
 def result_to_json(result: RunResult) -> dict[str, Any]:
     return {
         "result": value_to_json(result.value),
-        "usage": msgspec.to_builtins(result.usage),
-        "nodes": [msgspec.to_builtins(n) for n in result.nodes],
+        "usage": usage_to_json(result.usage),
+        "nodes": [usage_to_json(n) for n in result.nodes],
         "wall_s": round(result.wall_s, 4),
         "strategy": result.strategy,
         "seed": result.seed,

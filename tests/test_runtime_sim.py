@@ -98,9 +98,11 @@ def test_reference_and_concurrent_executors_agree_on_the_sim(program: str) -> No
     # An anytime vote counts branches in the order they finish, which concurrency makes a matter
     # of timing (tests/test_anytime.py pins it against the offline rule in that order); one
     # request in flight at a time makes the order the forks' own, as in the reference.
-    opts = {"concurrency": 1} if program in ORDER_DEPENDENT else {}
+    opts: dict[str, Any] = {"concurrency": 1} if program in ORDER_DEPENDENT else {}
+    # The thinking programs need tags, which the demo task (no reasoning problems) does not give.
+    opts["think_tags"] = ("<think>", "</think>")
     concurrent = run(plan, args, seed=11, **opts)
-    sequential = run(plan, args, seed=11, sequential=True)
+    sequential = run(plan, args, seed=11, sequential=True, think_tags=opts["think_tags"])
     assert _summary(concurrent) == _summary(sequential)
 
 

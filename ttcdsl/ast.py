@@ -286,6 +286,8 @@ class Expand:
     settings: tuple[Setting, ...] = ()
     budget: int | None = None
     piped: bool = False
+    # `after TEXT`: text appended to every child before it continues (None: no injection).
+    inject: Expr | None = None
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
@@ -459,6 +461,8 @@ _CHILD_FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls) if f.name not in ("span", "file"))
     for cls in _NODE_TYPES
 }
+# `expand B by N after TEXT with ...`: the injected text is written before the settings.
+_CHILD_FIELDS[Expand] = ("branches", "count", "inject", "settings", "budget", "piped")
 
 
 def children(node: Node) -> Iterator[Node]:

@@ -254,9 +254,15 @@ class _Interp:
         return _Branches(size, roots)
 
     def max_tokens(self, settings: plan.Settings) -> int | None:
-        if settings.max_tokens is None:
-            return DEFAULT_MAX_TOKENS
-        return _int(self.ev(settings.max_tokens))
+        """Worst case of one fork: `max_tokens`, plus `think_max` for a thinking budget (the
+        thinking phase, then at most `max_tokens` of answer)."""
+        if settings.chunk is not None:
+            return _int(self.ev(settings.chunk))
+        answer = DEFAULT_MAX_TOKENS if settings.max_tokens is None else _int(self.ev(settings.max_tokens))
+        if settings.think_max is None:
+            return answer
+        think = _int(self.ev(settings.think_max))
+        return None if answer is None or think is None else answer + think
 
 
 def _int(v: Any) -> int | None:

@@ -21,7 +21,7 @@ from ttcdsl import ast
 from ttcdsl.errors import CheckError, CheckErrors
 from ttcdsl.program import Program
 from ttcdsl.span import Span
-from ttcdsl.vocabulary import BUILTINS, JUDGE_BRANCH, NUMERIC, SAMPLING_KEYS, SCORERS
+from ttcdsl.vocabulary import BUILTINS, JUDGE_BRANCH, NUMERIC, SAMPLING_KEYS, SCORERS, THINK_KEYS
 
 __all__ = ["Checked", "check"]
 
@@ -317,13 +317,19 @@ class _Checker:
                 self.positive_literal(e.count, "the sample count")
                 self.expect(e.prompt, scope, ("text",), "the prompt of `sample`")
                 self.settings(e.settings, scope)
+                self.thinking(e.settings, e.budget)
                 self.step_budget(e.budget, e.span)
                 return "branches"
             case ast.Expand():
                 self.expect(e.branches, scope, ("branches",), "the input of `expand`")
                 self.expect(e.count, scope, ("int",), "the expand count")
                 self.positive_literal(e.count, "the expand count")
+                if e.inject is not None:
+                    self.expect(e.inject, scope, ("text",), "the injected text (`after`)")
+                    if isinstance(e.inject, ast.StrLit) and not e.inject.value:
+                        self.error("`after` needs text to inject, got an empty string", e.inject.span)
                 self.settings(e.settings, scope)
+                self.thinking(e.settings, e.budget)
                 self.step_budget(e.budget, e.span)
                 return "branches"
             case ast.Score():
@@ -375,6 +381,10 @@ class _Checker:
         # settled, so that step must be written right here, not arrive as a finished value.
         if t == "branches" and not isinstance(e.branches, (ast.Sample, ast.Expand)):
             self.error(_ANYTIME_INPUT, e.branches.span)
+        elif isinstance(e.branches, (ast.Sample, ast.Expand)):
+            for s in e.branches.settings:
+                if s.key in THINK_KEYS:
+                    self.error(f"an anytime vote (`until`) cannot stop a step with a thinking budget (`{s.key}`)", s.span)
         if e.threshold is not None:
             self.expect(e.threshold, scope, NUMERIC, "the threshold of `until`")
             v = _literal_number(e.threshold)
@@ -462,7 +472,10 @@ class _Checker:
             seen.add(s.key)
             key = SAMPLING_KEYS.get(s.key)
             if key is None:
-                hint = _suggest(s.key, SAMPLING_KEYS) or f"; expected one of {', '.join(SAMPLING_KEYS)}"
+                # (the listing names the core keys of DESIGN §2, not `chunk` and the `think_*` keys
+                # of sequential scaling; a near miss of those is still named)
+                plain = [k for k in SAMPLING_KEYS if k not in THINK_KEYS and k != "chunk"]
+                hint = _suggest(s.key, SAMPLING_KEYS) or f"; expected one of {', '.join(plain)}"
                 self.error(f"unknown sampling key '{s.key}'{hint}", s.span)
                 self.expr(s.value, scope)
                 continue
@@ -472,6 +485,39 @@ class _Checker:
             v = _literal_number(s.value)
             if v is not None and key.valid is not None and not key.valid(v):
                 self.error(f"`{s.key}` must be {key.rule}, got {v:g}", s.value.span)
+
+    def thinking(self, settings: Sequence[ast.Setting], budget: int | None) -> None:
+        """A thinking budget's keys fit together: every `think_*` key needs `think_max`, the
+        minimum is at most the cap, and the cap fits the step's own budget; `chunk` is at least
+        1 and comes without `max_tokens` and thinking keys."""
+        keys = {s.key: s for s in settings}
+        if "chunk" in keys:
+            size = _literal_number(keys["chunk"].value)
+            if size is not None and size < 1:
+                self.error(f"`chunk` must be at least 1, got {size:g}", keys["chunk"].value.span)
+            clash = next((k for k in ("max_tokens", *THINK_KEYS) if k in keys), None)
+            if clash is not None:
+                self.error(f"`chunk` and `{clash}` do not go together: a chunk is its own max_tokens, "
+                           "and a thinking budget runs to the end of its phase", keys["chunk"].span)
+        given = {s.key: s for s in settings if s.key in THINK_KEYS}
+        cap = given.get("think_max")
+        if cap is None:
+            for s in given.values():
+                self.error(f"`{s.key}` needs `think_max` (the cap on the thinking phase)", s.span)
+            return
+        top = _literal_number(cap.value)
+        low = given.get("think_min")
+        least = _literal_number(low.value) if low is not None else None
+        for key, v in (("think_max", top), ("think_min", least)):
+            if v is not None and v < 1:
+                self.error(f"`{key}` must be at least 1, got {v:g}", given[key].value.span)
+        if top is not None and least is not None and least > top:
+            self.error(f"`think_min` ({least:g}) is more than `think_max` ({top:g})", low.span)  # type: ignore[union-attr]
+        if top is not None and budget is not None and top > budget:
+            self.error(f"`think_max` ({top:g}) is more than this step's budget ({budget})", cap.span)
+        for s in given.values():
+            if s.key in ("think_wrapup", "think_extend_text") and isinstance(s.value, ast.StrLit) and not s.value.value:
+                self.error(f"`{s.key}` cannot be an empty string", s.value.span)
 
     def step_budget(self, budget: int | None, span: Span) -> None:
         if budget is not None and budget <= 0:

@@ -659,8 +659,12 @@ def _step_parts(e: Any, with_input: bool) -> list[Any]:
             parts += _budget_parts(e.budget, bool(e.settings), "with")
         case ast.Expand():
             parts = ["expand", *_input(e, with_input), "by", _Sub(e.count, _SUM)]
+            if e.inject is not None:
+                parts += ["after", _Sub(e.inject, _FACTOR)]
             parts += _settings_parts(e.settings)
             parts += _budget_parts(e.budget, bool(e.settings), "with")
+            if e.inject is None and not e.settings and e.budget is None:
+                parts[-1] = _Open(frozenset({"budget", "with", "after"}))
         case ast.Score():
             parts = ["score", *_input(e, with_input), "with", _scorer(e.scorer)]
             if e.agg is not None:

@@ -60,7 +60,7 @@ def lower(checked: Checked, entry: str | None = None) -> plan.Plan:
         lowered = _StrategyLowering(checked, s, next_id, logprobs).run()
         next_id += len(lowered.nodes)
         strategies[name] = lowered
-    return plan.Plan(entry=entry, strategies=strategies)
+    return plan.Plan(entry=entry, strategies=strategies, version=plan.version_for(strategies))
 
 
 class _StrategyLowering:
@@ -177,9 +177,10 @@ class _StrategyLowering:
                 )
             case ast.Expand():
                 branches, count = self.expr(e.branches), self.expr(e.count)
+                inject = self.expr(e.inject) if e.inject is not None else None
                 return self.add(
-                    plan.Expand, e, branches=branches, count=count, settings=self.settings(e.settings),
-                    budget=e.budget, logprobs=self.logprobs,
+                    plan.Expand, e, branches=branches, count=count, inject=inject,
+                    settings=self.settings(e.settings), budget=e.budget, logprobs=self.logprobs,
                 )
             case ast.Score():
                 branches = self.expr(e.branches)

@@ -293,8 +293,11 @@ class _Builder(Transformer[Token, Any]):
     def sample(self, meta: Any, count: Any, prompt: Any, settings: Any, budget: Any) -> ast.Sample:
         return ast.Sample(count, prompt, _settings(settings), budget, self._s(meta))
 
-    def expand(self, meta: Any, branches: Any, count: Any, settings: Any, budget: Any) -> ast.Expand:
-        return ast.Expand(branches, count, _settings(settings), budget, span=self._s(meta))
+    def expand(self, meta: Any, branches: Any, count: Any, inject: Any, settings: Any, budget: Any) -> ast.Expand:
+        return ast.Expand(branches, count, _settings(settings), budget, inject=inject, span=self._s(meta))
+
+    def inject(self, meta: Any, text: Any) -> ast.Expr:
+        return text  # type: ignore[no-any-return]
 
     def score(self, meta: Any, branches: Any, scorer: Any, agg: Any, budget: Any) -> ast.Score:
         return ast.Score(branches, scorer, agg, budget, span=self._s(meta))
@@ -308,8 +311,9 @@ class _Builder(Transformer[Token, Any]):
     def resample(self, meta: Any, branches: Any, count: Any, by: Any, method: Any) -> ast.Resample:
         return ast.Resample(branches, **self._resample_fields(meta, count, by, method))
 
-    def pexpand(self, meta: Any, count: Any, settings: Any, budget: Any) -> _PipeStep:
-        return ast.Expand, {"count": count, "settings": _settings(settings), "budget": budget, "span": self._s(meta)}
+    def pexpand(self, meta: Any, count: Any, inject: Any, settings: Any, budget: Any) -> _PipeStep:
+        return ast.Expand, {"count": count, "settings": _settings(settings), "budget": budget, "inject": inject,
+                            "span": self._s(meta)}
 
     def pscore(self, meta: Any, scorer: Any, agg: Any, budget: Any) -> _PipeStep:
         return ast.Score, {"scorer": scorer, "agg": agg, "budget": budget, "span": self._s(meta)}

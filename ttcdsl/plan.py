@@ -33,6 +33,7 @@ from ttcdsl.vocabulary import (
     DEFAULT_PRUNE_GROUP,
     DEFAULT_PRUNE_ORDER,
     DEFAULT_RESAMPLE_METHOD,
+    THINK_KEYS,
     Aggregation,
     BuiltinName,
     Extractor,
@@ -89,9 +90,14 @@ __all__ = [
     "encode",
     "refs",
     "to_json",
+    "version_for",
 ]
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+"""The newest plan version this reader knows.  Version 2 adds text injection (`Expand.inject`),
+`chunk` and the thinking-budget settings; a plan that uses none of them still says version 1
+(`version_for`), so a version-1 reader runs it, and refuses one that does instead of silently
+dropping what it cannot read."""
 
 
 class Ref(msgspec.Struct, frozen=True, tag="ref"):
@@ -131,6 +137,12 @@ class Settings(msgspec.Struct, frozen=True, omit_defaults=True):
     seed: Ref | None = None
     stop: Ref | None = None
     step: Ref | None = None
+    chunk: Ref | None = None
+    think_max: Ref | None = None
+    think_min: Ref | None = None
+    think_extend: Ref | None = None
+    think_wrapup: Ref | None = None
+    think_extend_text: Ref | None = None
 
 
 class Scorer(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -269,10 +281,12 @@ class Sample(NodeBase, Budgeted, tag="sample", frozen=True):
 
 
 class Expand(NodeBase, Budgeted, tag="expand", frozen=True):
-    """Every unfinished branch forked `count` times from its own tokens; finished ones pass."""
+    """Every unfinished branch forked `count` times from its own tokens; finished ones pass.
+    With `inject` (`after TEXT`), each child gets the text's exact tokens before it continues."""
 
     branches: Ref
     count: Ref
+    inject: Ref | None = None
     settings: Settings = Settings()
     budget: int | None = None
     logprobs: bool = False
@@ -415,10 +429,24 @@ class Plan(msgspec.Struct, frozen=True):
 
     entry: str
     strategies: dict[str, StrategyPlan]
-    version: int = PLAN_VERSION
+    version: int = 1
 
     def strategy(self, name: str | None = None) -> StrategyPlan:
         return self.strategies[name or self.entry]
+
+
+_V2_SETTINGS = ("chunk", *THINK_KEYS)
+
+
+def version_for(strategies: dict[str, StrategyPlan]) -> int:
+    """The oldest plan version that can express ``strategies`` (see `PLAN_VERSION`)."""
+    for s in strategies.values():
+        for n in s.nodes:
+            if isinstance(n, Expand) and n.inject is not None:
+                return 2
+            if isinstance(n, (Sample, Expand)) and any(getattr(n.settings, k) is not None for k in _V2_SETTINGS):
+                return 2
+    return 1
 
 
 _ENCODER = msgspec.json.Encoder()

@@ -54,7 +54,7 @@ def _params(nodes: dict[int, P.Node], n: P.Node) -> str:
         case P.Sample():
             head = f"{d(n.count)} from {d(n.prompt)}"
         case P.Expand():
-            head = f"{d(n.branches)} by {d(n.count)}"
+            head = f"{d(n.branches)} by {d(n.count)}" + (f" after {d(n.inject)}" if n.inject is not None else "")
         case P.Score():
             head = f"{d(n.branches)} with {n.scorer.kind}" + (f" agg {n.agg}" if n.agg != DEFAULT_AGGREGATION else "")
         case P.Prune():

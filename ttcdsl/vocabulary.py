@@ -28,6 +28,8 @@ __all__ = [
     "DEFAULT_PRUNE_ORDER",
     "DEFAULT_RESAMPLE_METHOD",
     "DEFAULT_RESAMPLE_WEIGHTING",
+    "DEFAULT_THINK_EXTEND",
+    "DEFAULT_THINK_EXTEND_TEXT",
     "EXTRACTORS",
     "JUDGE_BRANCH",
     "JUDGE_TOKENS",
@@ -45,6 +47,7 @@ __all__ = [
     "SCORERS",
     "STEP_KINDS",
     "STOP_RULES",
+    "THINK_KEYS",
     "VALUE_TYPES",
     "Aggregation",
     "BuiltinName",
@@ -194,6 +197,13 @@ BUILTINS: Mapping[str, BuiltinSig] = {
 
 # ---- sampling keys ----
 
+DEFAULT_THINK_EXTEND = 1
+"""How many times a thinking phase closed before `think_min` is extended when `think_extend` is
+omitted."""
+
+DEFAULT_THINK_EXTEND_TEXT = "Wait"
+"""What replaces an early closing tag when `think_extend_text` is omitted (s1's choice)."""
+
 
 @dataclass(frozen=True)
 class SamplingKey:
@@ -220,8 +230,24 @@ SAMPLING_KEYS: Mapping[str, SamplingKey] = {
         # `stop` ends the branch; `step` ends one step and the branch stays open.
         SamplingKey("stop", ("text", "list")),
         SamplingKey("step", ("text",)),
+        # `chunk = N`: at most N tokens as one step; running out of them leaves the branch open
+        # (generation in chunks, e.g. to probe a chain between them).  Instead of `max_tokens`.
+        SamplingKey("chunk", ("int",)),
+        # Thinking budgets (runtime/thinking.py): cap the reasoning phase at `think_max` tokens
+        # (then `think_wrapup`, if given, and the closing tag are injected); a phase closed before
+        # `think_min` tokens gets its closing tag replaced by `think_extend_text` ("Wait" when
+        # omitted), at most `think_extend` times.  Every key but `think_max` needs `think_max`.
+        # (No default, so the checker tests their range itself: at least 1.)
+        SamplingKey("think_max", ("int",)),
+        SamplingKey("think_min", ("int",)),
+        SamplingKey("think_extend", ("int",), DEFAULT_THINK_EXTEND, "at least 0", lambda v: v >= 0),
+        SamplingKey("think_wrapup", ("text",)),
+        SamplingKey("think_extend_text", ("text",)),
     )
 }
+
+THINK_KEYS: tuple[str, ...] = tuple(k for k in SAMPLING_KEYS if k.startswith("think_"))
+"""The sampling keys of a thinking budget (they need the model's thinking tags at run time)."""
 
 # ---- keywords ----
 

@@ -141,6 +141,11 @@ class LlamaEngine:
 
     # -- tokens ------------------------------------------------------------------------------
 
+    def chat_template(self) -> str | None:
+        """The GGUF metadata's ``tokenizer.chat_template`` (None without one)."""
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        return template if isinstance(template, str) else None
+
     def tokenize(self, text: str) -> list[int]:
         """Prompt ids: BOS if the model adds one, special tokens (chat markers) parsed.  Reads
         only the vocabulary, so it is safe beside a running generation."""

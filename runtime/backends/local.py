@@ -41,6 +41,7 @@ import anyio
 
 from ttcdsl.errors import BackendError, BackendUnavailable, ProtocolViolation, UsageError
 from ttcdsl.runtime.backend import BackendInfo, GenRequest, GenResult, Sampling, WarmResult
+from ttcdsl.runtime.backends._think import tags_of_template
 
 if TYPE_CHECKING:  # the engine needs numpy, which only the `local` extra installs
     from ttcdsl.runtime.backends._local_engine import Job, LlamaEngine, Outcome
@@ -225,6 +226,10 @@ class LocalBackend:
         return self._engine
 
     # -- tokens ------------------------------------------------------------------------------------
+
+    async def think_tags(self) -> tuple[str, str] | None:
+        """The thinking tags the GGUF chat template writes (``tokenizer.chat_template``), if any."""
+        return tags_of_template(self._need().chat_template())
 
     async def tokenize(self, text: str) -> list[int]:
         return self._need().tokenize(text)

@@ -69,6 +69,8 @@ class ScriptedBackend:
     reported: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    # The thinking tags the scripted "model" reports (`ThinkingBackend`); None: it has none.
+    tags: tuple[str, str] | None = None
     _count: int = 0
     _failed: set[str] = field(default_factory=set)
 
@@ -81,6 +83,9 @@ class ScriptedBackend:
     @property
     def info(self) -> BackendInfo:
         return BackendInfo(name="scripted", model="scripted", has_reward=True)
+
+    async def think_tags(self) -> tuple[str, str] | None:
+        return self.tags
 
     async def tokenize(self, text: str) -> list[int]:
         return [ord(c) for c in text]

@@ -66,6 +66,7 @@ from ttcdsl.runtime.backends._http import (
     stall_error,
     whole_stop_text,
 )
+from ttcdsl.runtime.backends._think import tags_of_parser
 
 __all__ = ["SGLangBackend"]
 
@@ -118,6 +119,8 @@ class _ModelInfo(msgspec.Struct):
     model_path: str | None = None
     served_model_name: str | None = None
     is_generation: bool = True
+    # `--reasoning-parser` (also in /get_server_info, which older servers' model info lacks).
+    reasoning_parser: str | None = None
 
 
 class _Tokens(msgspec.Struct):
@@ -157,6 +160,7 @@ class _Server(msgspec.Struct, frozen=True):
     model: str
     is_generation: bool
     router: bool
+    reasoning_parser: str | None = None
 
 
 # --- the stream accumulator -----------------------------------------------------------------------
@@ -462,7 +466,8 @@ class SGLangBackend:
             status, body = await self._probe(url, "/workers", role)
             router = status == 200 and body.lstrip().startswith(b"{") and b'"workers"' in body
         model = info.served_model_name or info.model_path or "unknown"
-        return _Server(url=url, model=model, is_generation=info.is_generation, router=router)
+        return _Server(url=url, model=model, is_generation=info.is_generation, router=router,
+                       reasoning_parser=info.reasoning_parser)
 
     async def _probe(self, url: str, path: str, role: str) -> tuple[int, bytes]:
         session = self._active_session()
@@ -646,6 +651,21 @@ class SGLangBackend:
         }
         (result,) = await self._run(server, payload, [rid], [_Stream(server.url, 0, False, 0)])
         return WarmResult(prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens)
+
+    async def think_tags(self) -> tuple[str, str] | None:
+        """The tags of the server's reasoning parser: from its model info, else from
+        ``/get_server_info`` (``/server_info`` on older servers); None without a parser."""
+        server = self._active()
+        parser = server.reasoning_parser
+        for path in () if parser else ("/get_server_info", "/server_info"):
+            status, body = await self._probe(server.url, path, "")
+            if status == 200:
+                try:
+                    parser = _info_decoder.decode(body).reasoning_parser
+                except msgspec.DecodeError:
+                    parser = None
+                break
+        return tags_of_parser(parser)
 
     # -- tokens ------------------------------------------------------------------------------------
 

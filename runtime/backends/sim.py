@@ -82,6 +82,12 @@ class SimBackend:
         """The engine's counters (prefilled and cached tokens, requests, in flight...)."""
         return self.engine.stats
 
+    async def think_tags(self) -> tuple[str, str] | None:
+        """The task's thinking tags: ``<think>``/``</think>`` when it has reasoning problems (the
+        in-process face of the server's ``"reasoning_parser": "deepseek-r1"``)."""
+        tags: tuple[str, str] | None = getattr(self.engine.task, "think_tags", None)
+        return tags
+
     async def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenize(text)
 

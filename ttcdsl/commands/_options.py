@@ -1,7 +1,8 @@
 """Command-line options that several `ttc` commands take, each declared once.
 
     add_run_options(parser)      --strategy --arg --seed --concurrency --budget --timeout
-                                 --allow-verifier, and the backend group below  (run, bench)
+                                 --allow-verifier --think-tags, and the backend group below
+                                 (run, bench)
     add_backend_options(parser)  --backend --url --reward-url --sim-task --model --router
                                  --api-key-env --replay --record
     add_items_option(parser)     --items: dataset items in flight                (run, bench)
@@ -64,6 +65,14 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def think_tags(text: str) -> tuple[str, str]:
+    """``OPEN,CLOSE``: two non-empty tags split at the first comma after the first character."""
+    open_, sep, close = text.partition(",")
+    if not sep or not open_ or not close:
+        raise argparse.ArgumentTypeError(f"expected OPEN,CLOSE (e.g. '<think>,</think>'), got {text!r}")
+    return open_, close
+
+
 def port_number(text: str) -> int:
     try:
         value = int(text)
@@ -107,6 +116,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=positive_int, help="an extra cap on the whole run's completion tokens")
     p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS", help="fail the run after this long")
     p.add_argument("--allow-verifier", action="store_true", help="allow verifier(\"module:function\") scorers to run Python")
+    p.add_argument("--think-tags", type=think_tags, metavar="OPEN,CLOSE",
+                   help="the model's thinking tags for `think_*` keys (default: what the backend reports)")
     add_backend_options(p)
 
 
@@ -136,6 +147,7 @@ def run_options(args: argparse.Namespace, trace: Any = None) -> RunOptions:
     return RunOptions(
         seed=args.seed, concurrency=args.concurrency, budget=args.budget, timeout_s=args.timeout,
         allow_verifier=args.allow_verifier, sequential=getattr(args, "sequential", False), trace=trace,
+        think_tags=getattr(args, "think_tags", None),
     )
 
 

@@ -161,6 +161,9 @@ def show(console: Console, result: RunResult) -> None:
         f"budget used: {used}{flag}; prompt {u.prompt_tokens} ({u.cached_tokens} cached), "
         f"{u.requests} requests, {result.wall_s:.2f} s, seed {result.seed}"
     )
+    if u.thinking_tokens or u.injected_tokens:
+        console.print(f"of which thinking {u.thinking_tokens}, answer {u.completion_tokens - u.thinking_tokens}; "
+                      f"injected {u.injected_tokens} prompt tokens")
 
 
 def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str],
