@@ -193,6 +193,8 @@ class ModelClient:
         self._tokens: SingleFlight[str] = SingleFlight()
         self._warming: SingleFlight[tuple[int, ...]] = SingleFlight()
         self._lineage: dict[str, dict[str, Any]] = {}
+        self._pieces: SingleFlight[str] = SingleFlight()
+        self._tags: SingleFlight[int] = SingleFlight()
 
     @property
     def tracing(self) -> bool:
@@ -209,8 +211,6 @@ class ModelClient:
         if self._trace_sink is not None:
             t = time.monotonic() - self._t0
             self._trace_sink(TraceRecord(kind=kind, node=node, t_start=t, t_end=t, **fields))
-        self._pieces: SingleFlight[str] = SingleFlight()
-        self._tags: SingleFlight[int] = SingleFlight()
 
     def new_rid(self) -> str:
         self._rid += 1
