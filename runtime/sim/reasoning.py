@@ -16,14 +16,17 @@ if there is one) with surrounding whitespace stripped: the *thinking length*.
 **The branch.**  A branch is identified by its first thinking sentence (``content`` up to its
 first ``.``, or all of it before there is one); the sim writes that sentence from the request's
 seed and everything after it from a hash of the sentence.  So a branch has one uniform draw
-``u`` and one wrong answer ``w`` (a key of ``answers`` other than ``answer``, drawn in
-proportion to the weights) that every continuation of it shares, whatever seed it carries.
+``u`` that every continuation of it shares, whatever seed it carries, and a wrong answer
+``w(t)`` (a key of ``answers`` other than ``answer``, drawn in proportion to the weights) that
+it redraws every 16 thinking tokens: a chain that has not found the answer yet wavers.
 
 **The answer.**  Whenever the sim writes an answer after ``t`` thinking tokens, it is the
-correct ``answer`` iff ``u < p(t)`` (``p``: the curve), else ``w``.  Over branches (fresh
-samples) the accuracy of answers written at length ``t`` is therefore exactly ``p(t)``, and
-answers of one branch at two lengths differ only where the curve crosses its ``u``: probes
-converge while the curve rises and extension past the peak turns right answers wrong.
+correct ``answer`` iff ``u < p(t)`` (``p``: the curve), else ``w(t)``.  Over branches (fresh
+samples) the accuracy of answers written at length ``t`` is therefore exactly ``p(t)``; a
+branch's answers at two lengths are right or wrong alike except where the curve crosses its
+``u``.  So probes settle once the curve passes ``u`` (and agree from then on), wrong probes
+rarely agree with each other (they do as often as two draws of the wrong answers coincide), and
+extension past the peak turns right answers wrong.
 
 **When it closes.**  A branch has natural close points ``c_1 = L_1``, ``c_j = c_{j-1} + L_j``
 with each ``L_j`` uniform on ``natural`` (hashed from the branch).  With thinking open, the sim
@@ -55,6 +58,7 @@ OPEN, CLOSE = THINK_TAGS
 PROBE = "\\boxed{"
 _ANSWER_DONE_RE = re.compile(r"The answer is [^\n]+?\.")
 _SENTENCE = 10  # thinking tokens per sentence after the first (the 10th is the ".")
+_WANDER = 16  # a wrong branch redraws its wrong answer every this many thinking tokens
 
 
 def thinking_length(content: str) -> int:
@@ -73,11 +77,12 @@ def answer_at(problem: Problem, content: str) -> str:
     """The answer a branch gives after the thinking text ``content`` (module doc)."""
     assert problem.thinking is not None
     seed = branch_seed(content)
-    if uniform(seed, "right") < problem.thinking.p_right(thinking_length(content)):
+    t = thinking_length(content)
+    if uniform(seed, "right") < problem.thinking.p_right(t):
         return problem.answer
     wrong = problem.wrong_answers
     total = sum(p for _, p in wrong)
-    v = uniform(seed, "wrong") * total
+    v = uniform(seed, "wrong", t // _WANDER) * total
     for value, p in wrong:
         v -= p
         if v < 0.0:
