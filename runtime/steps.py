@@ -421,7 +421,7 @@ async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
         return await _anytime_vote(ev, frame, n)
     branches = await ev.ev(frame, n.branches)
     with ev.state.measure(n):
-        return agg.vote(branches.items, n.on, n.pattern, n.weighted)
+        return agg.vote(branches.items, n.on, n.pattern, n.weighted, n.unfinished)
 
 
 @dataclass
@@ -441,7 +441,7 @@ class _Anytime:
     def counted(self, branch: Branch) -> bool:
         """Count a finished branch; True once the vote may stop (the rest are then aborted)."""
         self.votes.append(branch)
-        self.answer = agg.vote(self.votes, self.n.on, self.n.pattern, self.n.weighted)
+        self.answer = agg.vote(self.votes, self.n.on, self.n.pattern, self.n.weighted, self.n.unfinished)
         assert self.n.until is not None
         self.stopped = agg.settled(self.answer, self.n.until, self.threshold, self.min_votes)
         return self.stopped
@@ -464,7 +464,7 @@ async def _anytime_vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Answer:
     else:
         raise NodeFailed("an anytime vote takes its branches straight from a sample or expand", n.span)
     with ev.state.measure(n):
-        answer = anytime.answer or agg.vote([], n.on, n.pattern, n.weighted)
+        answer = anytime.answer or agg.vote([], n.on, n.pattern, n.weighted, n.unfinished)
         answer.used = len(anytime.votes)
         answer.aborted = anytime.aborted
         answer.unsent = anytime.unsent

@@ -86,6 +86,10 @@ class Answer(msgspec.Struct, kw_only=True):
     agreement: float
     votes: dict[str, float]
     branches: list[Branch]
+    # Branches left out of the vote because they did not finish on their own (`aggregate.vote`),
+    # and whether the winner is backed by unfinished branches only (when they were counted).
+    excluded: int = 0
+    unfinished_only: bool = False
     # An anytime vote (`vote ... until`) also says how it stopped: the branches that voted, the
     # requests it aborted while they were generating, those it never sent, and whether the
     # stopping rule held (False: every branch voted and the rule never held).  None otherwise.
@@ -169,6 +173,8 @@ def value_to_json(value: Any) -> Any:
             "agreement": value.agreement,
             "support": value.support,
             "votes": value.votes,
+            "excluded": value.excluded,
+            "unfinished_only": value.unfinished_only,
         }
         if value.used is not None:
             out |= {"used": value.used, "aborted": value.aborted, "unsent": value.unsent,

@@ -76,7 +76,8 @@ def _offline(texts: list[str], rule: str, threshold: float, after: int) -> tuple
     branches: list[Branch] = []
     answer = agg.vote([], "number")
     for text in texts:
-        branches.append(Branch(id="b", root="b", parent=None, prompt="", prompt_ids=(), steps=[text]))
+        branches.append(Branch(id="b", root="b", parent=None, prompt="", prompt_ids=(), steps=[text],
+                               finished=True, finish_reason="stop"))
         answer = agg.vote(branches, "number")
         if agg.settled(answer, rule, threshold, after):
             break

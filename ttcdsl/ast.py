@@ -310,8 +310,9 @@ class Prune:
 
 @dataclass(frozen=True)
 class Vote:
-    """`vote BRANCHES [on KIND ["pattern"]] [weighted] [until RULE >= THRESHOLD [after MIN_VOTES]]`.
-    `until` is None for an ordinary vote; `min_votes` is None when `after` is omitted."""
+    """`vote BRANCHES [on KIND ["pattern"]] [weighted] [counting unfinished]
+    [until RULE >= THRESHOLD [after MIN_VOTES]]`.  `until` is None for an ordinary vote;
+    `min_votes` is None when `after` is omitted; `unfinished` says unfinished branches vote too."""
 
     branches: Expr
     on: Extractor | None = None
@@ -320,6 +321,7 @@ class Vote:
     until: StopRule | None = None
     threshold: Expr | None = None
     min_votes: Expr | None = None
+    unfinished: bool = False
     piped: bool = False
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
 

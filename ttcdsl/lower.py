@@ -220,7 +220,7 @@ class _StrategyLowering:
             anytime = {"until": e.until, "threshold": threshold, "min_votes": min_votes}
         return self.add(
             plan.Vote, e, branches=branches, on=e.on or DEFAULT_EXTRACTOR, pattern=e.pattern,
-            weighted=e.weighted, **anytime,
+            weighted=e.weighted, unfinished=e.unfinished, **anytime,
         )
 
     def call(self, e: ast.Call) -> plan.Ref:
