@@ -116,4 +116,5 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
         seed=seed,
         budget=entry.budget,
         budget_exhausted=state.exhausted,
+        run_budget=opts.budget,
     )

@@ -148,8 +148,15 @@ class RunResult(msgspec.Struct, kw_only=True):
     nodes: list[NodeUsage]
     wall_s: float
     seed: int
-    budget: int | None
+    budget: int | None  # the strategy's own `budget N tokens`
     budget_exhausted: bool = False
+    run_budget: int | None = None  # the run's extra cap (`--budget`)
+
+    @property
+    def binding_budget(self) -> int | None:
+        """The cap that binds the whole run: the smaller of the strategy's and the run's."""
+        caps = [b for b in (self.budget, self.run_budget) if b is not None]
+        return min(caps) if caps else None
 
 
 def _branch_json(b: Branch) -> dict[str, Any]:
@@ -194,5 +201,7 @@ def result_to_json(result: RunResult) -> dict[str, Any]:
         "strategy": result.strategy,
         "seed": result.seed,
         "budget": result.budget,
+        "run_budget": result.run_budget,
+        "binding_budget": result.binding_budget,
         "budget_exhausted": result.budget_exhausted,
     }

@@ -54,6 +54,19 @@ def test_readable_output_shows_answer_table_and_budget(capsys: pytest.CaptureFix
     assert "budget used: " in out and "/ 16384 tokens" in out
 
 
+def test_summary_shows_the_budget_that_binds_and_cut_off_chains_do_not_vote(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--seed", "1", "--budget", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "/ 300 tokens (100%, --budget; the strategy's 16384)" in out and "/ 16384" not in out
+    assert "answer: none (no branch finished; 16 cut off or open did not vote" in " ".join(out.split())
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--seed", "1", "--budget", "300", "--json"]) == 0
+    out_json = json.loads(capsys.readouterr().out)
+    assert (out_json["budget"], out_json["run_budget"], out_json["binding_budget"]) == (16384, 300, 300)
+    assert out_json["result"]["value"] is None and out_json["result"]["excluded"] == 16
+
+
 def test_trace_file_has_one_line_per_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = tmp_path / "t.jsonl"
     assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--arg", "n=3", "--json", "--trace", str(trace)]) == 0

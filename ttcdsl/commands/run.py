@@ -109,16 +109,22 @@ def show(console: Console, result: RunResult) -> None:
     value = result.value
     if isinstance(value, Answer):
         total = sum(value.votes.values())
-        if value.value is None:
+        if value.value is None and value.excluded:
+            console.print(f"[bold]answer:[/] [red]none[/] (no branch finished; {value.excluded} cut off "
+                          "or open did not vote: `counting unfinished` counts them)")
+        elif value.value is None:
             console.print("[bold]answer:[/] [red]none[/] (every branch abstained)")
         else:
+            flag = "  [yellow](backed only by unfinished branches)[/]" if value.unfinished_only else ""
             console.print(
                 f"[bold]answer:[/] [green]{escape(value.value)}[/]  agreement {value.agreement:.2f} "
-                f"({value.support:g} of {total:g} votes)"
+                f"({value.support:g} of {total:g} votes){flag}"
             )
             others = [f"{escape(k)}: {v:g}" for k, v in value.votes.items() if k != value.value]
             if others:
                 console.print("  other answers: " + ", ".join(others[:8]))
+            if value.excluded:
+                console.print(f"  {value.excluded} unfinished branch(es) did not vote")
     elif isinstance(value, Branches):
         console.print(f"[bold]{len(value.items)} branch{'es' if len(value.items) != 1 else ''}[/]")
         for b in value.items[:3]:
@@ -138,12 +144,23 @@ def show(console: Console, result: RunResult) -> None:
         )
     console.print(table)
     u = result.usage
-    used = f"{u.completion_tokens}" + (f" / {result.budget} tokens ({100 * u.completion_tokens / result.budget:.0f}%)" if result.budget else " tokens")
+    used = _budget_used(u.completion_tokens, result)
     flag = "  [yellow](budget exhausted: partial result)[/]" if result.budget_exhausted else ""
     console.print(
         f"budget used: {used}{flag}; prompt {u.prompt_tokens} ({u.cached_tokens} cached), "
         f"{u.requests} requests, {result.wall_s:.2f} s, seed {result.seed}"
     )
+
+
+def _budget_used(tokens: int, result: RunResult) -> str:
+    """`300 / 300 tokens (100%, --budget; the strategy's 16384)`: against the cap that binds."""
+    cap = result.binding_budget
+    if not cap:
+        return f"{tokens} tokens"
+    text = f"{tokens} / {cap} tokens ({100 * tokens / cap:.0f}%"
+    if result.run_budget is not None and result.run_budget == cap:
+        text += ", --budget" + (f"; the strategy's {result.budget}" if result.budget is not None else "")
+    return text + ")"
 
 
 def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str],
