@@ -138,7 +138,8 @@ def vote(branches: Sequence[Branch], on: str, pattern: str | None = None, weight
         first.setdefault(value, i)
         backers.setdefault(value, []).append(b)
     if not support:
-        return Answer(value=None, support=0.0, agreement=0.0, votes={}, branches=[], excluded=excluded)
+        return Answer(value=None, support=0.0, agreement=0.0, votes={}, branches=[], excluded=excluded,
+                      ballots=list(branches))
     winner = min(support, key=lambda v: (-support[v], first[v]))
     total = sum(support.values())
     agreement = support[winner] / total if total > 0 else 1.0 / len(support)
@@ -149,6 +150,7 @@ def vote(branches: Sequence[Branch], on: str, pattern: str | None = None, weight
         votes=dict(sorted(support.items(), key=lambda kv: (-kv[1], first[kv[0]]))),
         branches=backers[winner],
         excluded=excluded,
+        ballots=list(branches),
         unfinished_only=not any(completed(b) for b in backers[winner]),
     )
 

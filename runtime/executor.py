@@ -117,4 +117,5 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
         budget=entry.budget,
         budget_exhausted=state.exhausted,
         run_budget=opts.budget,
+        leaves=state.leaves,
     )

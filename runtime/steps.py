@@ -81,6 +81,7 @@ class RunState:
     seed: int
     allow_verifier: bool = False
     exhausted: bool = False  # some request got less than it asked for, or none at all
+    leaves: list[Branch] = field(default_factory=list)  # branches finished, in finish order
 
     @contextmanager
     def measure(self, n: P.Node) -> Iterator[None]:
@@ -274,6 +275,7 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
             state.exhausted = True
         if tokens <= 0:
             branch.finished, branch.finish_reason = True, "budget"
+            state.leaves.append(branch)
             continue
         work.append((branch, fork, tokens, budget.reserve(tokens)))
 
@@ -292,11 +294,15 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
         results = await ev.generate(n, frame.chain, requests, reservations)
         for (branch, _, tokens, _), result in zip(work, results):
             sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+            if branch.finished:
+                state.leaves.append(branch)
         return
 
     def finished(i: int, result: GenResult) -> bool:
         branch, _, tokens, _ = work[i]
         sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step)
+        if branch.finished:
+            state.leaves.append(branch)
         return anytime.counted(branch)
 
     _, sent = await ev.generate_until(n, frame.chain, requests, reservations, finished)
@@ -305,6 +311,7 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
     for (branch, *_), was_sent in zip(work, sent):
         if branch not in anytime.votes and not branch.finished:
             branch.finished, branch.finish_reason = True, "abort" if was_sent else "budget"
+            state.leaves.append(branch)
 
 
 # ---- score and its scorers ----
@@ -335,7 +342,9 @@ async def _prm(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> 
     """The reward model scores each branch's newest step (prompt and text so far)."""
     if not items:
         return []
-    return list(await ev.state.client.reward(n, frame.chain, [b.prompt + b.text for b in items]))
+    values = list(await ev.state.client.reward(n, frame.chain, [b.prompt + b.text for b in items]))
+    ev.state.stats.scoring(n.id, frame.chain, sum(len(b.prompt_ids) + len(b.ids) for b in items))
+    return values
 
 
 async def _logprob(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> list[float | None]:
@@ -374,6 +383,7 @@ async def _judge(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -
             for i, prompt in zip(graded, ids)
         ]
         results = await ev.generate(n, frame.chain, requests, reservations)
+        state.stats.scoring(n.id, frame.chain, sum(len(prompt) for prompt in ids))
     finally:
         for res in reservations:
             res.release()

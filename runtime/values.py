@@ -86,6 +86,8 @@ class Answer(msgspec.Struct, kw_only=True):
     agreement: float
     votes: dict[str, float]
     branches: list[Branch]
+    # Every branch the vote was given (voters, abstainers and the excluded), in input order.
+    ballots: list[Branch] = msgspec.field(default_factory=list)
     # Branches left out of the vote because they did not finish on their own (`aggregate.vote`),
     # and whether the winner is backed by unfinished branches only (when they were counted).
     excluded: int = 0
@@ -104,6 +106,9 @@ class Usage(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     requests: int = 0
+    # Tokens scorers read: a reward model's input (prompt and branch) and a judge's prompts
+    # (also in prompt_tokens).  Never charged to a budget; an x axis of `ttc bench`.
+    scoring_tokens: int = 0
 
 
 class NodeUsage(msgspec.Struct, kw_only=True):
@@ -119,6 +124,7 @@ class NodeUsage(msgspec.Struct, kw_only=True):
     requests: int = 0
     calls: int = 0
     wall_s: float = 0.0
+    scoring_tokens: int = 0
 
 
 class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -151,6 +157,9 @@ class RunResult(msgspec.Struct, kw_only=True):
     budget: int | None  # the strategy's own `budget N tokens`
     budget_exhausted: bool = False
     run_budget: int | None = None  # the run's extra cap (`--budget`)
+    # Every branch the run's samples and expansions finished (any reason), in finish order: what
+    # `ttc bench` grades for pass@k and majority@k.  Not part of the JSON.
+    leaves: list[Branch] = msgspec.field(default_factory=list)
 
     @property
     def binding_budget(self) -> int | None:
@@ -172,6 +181,10 @@ def _branch_json(b: Branch) -> dict[str, Any]:
     }
 
 
+def _ballot_json(b: Branch, answer: Answer) -> dict[str, Any]:
+    return _branch_json(b) | {"voted": any(b is w for w in answer.branches)}
+
+
 def value_to_json(value: Any) -> Any:
     """The `result` part of `ttc run --json` (DESIGN §7)."""
     if isinstance(value, Answer):
@@ -183,6 +196,7 @@ def value_to_json(value: Any) -> Any:
             "excluded": value.excluded,
             "unfinished_only": value.unfinished_only,
         }
+        out["branches"] = [_ballot_json(b, value) for b in value.ballots]
         if value.used is not None:
             out |= {"used": value.used, "aborted": value.aborted, "unsent": value.unsent,
                     "stopped_early": value.stopped_early}
@@ -192,10 +206,14 @@ def value_to_json(value: Any) -> Any:
     return {"value": value}
 
 
+_USAGE_KEYS = ("completion_tokens", "prompt_tokens", "cached_tokens", "requests")
+
+
 def result_to_json(result: RunResult) -> dict[str, Any]:
     return {
         "result": value_to_json(result.value),
-        "usage": msgspec.to_builtins(result.usage),
+        "usage": {k: getattr(result.usage, k) for k in _USAGE_KEYS},
+        "scoring_tokens": result.usage.scoring_tokens,
         "nodes": [msgspec.to_builtins(n) for n in result.nodes],
         "wall_s": round(result.wall_s, 4),
         "strategy": result.strategy,
