@@ -180,3 +180,30 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, capsys: pytest.
                   "--plot", str(tmp_path / "x.png")], capsys)
     assert "pip install 'ttcdsl[plot]'" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_json_has_intervals_over_items_paired_comparisons_metrics_and_x_axes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out_json = tmp_path / "b.json"
+    assert main(["bench", SC, "--input", DATA, "--limit", "10", "--sim-task", TASK, "--sweep", "n=1,5",
+                 "--seed", "3", "--x", "prefill", "--json", str(out_json)]) == 0
+    captured = capsys.readouterr()
+    assert "prefill+dec/q" in captured.out and "Δ vs baseline" in captured.out and "pass@k" in captured.out
+    data = json.loads(out_json.read_text())
+    assert data["x_axis"] == "prefill" and set(data["x_axes"]) == {"completion", "scored", "prefill", "wall"}
+    one, five = data["points"]
+    lo, hi = five["metrics"]["accuracy_ci95"]
+    assert lo <= five["accuracy"] <= hi and hi - lo > 0.2  # 10 items: a wide interval, even with 1 repeat
+    m = five["metrics"]
+    assert m["pass_at_k"] >= m["majority_at_k"] - 1e-9 and m["pass_at_k"] >= m["single_sample_accuracy"]
+    assert m["tokens_p90"] >= m["tokens_mean"] * 0.5 and m["samples_per_item"] == 5
+    assert one["metrics"]["single_sample_accuracy"] == one["accuracy"]  # one sample, one vote
+    assert five["x"]["prefill"] >= five["x"]["completion"] == five["completion_tokens_per_item"]
+    assert len(five["repeats"][0]["outcomes"]) == 10
+    [comparison] = data["comparisons"]
+    assert (comparison["point"], comparison["baseline"]) == ("self_consistency n=5", "self_consistency n=1")
+    assert comparison["items"] == 10
+    assert abs(comparison["diff"] - (five["accuracy"] - one["accuracy"])) < 1e-9
+    lo, hi = comparison["diff_ci95"]
+    assert lo <= comparison["diff"] <= hi and 0 < comparison["p_value"] <= 1
