@@ -128,7 +128,8 @@ class NodeUsage(msgspec.Struct, kw_only=True):
 
 
 class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One backend request and what came of it."""
+    """One backend request and what came of it.  The first record `ttc run --trace` writes for
+    a run also carries the run's ``provenance`` (`ttcdsl.provenance`)."""
 
     kind: str  # generate | warm | reward | tokenize
     node: int
@@ -145,6 +146,7 @@ class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     error: str | None = None
+    provenance: dict[str, Any] | None = None
 
 
 class RunResult(msgspec.Struct, kw_only=True):

@@ -207,3 +207,12 @@ def test_json_has_intervals_over_items_paired_comparisons_metrics_and_x_axes(
     assert abs(comparison["diff"] - (five["accuracy"] - one["accuracy"])) < 1e-9
     lo, hi = comparison["diff_ci95"]
     assert lo <= comparison["diff"] <= hi and 0 < comparison["p_value"] <= 1
+
+
+def test_bench_json_records_provenance_per_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json = tmp_path / "b.json"
+    assert main(["bench", SC, "--input", DATA, "--limit", "2", "--sim-task", TASK, "--seed", "4",
+                 "--arg", "n=1", "--json", str(out_json)]) == 0
+    [facts] = json.loads(out_json.read_text())["provenance"]["programs"]
+    assert facts["program"]["path"] == SC and facts["strategy"] == "self_consistency"
+    assert (facts["backend"], facts["seed"], facts["args"]) == ("sim", 4, {"n": "1"})

@@ -150,6 +150,10 @@ _LOGPROB_DEFAULTS: dict[str, Any] = {
 _info_decoder = msgspec.json.Decoder(_ModelInfo)
 
 
+class _ServerInfo(msgspec.Struct):
+    version: str | int | float | None = None
+
+
 class _Server(msgspec.Struct, frozen=True):
     """What start-up learnt about one URL."""
 
@@ -157,6 +161,7 @@ class _Server(msgspec.Struct, frozen=True):
     model: str
     is_generation: bool
     router: bool
+    version: str | None = None  # /server_info's "version", when it answers
 
 
 # --- the stream accumulator -----------------------------------------------------------------------
@@ -416,6 +421,7 @@ class SGLangBackend:
             model=server.model if server else "unknown",
             url=self._url,
             has_reward=reward is not None and not reward.is_generation,
+            engine=f"sglang {server.version}" if server and server.version else ("sglang" if server else None),
         )
 
     @property
@@ -462,7 +468,20 @@ class SGLangBackend:
             status, body = await self._probe(url, "/workers", role)
             router = status == 200 and body.lstrip().startswith(b"{") and b'"workers"' in body
         model = info.served_model_name or info.model_path or "unknown"
-        return _Server(url=url, model=model, is_generation=info.is_generation, router=router)
+        return _Server(url=url, model=model, is_generation=info.is_generation, router=router,
+                       version=await self._version(url, role))
+
+    async def _version(self, url: str, role: str) -> str | None:
+        """The engine version from ``/server_info`` (``/get_server_info`` on older servers)."""
+        for path in ("/server_info", "/get_server_info"):
+            status, body = await self._probe(url, path, role)
+            if status == 200:
+                try:
+                    version = msgspec.json.decode(body, type=_ServerInfo).version
+                except msgspec.DecodeError:
+                    return None
+                return str(version) if version is not None else None
+        return None
 
     async def _probe(self, url: str, path: str, role: str) -> tuple[int, bytes]:
         session = self._active_session()

@@ -54,6 +54,7 @@ from ttcdsl.harness.curves import (
 )
 from ttcdsl.harness.dataset import read_items
 from ttcdsl.harness.metrics import X_AXES
+from ttcdsl.provenance import provenance
 from ttcdsl.runtime.backends.factory import make_backend
 
 __all__ = ["parse_sweep", "plot_report", "register", "render_metrics", "render_table"]
@@ -179,6 +180,8 @@ def _bench(args: argparse.Namespace) -> int:
 
         async def main() -> list[PointResult]:
             async with backend:
+                report.provenance = {"programs": [
+                    provenance(p.file, p.plan, given, backend.info, report.seed) for p in programs]}
                 return await run_bench(
                     points, backend, items, sweep=sweep, given=given, options=opts, repeats=args.repeats,
                     items_in_flight=args.items, on_point=on_point, on_item=on_item,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,12 +26,14 @@ from ttcdsl.commands._options import (
     add_run_options,
     backend_options,
     harness_flags,
+    positive_int,
     run_options,
 )
 from ttcdsl.commands._progress import ProgressBar
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import NodeFailed, UsageError
 from ttcdsl.harness.dataset import DatasetSummary, Item, read_items, run_dataset
+from ttcdsl.provenance import provenance
 from ttcdsl.runtime.backends.factory import make_backend
 from ttcdsl.runtime.executor import run_plan
 from ttcdsl.runtime.values import Answer, Branches, RunResult, TraceRecord, result_to_json
@@ -47,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--input", metavar="IN.jsonl", help="run once per line; fields fill parameters by name")
     d.add_argument("--output", metavar="OUT.jsonl", help="one result line per input line")
     d.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    d.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N input lines")
     add_items_option(d)
     p.set_defaults(func=run)
 
@@ -59,7 +63,11 @@ class _TraceFile:
             raise UsageError(f"--trace {path}: cannot write it ({exc})") from None
         self.enc = msgspec.json.Encoder()
 
+        self.provenance: dict[str, Any] | None = None  # put on the next record written
+
     def __call__(self, record: TraceRecord) -> None:
+        if self.provenance is not None:
+            record.provenance, self.provenance = self.provenance, None
         self.f.write(self.enc.encode(record).decode() + "\n")
         self.f.flush()
 
@@ -72,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("dataset mode needs both --input IN.jsonl and --output OUT.jsonl")
     if args.resume and args.input is None:
         raise UsageError("--resume only applies to dataset mode (--input/--output)")
+    if args.limit is not None and args.input is None:
+        raise UsageError("--limit only applies to dataset mode (--input/--output)")
     compiled = compile_file(args.file, args.strategy)
     plan = compiled.plan
     given = parse_assignments(args.arg)
@@ -80,14 +90,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.input is not None:
             with harness_flags():
-                return _dataset(args, plan, read_items(args.input), given, err)
+                return _dataset(args, plan, read_items(args.input)[: args.limit], given, err)
         values = bind_args(plan.strategy(), given)
         backend = make_backend(backend_options(args))
         opts = run_options(args, trace)
+        if opts.seed is None:  # chosen here, so the provenance written first can name it
+            opts = dataclasses.replace(opts, seed=random.SystemRandom().randrange(2**31))
+        facts: dict[str, Any] = {}
 
         async def main() -> RunResult:
             with err.status(f"starting the {backend_options(args).resolved()} backend...", spinner="dots") as status:
                 async with backend:
+                    facts.update(provenance(args.file, plan, given, backend.info, opts.seed))
+                    if trace is not None:
+                        trace.provenance = facts
                     status.update(f"running {plan.entry} on {backend.info.model}...")
                     return await run_plan(plan, backend, values, opts)
 
@@ -99,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if trace is not None:
             trace.close()
     if args.json:
-        print(json.dumps(result_to_json(result), ensure_ascii=False))
+        print(json.dumps(result_to_json(result) | {"provenance": facts}, ensure_ascii=False))
     else:
         show(Console(), result)
     return 0
@@ -182,14 +198,20 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
                 return await run_dataset(
                     plan, backend, items, args.output, given=given, options=opts, resume=args.resume,
                     items_in_flight=args.items, on_item=on_item,
+                    provenance=provenance(args.file, plan, given, backend.info, opts.seed),
                 )
 
         summary = anyio.run(main)
     parts = [f"{summary.done} done", f"{summary.skipped} skipped (already in {args.output})" if summary.skipped else "",
              f"{summary.failed} failed" if summary.failed else ""]
     err.print(", ".join(p for p in parts if p) + f" in {summary.wall_s:.1f} s; {summary.completion_tokens} completion tokens")
-    if summary.accuracy is not None:
-        print(f"accuracy: {summary.correct}/{summary.graded} = {summary.accuracy:.3f}")
+    if summary.all_accuracy is not None:
+        line = f"accuracy: {summary.all_correct}/{summary.all_graded} = {summary.all_accuracy:.3f}"
+        if summary.prior_graded:
+            line += f" over every line of {args.output}"
+            if summary.accuracy is not None:
+                line += f" (this run: {summary.correct}/{summary.graded} = {summary.accuracy:.3f})"
+        print(line)
     if summary.failed:
         err.print(f"[yellow]{summary.failed} item(s) failed and were not written; rerun with --resume to retry them[/]")
         return 1
