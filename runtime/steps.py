@@ -11,8 +11,13 @@ Scorers are registered in `SCORERS` by the name the language uses (`score ... wi
 scorer takes the branches and returns one score per branch (None leaves a branch unscored).
 
 Seeds: each request's seed is `derive_seed` of (run seed or the step's own `seed`, frame path and
-loop iterations, node id, fork index), so a run with ``--seed`` reproduces exactly on
-deterministic backends whatever the scheduling.  Branch ids say where a branch was made:
+loop iterations, the step's *draw position*, fork index), so a run with ``--seed`` reproduces
+exactly on deterministic backends whatever the scheduling.  The draw position of a `sample` or
+`expand` is its place among the strategy's generating steps in source order (``g0``, ``g1``...),
+not its node id, so two programs whose generating steps line up draw the same random numbers
+(common random numbers: self-consistency's chains are the first round of adaptive voting's when
+prompt and settings agree), however many other nodes (constants, votes) each has.  Judges and
+resampling keep their node id.  Branch ids say where a branch was made:
 ``n9.3`` (fork 3 of node 9), ``n18@2.5`` (in loop iteration 2), ``c4/n7.0`` (inside call node 4).
 """
 
@@ -178,8 +183,14 @@ def _node_budget(frame: Frame, n: P.Sample | P.Expand | P.Score) -> Budget:
     return frame.budget.child(n.budget, f"node n{n.id}")
 
 
-def _seed(state: RunState, frame: Frame, node: int, fork: int, user_seed: int | None) -> int:
+def _seed(state: RunState, frame: Frame, node: int | str, fork: int, user_seed: int | None) -> int:
     return derive_seed(state.seed if user_seed is None else user_seed, frame.tag(), node, fork)
+
+
+def _draw_position(strategy: P.StrategyPlan, node: int) -> str:
+    """``g{k}``: the k-th `sample`/`expand` of ``strategy`` in node order (see the module doc)."""
+    generating = [m.id for m in strategy.nodes if isinstance(m, (P.Sample, P.Expand))]
+    return f"g{generating.index(node)}"
 
 
 def _branch_id(frame: Frame, node: int, fork: int) -> str:
@@ -270,6 +281,7 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
     budget = _node_budget(frame, n)
     alloc = split(budget.available(), [max_tokens] * len(forks))
     work: list[tuple[Branch, int, int, Reservation]] = []
+    position = _draw_position(frame.strategy, n.id)
     for (branch, fork), tokens in zip(forks, alloc):
         if tokens < max_tokens:
             state.exhausted = True
@@ -283,7 +295,7 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
         GenRequest(
             rid=state.client.new_rid(), input_ids=(*branch.prompt_ids, *branch.ids),
             sampling=msgspec.structs.replace(
-                gen.base, max_new_tokens=tokens, seed=_seed(state, frame, n.id, fork, gen.seed)
+                gen.base, max_new_tokens=tokens, seed=_seed(state, frame, position, fork, gen.seed)
             ),
             logprobs=n.logprobs, stream=anytime is not None,
         )

@@ -225,10 +225,10 @@ async def run_dataset(
                 ok = is_correct(result.value, item.fields["answer"])
                 record["answer"] = item.fields["answer"]
                 record["correct"] = ok
-            if provenance is not None:
-                record["provenance"] = {**provenance, "run_seed": run_seed, "seed": opts.seed}
                 summary.graded += 1
                 summary.correct += int(ok)
+            if provenance is not None:
+                record["provenance"] = {**provenance, "run_seed": run_seed, "seed": opts.seed}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())
