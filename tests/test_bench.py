@@ -216,3 +216,40 @@ def test_bench_json_records_provenance_per_program(tmp_path: Path, capsys: pytes
     [facts] = json.loads(out_json.read_text())["provenance"]["programs"]
     assert facts["program"]["path"] == SC and facts["strategy"] == "self_consistency"
     assert (facts["backend"], facts["seed"], facts["args"]) == ("sim", 4, {"n": "1"})
+
+
+def test_bench_json_is_written_after_every_pass_and_resume_keeps_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ttcdsl.commands.bench as bench_cmd
+
+    out_json = tmp_path / "b.json"
+    base = ["bench", SC, "--input", DATA, "--limit", "3", "--sim-task", TASK, "--seed", "2",
+            "--json", str(out_json)]
+    writes: list[int] = []
+    save = bench_cmd._save
+
+    def counting(path: str | None, report: Any) -> None:
+        writes.append(sum(len(r.repeats) for r in report.results))
+        save(path, report)
+
+    monkeypatch.setattr(bench_cmd, "_save", counting)
+    assert main([*base, "--sweep", "n=1,2"]) == 0
+    assert writes[:2] == [1, 2]  # one file per finished pass, before the end
+    first = json.loads(out_json.read_text())
+    capsys.readouterr()
+    assert main([*base, "--sweep", "n=1,2,3", "--resume"]) == 0
+    assert "2 pass(es) already there are kept" in capsys.readouterr().err
+    second = json.loads(out_json.read_text())
+    assert [p["value"] for p in second["points"]] == [1, 2, 3]
+    for old, new in zip(first["points"], second["points"]):
+        assert new["repeats"] == old["repeats"]  # kept, not re-run (wall times included)
+    assert "--resume needs --json OUT.json" in _error([*base[:-2], "--resume"], capsys)
+
+
+def test_empty_results_are_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cut = tmp_path / "cut.ttc"
+    cut.write_text('strategy cut(question: text) {\n'
+                   '    return sample 2 from "Problem: {question}\\n" with max_tokens = 3 | vote on number\n}\n')
+    assert main(["bench", str(cut), "--input", DATA, "--limit", "2", "--sim-task", TASK]) == 0
+    assert "warning: cut: 2 of 2 runs gave no answer (graded wrong)" in capsys.readouterr().err

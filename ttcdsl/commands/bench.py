@@ -50,6 +50,8 @@ from ttcdsl.harness.curves import (
     baseline_of,
     bench_points,
     check_dataset,
+    load_passes,
+    repeat_seed,
     run_bench,
 )
 from ttcdsl.harness.dataset import read_items
@@ -81,7 +83,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compute on the x axis: completion tokens (default), completion + reward/judge "
                         "tokens (scored), uncached prefill + decode tokens (prefill), or wall seconds (wall)")
     p.add_argument("--plot", metavar="OUT.png", help="draw the token-matched accuracy curve (needs matplotlib)")
-    p.add_argument("--json", metavar="OUT.json", help="write every number as JSON ('-' for stdout)")
+    p.add_argument("--json", metavar="OUT.json",
+                   help="write every number as JSON ('-' for stdout); a file is rewritten after every pass")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the passes already in --json OUT.json (same items and seed) and run the rest")
     add_run_options(p)
     p.set_defaults(func=bench)
 
@@ -163,12 +168,17 @@ def _bench(args: argparse.Namespace) -> int:
     opts = run_options(args)
     if opts.seed is None:
         opts = dataclasses.replace(opts, seed=0)
+    done = _earlier_passes(args, items)
     for note in notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
     backend = make_backend(backend_options(args))
     report = BenchReport(sweep=sweep, dataset=args.input, items=len(items), repeats=args.repeats,
                          seed=opts.seed or 0, results=[], notes=notes, x_axis=args.x_axis)
-    total = len(points) * args.repeats * len(items)
+    kept = sum((pt.program.label, pt.text, repeat_seed(opts.seed or 0, r)) in done
+               for pt in points for r in range(args.repeats))
+    if kept:
+        err.print(f"resuming {args.json}: {kept} pass(es) already there are kept")
+    total = (len(points) * args.repeats - kept) * len(items)
     with ProgressBar(err, "starting", total, transient=True) as bar:
 
         def on_point(point: Point, repeat: int) -> None:
@@ -185,6 +195,8 @@ def _bench(args: argparse.Namespace) -> int:
                 return await run_bench(
                     points, backend, items, sweep=sweep, given=given, options=opts, repeats=args.repeats,
                     items_in_flight=args.items, on_point=on_point, on_item=on_item,
+                    on_pass=lambda results: _save(args.json, dataclasses.replace(report, results=results)),
+                    done=done,
                 )
 
         t0 = time.monotonic()
@@ -192,6 +204,34 @@ def _bench(args: argparse.Namespace) -> int:
         report.wall_s = time.monotonic() - t0
     _report(args, report, err)
     return 0
+
+
+def _earlier_passes(args: argparse.Namespace, items: list[Any]) -> dict[Any, Any]:
+    """With --resume, the passes of --json OUT.json to keep (none when it does not exist yet)."""
+    if not args.resume:
+        return {}
+    if not args.json or args.json == "-":
+        raise UsageError("--resume needs --json OUT.json: the file it continues")
+    path = Path(args.json)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--json {path}: cannot resume from it ({exc})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--json {path}: cannot resume from it (not a ttc bench JSON)")
+    return load_passes(data, items)
+
+
+def _save(path: str | None, report: BenchReport) -> None:
+    """The report so far, written atomically (a killed bench leaves the last complete file)."""
+    if not path or path == "-":
+        return
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(target)
 
 
 def _report(args: argparse.Namespace, report: BenchReport, err: Console) -> None:
@@ -202,12 +242,16 @@ def _report(args: argparse.Namespace, report: BenchReport, err: Console) -> None
     out.print(render_metrics(report))
     runs = sum(len(r.repeats) for r in report.results) * report.items
     err.print(f"{runs} strategy runs in {report.wall_s:.1f} s")
+    for r in report.results:
+        empty = sum(o.abstained for rep in r.repeats for o in rep.outcomes.values())
+        if empty:
+            err.print(f"[yellow]warning:[/] {escape(r.point.describe(report.sweep))}: {empty} of "
+                      f"{sum(len(rep.outcomes) for rep in r.repeats)} runs gave no answer (graded wrong)")
     if args.json:
-        text = json.dumps(report.to_json(), indent=2, ensure_ascii=False)
         if args.json == "-":
-            print(text)
+            print(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         else:
-            Path(args.json).write_text(text + "\n", encoding="utf-8")
+            _save(args.json, report)
             err.print(f"wrote {args.json}")
     if args.plot:
         plot_report(report, args.plot, _pyplot())

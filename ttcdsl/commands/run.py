@@ -205,6 +205,9 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
     parts = [f"{summary.done} done", f"{summary.skipped} skipped (already in {args.output})" if summary.skipped else "",
              f"{summary.failed} failed" if summary.failed else ""]
     err.print(", ".join(p for p in parts if p) + f" in {summary.wall_s:.1f} s; {summary.completion_tokens} completion tokens")
+    if summary.empty:
+        err.print(f"[yellow]warning:[/] {summary.empty} of {summary.done} results gave no answer "
+                  "(graded wrong where the input has an answer)")
     if summary.all_accuracy is not None:
         line = f"accuracy: {summary.all_correct}/{summary.all_graded} = {summary.all_accuracy:.3f}"
         if summary.prior_graded:

@@ -13,7 +13,8 @@ Promises:
   without ``"answer"``) or that cannot fill a program's parameters, naming the line.
 * `run_bench` runs the points one after another (so each point's wall time is its own) and the
   items of a point concurrently, all requests under one shared `CapacityLimiter`; nothing is
-  written to disk.  The first item that fails stops the benchmark with a `RunError` naming the
+  written to disk, but ``on_pass`` sees the results after every pass (the command writes its
+  JSON there), and passes given in ``done`` (read back with `load_passes`) are not run again.  The first item that fails stops the benchmark with a `RunError` naming the
   program, the sweep value, the repeat and the item: a benchmark with silently missing items
   would report a wrong accuracy.
 * Seeds: repeat 0 uses the run seed itself, repeat ``r`` a seed derived from (run seed, r); each
@@ -62,6 +63,7 @@ __all__ = [
     "bench_points",
     "check_dataset",
     "compare",
+    "load_passes",
     "repeat_seed",
     "run_bench",
 ]
@@ -245,6 +247,7 @@ class PointResult:
             "strategy": self.point.program.plan.entry,
             "param": sweep if self.point.text is not None else None,
             "value": self.point.value,
+            "value_text": self.point.text,
             "accuracy": acc,
             "accuracy_stderr": acc_se,
             "completion_tokens_per_item": tok,
@@ -446,6 +449,8 @@ async def run_bench(
     items_in_flight: int = 8,
     on_point: Callable[[Point, int], None] | None = None,
     on_item: Callable[[Point, int], None] | None = None,
+    on_pass: Callable[[list[PointResult]], None] | None = None,
+    done: Mapping[tuple[str, str | None, int], RepeatResult] | None = None,
 ) -> list[PointResult]:
     """Run every point ``repeats`` times over ``items`` on an entered backend.
 
@@ -458,7 +463,12 @@ async def run_bench(
     results: list[PointResult] = []
     for point in points:
         pr = PointResult(point)
+        results.append(pr)
         for r in range(repeats):
+            earlier = (done or {}).get((point.program.label, point.text, repeat_seed(seed, r)))
+            if earlier is not None:
+                pr.repeats.append(earlier)
+                continue
             if on_point is not None:
                 on_point(point, r)
             pr.repeats.append(await _one_pass(
@@ -466,8 +476,34 @@ async def run_bench(
                 options=replace(options, seed=repeat_seed(seed, r), limiter=limiter, trace=None),
                 items_in_flight=items_in_flight, on_item=on_item,
             ))
-        results.append(pr)
+            if on_pass is not None:
+                on_pass(results)
     return results
+
+
+_PASS_COUNTS = ("items", "correct", "completion_tokens", "prompt_tokens", "cached_tokens", "requests",
+                "budget_exhausted")
+
+
+def load_passes(data: Mapping[str, Any], items: Sequence[Item]) -> dict[tuple[str, str | None, int], RepeatResult]:
+    """The finished passes of a bench JSON written earlier (`BenchReport.to_json`), keyed by
+    (program label, sweep value as written, repeat seed); only passes over exactly ``items``."""
+    wanted = sorted(it.id for it in items)
+    out: dict[tuple[str, str | None, int], RepeatResult] = {}
+    try:
+        for p in data["points"]:
+            text = None if p["param"] is None else p["value_text"]
+            for r in p["repeats"]:
+                outcomes = {k: ItemOutcome(**o) for k, o in r["outcomes"].items()}
+                if sorted(outcomes) != wanted:
+                    continue
+                rep = RepeatResult(seed=r["seed"], wall_s=r["wall_s"], outcomes=outcomes,
+                                   **{k: r[k] for k in _PASS_COUNTS})
+                out[(p["program"], text, r["seed"])] = rep
+    except (KeyError, TypeError) as exc:
+        raise HarnessError("{json} cannot resume from this file: it is not a ttc bench JSON ({detail})",
+                           detail=exc) from None
+    return out
 
 
 async def _one_pass(point: Point, backend: Backend, items: Sequence[Item], *, sweep: str | None,

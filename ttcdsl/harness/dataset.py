@@ -42,7 +42,7 @@ from ttcdsl.runtime.executor import RunOptions, run_plan
 from ttcdsl.runtime.seeds import derive_seed
 from ttcdsl.runtime.values import Answer, Branches, RunResult, result_to_json
 
-__all__ = ["DatasetSummary", "Item", "is_correct", "item_seed", "read_items", "run_dataset"]
+__all__ = ["DatasetSummary", "Item", "is_correct", "item_seed", "no_answer", "read_items", "run_dataset"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class DatasetSummary:
     # Graded lines already in the output before this run (``resume``) and how many were right.
     prior_graded: int = 0
     prior_correct: int = 0
+    empty: int = 0  # results with no answer (a vote nobody finished, no number in the text)
 
     @property
     def accuracy(self) -> float | None:
@@ -161,6 +162,15 @@ def is_correct(value: Any, expected: Any) -> bool:
     return got.strip() == want
 
 
+def no_answer(value: Any) -> bool:
+    """Whether a result gives no answer to grade (graded wrong, and warned about)."""
+    if isinstance(value, Answer):
+        return value.value is None
+    if isinstance(value, Branches):
+        return not value.items or extract(value.items[0].text, "number") is None
+    return value is None
+
+
 def item_seed(run_seed: int, item_id: str) -> int:
     """The run seed of one item (dataset mode and every bench pass use it alike)."""
     return derive_seed(run_seed, "item", item_id)
@@ -233,6 +243,7 @@ async def run_dataset(
             out.flush()
             os.fsync(out.fileno())
             summary.done += 1
+            summary.empty += int(no_answer(result.value))
             summary.completion_tokens += result.usage.completion_tokens
             if on_item is not None:
                 on_item(summary, item, result)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ttcdsl.harness.dataset import is_correct
+from ttcdsl.harness.dataset import is_correct, no_answer
 from ttcdsl.runtime import aggregate as agg
 from ttcdsl.runtime.values import Answer, Branch, Branches, RunResult
 
@@ -80,14 +80,6 @@ def _has_tie(answer: Answer) -> bool:
     return len(counts) > 1 and counts[0] == counts[1]
 
 
-def _abstained(value: Any) -> bool:
-    if isinstance(value, Answer):
-        return value.value is None
-    if isinstance(value, Branches):
-        return not value.items or agg.extract(value.items[0].text, "number") is None
-    return value is None
-
-
 def outcome(result: RunResult, expected: Any) -> ItemOutcome:
     """The numbers `ttc bench` keeps of one run on an item whose answer is ``expected``."""
     leaves = result.leaves
@@ -97,7 +89,7 @@ def outcome(result: RunResult, expected: Any) -> ItemOutcome:
     u = result.usage
     return ItemOutcome(
         correct=is_correct(result.value, expected),
-        abstained=_abstained(result.value),
+        abstained=no_answer(result.value),
         tie=_has_tie(decisive),
         samples=len(leaves),
         single=sum(right) / len(right) if right else None,
