@@ -140,6 +140,11 @@ class Interpreter:
             slot.set(args.get(p.name, p.default))
             env[p.name] = slot
         frame = Frame(s, {n.id: n for n in s.nodes}, env, budget, key, (), chain)
+        if s.budget_expr is not None:
+            tokens = sem.budget_tokens(await self.ev(frame, s.budget_expr), s)
+            frame.budget = budget.child(tokens, f"strategy {name}")
+            if not key:
+                self.state.entry_budget = tokens
         try:
             async with anyio.create_task_group() as tg:
                 # A `return` does not cancel steps still running: the frame waits for them, so

@@ -87,6 +87,7 @@ class RunState:
     allow_verifier: bool = False
     exhausted: bool = False  # some request got less than it asked for, or none at all
     leaves: list[Branch] = field(default_factory=list)  # branches finished, in finish order
+    entry_budget: int | None = None  # the entry strategy's `budget EXPR tokens`, evaluated
 
     @contextmanager
     def measure(self, n: P.Node) -> Iterator[None]:

@@ -366,8 +366,12 @@ Expr: TypeAlias = (
 
 @dataclass(frozen=True)
 class BudgetStmt:
+    """`budget N tokens` (`tokens` is N) or `budget (EXPR) tokens` (`tokens` is 0 and `expr` an
+    expression of the strategy's int parameters, evaluated when the strategy is called)."""
+
     tokens: int
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    expr: Expr | None = None
 
 
 @dataclass(frozen=True)

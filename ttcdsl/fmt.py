@@ -390,7 +390,8 @@ class _Formatter:
         self.indent = indent
         match st:
             case ast.BudgetStmt():
-                return self.trail(id(st), [f"{indent}budget {st.tokens} tokens"])
+                tokens = st.tokens if st.expr is None else f"({self.sub(st.expr, _SUM, frozenset({')'})).text})"
+                return self.trail(id(st), [f"{indent}budget {tokens} tokens"])
             case ast.Assign():
                 return self.trail(id(st), self.value_lines(f"{indent}{st.name} = ", st.value, follow))
             case ast.Return():

@@ -203,8 +203,10 @@ class _Builder(Transformer[Token, Any]):
     def block(self, meta: Any, stmts: list[Any]) -> tuple[ast.Stmt, ...]:
         return tuple(stmts)
 
-    def budget_stmt(self, meta: Any, _kw: Token, tokens: Token) -> ast.BudgetStmt:
-        return ast.BudgetStmt(int(tokens), self._s(meta))
+    def budget_stmt(self, meta: Any, _kw: Token, tokens: Token | ast.Expr) -> ast.BudgetStmt:
+        if isinstance(tokens, Token):
+            return ast.BudgetStmt(int(tokens), self._s(meta))
+        return ast.BudgetStmt(0, self._s(meta), expr=tokens)
 
     def assign(self, meta: Any, name: Token, value: ast.Expr) -> ast.Assign:
         return ast.Assign(self._name(name), value, self._s(meta))

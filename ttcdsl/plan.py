@@ -398,6 +398,8 @@ class StrategyPlan(msgspec.Struct, frozen=True, omit_defaults=True):
     returns: ValueType
     # The strategy's own `budget N tokens`, if any.
     budget: int | None = None
+    # `budget EXPR tokens` with an expression of the parameters: its node, evaluated per call.
+    budget_expr: Ref | None = None
     # Static worst case of one call (loops multiplied out); None = unbounded.
     worst: int | None = None
 
