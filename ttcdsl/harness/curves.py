@@ -14,14 +14,17 @@ Promises:
 * `run_bench` runs the points one after another (so each point's wall time is its own) and the
   items of a point concurrently, all requests under one shared `CapacityLimiter`; nothing is
   written to disk, but ``on_pass`` sees the results after every pass (the command writes its
-  JSON there), and passes given in ``done`` (read back with `load_passes`) are not run again.  The first item that fails stops the benchmark with a `RunError` naming the
-  program, the sweep value, the repeat and the item: a benchmark with silently missing items
-  would report a wrong accuracy.
+  JSON there), and passes given in ``done`` (read back with `load_passes`) are not run again.
+  The first item that fails stops the benchmark with a `RunError` naming the program, the sweep
+  value, the repeat and the item: a benchmark with silently missing items would report a wrong
+  accuracy.
 * Seeds: repeat 0 uses the run seed itself, repeat ``r`` a seed derived from (run seed, r); each
   item's seed derives from the repeat seed and the item id exactly as in dataset mode, so a
   one-repeat point reproduces dataset mode (`ttcdsl.harness.dataset`) with the same seed.  Every program and
   sweep value sees the same seeds (common random numbers): differences between points are not
-  seed noise, and e.g. the first 4 samples of ``n = 16`` are exactly the 4 samples of ``n = 4``.
+  seed noise, and e.g. the first 4 samples of ``n = 16`` are exactly the 4 samples of ``n = 4``;
+  since request seeds follow a step's position among the generating steps (`runtime.steps`),
+  different programs whose generating steps line up share their draws too.
 * Statistics per point: means over repeats, and the standard error of the mean over repeats
   (``None`` with a single repeat).  Intervals are over *items* (`ttcdsl.harness.stats`): each
   item's outcome is averaged over its repeats, accuracy gets a 95% Wilson interval over the
