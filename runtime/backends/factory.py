@@ -60,7 +60,8 @@ def make_backend(opts: BackendOptions) -> Backend:
             )
         from ttcdsl.runtime.backends.sglang import SGLangBackend
 
-        return SGLangBackend(opts.url, reward_url=opts.reward_url, router=opts.router, timeout=opts.timeout_s)
+        return SGLangBackend(opts.url, reward_url=opts.reward_url, router=opts.router, timeout=opts.timeout_s,
+                             engine_version=True)
     if kind == "openai":
         return _openai(opts)
     if opts.url is not None:

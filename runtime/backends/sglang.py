@@ -363,6 +363,7 @@ class SGLangBackend:
         timeout: float = 300.0,
         connect_timeout: float = 10.0,
         abort_timeout: float = 2.0,
+        engine_version: bool = False,
     ) -> None:
         for name, value in (
             ("timeout", timeout),
@@ -374,6 +375,8 @@ class SGLangBackend:
         self._url = normalise_url(url, "--url")
         self._reward_url = normalise_url(reward_url, "--reward-url") if reward_url else None
         self._router_choice = router
+        # Ask /server_info for the engine version at start-up (for `BackendInfo.engine`).
+        self._ask_version = engine_version
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
         self._abort_timeout = abort_timeout
         self._session: aiohttp.ClientSession | None = None
@@ -468,8 +471,9 @@ class SGLangBackend:
             status, body = await self._probe(url, "/workers", role)
             router = status == 200 and body.lstrip().startswith(b"{") and b'"workers"' in body
         model = info.served_model_name or info.model_path or "unknown"
+        version = await self._version(url, role) if self._ask_version and not role else None
         return _Server(url=url, model=model, is_generation=info.is_generation, router=router,
-                       version=await self._version(url, role))
+                       version=version)
 
     async def _version(self, url: str, role: str) -> str | None:
         """The engine version from ``/server_info`` (``/get_server_info`` on older servers)."""
