@@ -355,7 +355,7 @@ async def _prm(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> 
     """The reward model scores each branch's newest step (prompt and text so far)."""
     if not items:
         return []
-    values = list(await ev.state.client.reward(n, frame.chain, [b.prompt + b.text for b in items]))
+    values: list[float | None] = list(await ev.state.client.reward(n, frame.chain, [b.prompt + b.text for b in items]))
     ev.state.stats.scoring(n.id, frame.chain, sum(len(b.prompt_ids) + len(b.ids) for b in items))
     return values
 

@@ -48,7 +48,7 @@ class ProgressBar:
         self._task: TaskID = self._progress.add_task(escape(description), total=total, note="")
         self._console = console
         self._t0 = self._last = time.monotonic()
-        self._plain = {"description": description, "done": 0, "total": total, "note": ""}
+        self._plain: dict[str, Any] = {"description": description, "done": 0, "total": total, "note": ""}
 
     @property
     def shown(self) -> bool:
