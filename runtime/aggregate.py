@@ -6,7 +6,12 @@ Documented orders (tests pin them):
   logprob (highest mean token logprob first; unknown last) or by length (fewest generated tokens
   first).  Ties keep input order.  ``per root`` / ``per parent`` keep the best ``k`` of every
   group and then order all kept branches the same way.
-* `vote` extracts an answer from every branch (branches with nothing to extract abstain), counts
+* `vote` counts only finished branches (finish reason ``stop`` or ``eos``) unless asked to count
+  unfinished ones too (``counting unfinished``): a branch cut off by ``length``, ``budget`` or
+  ``abort``, or one still open after a ``step``, stops mid-thought, and its last number is not an
+  answer.  The answer says how many branches were left out (``excluded``) and flags a winner that
+  only unfinished branches back (``unfinished_only``, possible only when they are counted).
+  It extracts an answer from every counted branch (those with nothing to extract abstain), counts
   (or, ``weighted``, sums scores of) each value; the winner is the value with the most support,
   ties going to the value whose first supporter came first.  ``agreement`` is the winner's share
   of all non-abstaining support (0 when everyone abstains), ``support`` its count or weight.
@@ -27,8 +32,10 @@ from collections.abc import Sequence
 from ttcdsl.runtime.values import Answer, Branch
 
 __all__ = [
+    "FINISHED_REASONS",
     "aggregate",
     "best",
+    "completed",
     "extract",
     "leader_confidence",
     "normalize_number",
@@ -105,11 +112,24 @@ def extract(text: str, on: str, pattern: str | None = None) -> str | None:
     raise ValueError(f"unknown extractor {on!r}")
 
 
-def vote(branches: Sequence[Branch], on: str, pattern: str | None = None, weighted: bool = False) -> Answer:
+FINISHED_REASONS = ("stop", "eos")
+
+
+def completed(b: Branch) -> bool:
+    """Whether a branch ended on its own (a stop string or end of sequence), so it may vote."""
+    return b.finished and b.finish_reason in FINISHED_REASONS
+
+
+def vote(branches: Sequence[Branch], on: str, pattern: str | None = None, weighted: bool = False,
+         unfinished: bool = False) -> Answer:
     support: dict[str, float] = {}
     first: dict[str, int] = {}
     backers: dict[str, list[Branch]] = {}
+    excluded = 0
     for i, b in enumerate(branches):
+        if not unfinished and not completed(b):
+            excluded += 1
+            continue
         value = extract(b.text, on, pattern)
         if value is None:
             continue
@@ -118,7 +138,8 @@ def vote(branches: Sequence[Branch], on: str, pattern: str | None = None, weight
         first.setdefault(value, i)
         backers.setdefault(value, []).append(b)
     if not support:
-        return Answer(value=None, support=0.0, agreement=0.0, votes={}, branches=[])
+        return Answer(value=None, support=0.0, agreement=0.0, votes={}, branches=[], excluded=excluded,
+                      ballots=list(branches))
     winner = min(support, key=lambda v: (-support[v], first[v]))
     total = sum(support.values())
     agreement = support[winner] / total if total > 0 else 1.0 / len(support)
@@ -128,6 +149,9 @@ def vote(branches: Sequence[Branch], on: str, pattern: str | None = None, weight
         agreement=agreement,
         votes=dict(sorted(support.items(), key=lambda kv: (-kv[1], first[kv[0]]))),
         branches=backers[winner],
+        excluded=excluded,
+        ballots=list(branches),
+        unfinished_only=not any(completed(b) for b in backers[winner]),
     )
 
 

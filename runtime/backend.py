@@ -119,6 +119,9 @@ class BackendInfo(msgspec.Struct, frozen=True):
     url: str | None = None
     # True when `reward` works (a reward model is reachable).
     has_reward: bool = False
+    # The serving engine and its version as it reports them (e.g. "sglang 0.5.23" from
+    # /server_info); None when unknown.  Results record it (`ttcdsl.provenance`).
+    engine: str | None = None
 
 
 @runtime_checkable

@@ -121,6 +121,12 @@ class Stats:
             usage.thinking_tokens += thinking
             usage.injected_tokens += note.injected
 
+    def scoring(self, node: int, chain: tuple[int, ...], tokens: int) -> None:
+        """Tokens a scorer read (no request of its own is counted)."""
+        usages: list[NodeUsage | Usage] = [self.nodes[nid] for nid in (node, *chain)]
+        for usage in (*usages, self.total):
+            usage.scoring_tokens += tokens
+
 
 class SingleFlight(Generic[K]):
     """Keyed de-duplication of concurrent async calls.

@@ -137,8 +137,10 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
         nodes=sorted(reached, key=lambda u: u.id),
         wall_s=wall,
         seed=seed,
-        budget=entry.budget,
+        budget=entry.budget if entry.budget is not None else state.entry_budget,
         budget_exhausted=state.exhausted,
+        run_budget=opts.budget,
+        leaves=state.leaves,
     )
 
 

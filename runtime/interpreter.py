@@ -43,6 +43,26 @@ __all__ = ["Interpreter"]
 T = TypeVar("T")
 
 
+def _reads_budget(nodes: dict[int, P.Node], ref: P.Ref) -> bool:
+    """Whether the expression at ``ref`` calls `budget_left()` (its value depends on timing)."""
+    todo, seen = [ref.node], set()
+    while todo:
+        nid = todo.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        n = nodes[nid]
+        if isinstance(n, P.Builtin) and n.name == "budget_left":
+            return True
+        if isinstance(n, (P.Arith, P.Compare, P.Logic)):
+            todo += [n.left.node, n.right.node]
+        elif isinstance(n, (P.Not, P.Neg)):
+            todo.append(n.operand.node)
+        elif isinstance(n, P.Builtin):
+            todo += [a.node for a in n.args]
+    return False
+
+
 class _Slot:
     """A binding whose value may still be computing."""
 
@@ -123,6 +143,11 @@ class Interpreter:
             slot.set(args.get(p.name, p.default))
             env[p.name] = slot
         frame = Frame(s, {n.id: n for n in s.nodes}, env, budget, key, (), chain)
+        if s.budget_expr is not None:
+            tokens = sem.budget_tokens(await self.ev(frame, s.budget_expr), s)
+            frame.budget = budget.child(tokens, f"strategy {name}")
+            if not key:
+                self.state.entry_budget = tokens
         try:
             async with anyio.create_task_group() as tg:
                 # A `return` does not cancel steps still running: the frame waits for them, so
@@ -155,6 +180,7 @@ class Interpreter:
                         return ret
                 case P.Repeat():
                     times = sem.repeat_count(await self.ev(frame, st.times), st)
+                    settle = st.until is not None and _reads_budget(frame.nodes, st.until)
                     outer = frame.loops
                     for i in range(times):
                         # A pass may do no I/O at all (its steps out of budget): give the event
@@ -163,6 +189,11 @@ class Interpreter:
                         frame.loops = (*outer, i)
                         try:
                             # Tested before every pass: an early stop spends nothing more.
+                            if settle:
+                                # `budget_left()` is read once the steps bound so far (the last
+                                # pass's included) are done and their unused reservations refunded.
+                                for slot in list(frame.env.values()):
+                                    await slot.get()
                             if st.until is not None and await self.ev(frame, st.until):
                                 break
                             ret = await self._block(frame, st.body, tg)

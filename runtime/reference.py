@@ -78,6 +78,11 @@ class Reference:
             budget = budget.child(s.budget, f"strategy {name}")
         env = {p.name: args.get(p.name, p.default) for p in s.params}
         frame = Frame(s, {n.id: n for n in s.nodes}, env, budget, key, (), chain)
+        if s.budget_expr is not None:
+            tokens = sem.budget_tokens(await self.ev(frame, s.budget_expr), s)
+            frame.budget = budget.child(tokens, f"strategy {name}")
+            if not key:
+                self.state.entry_budget = tokens
         value = await self._block(frame, s.body)
         if value is _NO_RETURN:
             raise NodeFailed(f"strategy '{name}' ended without returning a value", s.span)

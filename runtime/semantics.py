@@ -100,6 +100,14 @@ def builtin(name: str, args: list[Any], budget: Budget) -> Any:
     raise AssertionError(name)
 
 
+def budget_tokens(value: Any, s: P.StrategyPlan) -> int:
+    """The value of a strategy's `budget EXPR tokens`, checked: a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NodeFailed(f"strategy '{s.name}': its budget must come out as at least 1 token, got {value!r}",
+                         s.span)
+    return value
+
+
 def arith(n: P.Arith, a: Any, b: Any) -> Any:
     try:
         match n.operator:

@@ -11,8 +11,13 @@ Scorers are registered in `SCORERS` by the name the language uses (`score ... wi
 scorer takes the branches and returns one score per branch (None leaves a branch unscored).
 
 Seeds: each request's seed is `derive_seed` of (run seed or the step's own `seed`, frame path and
-loop iterations, node id, fork index), so a run with ``--seed`` reproduces exactly on
-deterministic backends whatever the scheduling.  Branch ids say where a branch was made:
+loop iterations, the step's *draw position*, fork index), so a run with ``--seed`` reproduces
+exactly on deterministic backends whatever the scheduling.  The draw position of a `sample` or
+`expand` is its place among the strategy's generating steps in source order (``g0``, ``g1``...),
+not its node id, so two programs whose generating steps line up draw the same random numbers
+(common random numbers: self-consistency's chains are the first round of adaptive voting's when
+prompt and settings agree), however many other nodes (constants, votes) each has.  Judges and
+resampling keep their node id.  Branch ids say where a branch was made:
 ``n9.3`` (fork 3 of node 9), ``n18@2.5`` (in loop iteration 2), ``c4/n7.0`` (inside call node 4).
 
 Trace: when the run writes one, each generation is tied to its branch (`ModelClient.lineage`)
@@ -117,6 +122,8 @@ class RunState:
                                       col=span.col, text=st.text, where=frame.tag(), held=bool(held)))
     # The run's own thinking tags (``--think-tags``); None: ask the backend.
     think_tags: tuple[str, str] | None = None
+    leaves: list[Branch] = field(default_factory=list)  # branches finished, in finish order
+    entry_budget: int | None = None  # the entry strategy's `budget EXPR tokens`, evaluated
 
     @contextmanager
     def measure(self, n: P.Node) -> Iterator[None]:
@@ -215,8 +222,14 @@ def _node_budget(frame: Frame, n: P.Sample | P.Expand | P.Score) -> Budget:
     return frame.budget.child(n.budget, f"node n{n.id}")
 
 
-def _seed(state: RunState, frame: Frame, node: int, fork: int, user_seed: int | None) -> int:
+def _seed(state: RunState, frame: Frame, node: int | str, fork: int, user_seed: int | None) -> int:
     return derive_seed(state.seed if user_seed is None else user_seed, frame.tag(), node, fork)
+
+
+def _draw_position(strategy: P.StrategyPlan, node: int) -> str:
+    """``g{k}``: the k-th `sample`/`expand` of ``strategy`` in node order (see the module doc)."""
+    generating = [m.id for m in strategy.nodes if isinstance(m, (P.Sample, P.Expand))]
+    return f"g{generating.index(node)}"
 
 
 def _branch_id(frame: Frame, node: int, fork: int) -> str:
@@ -329,11 +342,13 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
     budget = _node_budget(frame, n)
     alloc = split(budget.available(), [wants] * len(forks))
     work: list[tuple[Branch, int, int, Reservation]] = []
+    position = _draw_position(frame.strategy, n.id)
     for (branch, fork), tokens in zip(forks, alloc):
         if tokens < wants:
             state.exhausted = True
         if tokens <= 0:
             branch.finished, branch.finish_reason = True, "budget"
+            state.leaves.append(branch)
             continue
         work.append((branch, fork, tokens, budget.reserve(tokens)))
     if think is not None:
@@ -345,7 +360,7 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
         GenRequest(
             rid=state.client.new_rid(), input_ids=(*branch.prompt_ids, *branch.ids),
             sampling=msgspec.structs.replace(
-                gen.base, max_new_tokens=tokens, seed=_seed(state, frame, n.id, fork, gen.seed)
+                gen.base, max_new_tokens=tokens, seed=_seed(state, frame, position, fork, gen.seed)
             ),
             logprobs=n.logprobs, stream=anytime is not None,
         )
@@ -360,12 +375,16 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
         results = await ev.generate(n, frame.chain, requests, reservations, notes)
         for (branch, _, tokens, _), result in zip(work, results):
             sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step, gen.chunk)
+            if branch.finished:
+                state.leaves.append(branch)
         _note_finished(state, n, forks)
         return
 
     def finished(i: int, result: GenResult) -> bool:
         branch, _, tokens, _ = work[i]
         sem.apply(branch, result, tokens < max_tokens, gen.stops, gen.step, gen.chunk)
+        if branch.finished:
+            state.leaves.append(branch)
         return anytime.counted(branch)
 
     _, sent = await ev.generate_until(n, frame.chain, requests, reservations, finished, notes)
@@ -374,6 +393,7 @@ async def _generate_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
     for (branch, *_), was_sent in zip(work, sent):
         if branch not in anytime.votes and not branch.finished:
             branch.finished, branch.finish_reason = True, "abort" if was_sent else "budget"
+            state.leaves.append(branch)
     _note_finished(state, n, forks)
 
 
@@ -399,7 +419,7 @@ async def _think_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
         tags = await client.think_tags(n, "think_max", state.think_tags)
 
         async def fork(branch: Branch, index: int, hold: Reservation) -> None:
-            first = _seed(state, frame, n.id, index, gen.seed)
+            first = _seed(state, frame, _draw_position(frame.strategy, n.id), index, gen.seed)
             sent = [0]
 
             async def send(more: tuple[int, ...], max_new: int, stops: tuple[str, ...], res: Reservation,
@@ -420,6 +440,8 @@ async def _think_forks(ev: Evaluator, frame: Frame, n: P.Sample | P.Expand,
                 partial(client.piece, n), partial(client.detokenize, n), injected,
             )
             sem.apply(branch, result, cut, gen.stops, gen.step)
+            if branch.finished:
+                state.leaves.append(branch)
 
         await ev.gather([partial(fork, branch, index, hold) for branch, index, _, hold in work])
     finally:
@@ -458,7 +480,9 @@ async def _prm(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> 
     """The reward model scores each branch's newest step (prompt and text so far)."""
     if not items:
         return []
-    return list(await ev.state.client.reward(n, frame.chain, [b.prompt + b.text for b in items]))
+    values: list[float | None] = list(await ev.state.client.reward(n, frame.chain, [b.prompt + b.text for b in items]))
+    ev.state.stats.scoring(n.id, frame.chain, sum(len(b.prompt_ids) + len(b.ids) for b in items))
+    return values
 
 
 async def _logprob(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> list[float | None]:
@@ -497,6 +521,7 @@ async def _judge(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -
             for i, prompt in zip(graded, ids)
         ]
         results = await ev.generate(n, frame.chain, requests, reservations)
+        state.stats.scoring(n.id, frame.chain, sum(len(prompt) for prompt in ids))
     finally:
         for res in reservations:
             res.release()
@@ -549,7 +574,7 @@ async def vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Any:
         return await _anytime_vote(ev, frame, n)
     branches = await ev.ev(frame, n.branches)
     with ev.state.measure(n):
-        answer = agg.vote(branches.items, n.on, n.pattern, n.weighted)
+        answer = agg.vote(branches.items, n.on, n.pattern, n.weighted, n.unfinished)
         _note_vote(ev.state, n, branches.items, answer)
     ev.state.observed(frame, n, answer, branches.items)
     return answer
@@ -580,7 +605,7 @@ class _Anytime:
     def counted(self, branch: Branch) -> bool:
         """Count a finished branch; True once the vote may stop (the rest are then aborted)."""
         self.votes.append(branch)
-        self.answer = agg.vote(self.votes, self.n.on, self.n.pattern, self.n.weighted)
+        self.answer = agg.vote(self.votes, self.n.on, self.n.pattern, self.n.weighted, self.n.unfinished)
         assert self.n.until is not None
         self.stopped = agg.settled(self.answer, self.n.until, self.threshold, self.min_votes)
         return self.stopped
@@ -603,7 +628,7 @@ async def _anytime_vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Answer:
     else:
         raise NodeFailed("an anytime vote takes its branches straight from a sample or expand", n.span)
     with ev.state.measure(n):
-        answer = anytime.answer or agg.vote([], n.on, n.pattern, n.weighted)
+        answer = anytime.answer or agg.vote([], n.on, n.pattern, n.weighted, n.unfinished)
         answer.used = len(anytime.votes)
         answer.aborted = anytime.aborted
         answer.unsent = anytime.unsent

@@ -90,6 +90,12 @@ class Answer(msgspec.Struct, kw_only=True):
     agreement: float
     votes: dict[str, float]
     branches: list[Branch]
+    # Every branch the vote was given (voters, abstainers and the excluded), in input order.
+    ballots: list[Branch] = msgspec.field(default_factory=list)
+    # Branches left out of the vote because they did not finish on their own (`aggregate.vote`),
+    # and whether the winner is backed by unfinished branches only (when they were counted).
+    excluded: int = 0
+    unfinished_only: bool = False
     # An anytime vote (`vote ... until`) also says how it stopped: the branches that voted, the
     # requests it aborted while they were generating, those it never sent, and whether the
     # stopping rule held (False: every branch voted and the rule never held).  None otherwise.
@@ -108,6 +114,9 @@ class Usage(msgspec.Struct, kw_only=True):
     # prompt tokens the runtime injected (`after TEXT`, wrap-ups, closing tags, "Wait").
     thinking_tokens: int = 0
     injected_tokens: int = 0
+    # Tokens scorers read: a reward model's input (prompt and branch) and a judge's prompts
+    # (also in prompt_tokens).  Never charged to a budget; an x axis of `ttc bench`.
+    scoring_tokens: int = 0
 
 
 class NodeUsage(msgspec.Struct, kw_only=True):
@@ -125,10 +134,12 @@ class NodeUsage(msgspec.Struct, kw_only=True):
     wall_s: float = 0.0
     thinking_tokens: int = 0
     injected_tokens: int = 0
+    scoring_tokens: int = 0
 
 
 class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One backend request and what came of it, or one decision of the run.
+    """One backend request and what came of it, or one decision of the run.  The first record
+    `ttc run --trace` writes for a run also carries the run's ``provenance`` (`ttcdsl.provenance`).
 
     Requests (`REQUEST_KINDS`) carry times, tokens and text; a generation that grows a branch
     also names the branch, the branch it continues and the index of the step it writes.
@@ -173,6 +184,7 @@ class TraceRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     # continues injected text says how many of its input tokens were injected.
     phase: str | None = None
     injected_tokens: int = 0
+    provenance: dict[str, Any] | None = None
 
 
 REQUEST_KINDS = ("tokenize", "warm", "generate", "reward")
@@ -208,8 +220,18 @@ class RunResult(msgspec.Struct, kw_only=True):
     nodes: list[NodeUsage]
     wall_s: float
     seed: int
-    budget: int | None
+    budget: int | None  # the strategy's own `budget N tokens`
     budget_exhausted: bool = False
+    run_budget: int | None = None  # the run's extra cap (`--budget`)
+    # Every branch the run's samples and expansions finished (any reason), in finish order: what
+    # `ttc bench` grades for pass@k and majority@k.  Not part of the JSON.
+    leaves: list[Branch] = msgspec.field(default_factory=list)
+
+    @property
+    def binding_budget(self) -> int | None:
+        """The cap that binds the whole run: the smaller of the strategy's and the run's."""
+        caps = [b for b in (self.budget, self.run_budget) if b is not None]
+        return min(caps) if caps else None
 
 
 def _branch_json(b: Branch) -> dict[str, Any]:
@@ -225,6 +247,10 @@ def _branch_json(b: Branch) -> dict[str, Any]:
     }
 
 
+def _ballot_json(b: Branch, answer: Answer) -> dict[str, Any]:
+    return _branch_json(b) | {"voted": any(b is w for w in answer.branches)}
+
+
 def value_to_json(value: Any) -> Any:
     """The `result` part of `ttc run --json` (DESIGN §7)."""
     if isinstance(value, Answer):
@@ -233,7 +259,10 @@ def value_to_json(value: Any) -> Any:
             "agreement": value.agreement,
             "support": value.support,
             "votes": value.votes,
+            "excluded": value.excluded,
+            "unfinished_only": value.unfinished_only,
         }
+        out["branches"] = [_ballot_json(b, value) for b in value.ballots]
         if value.used is not None:
             out |= {"used": value.used, "aborted": value.aborted, "unsent": value.unsent,
                     "stopped_early": value.stopped_early}
@@ -246,8 +275,11 @@ def value_to_json(value: Any) -> Any:
 def usage_to_json(usage: Usage | NodeUsage) -> dict[str, Any]:
     """A usage as JSON.  The thinking and injection counts appear only when non-zero (then with
     ``answer_tokens``, the completion tokens outside thinking phases), so a run that uses neither
-    reports exactly the four keys of DESIGN §7."""
+    reports exactly the four keys of DESIGN §7.  A run's scoring tokens are reported beside its
+    usage (``scoring_tokens`` in `result_to_json`), a node's inside it."""
     out: dict[str, Any] = msgspec.to_builtins(usage)
+    if isinstance(usage, Usage):
+        out.pop("scoring_tokens", None)
     for key in ("thinking_tokens", "injected_tokens"):
         if not out.get(key):
             out.pop(key, None)
@@ -260,10 +292,13 @@ def result_to_json(result: RunResult) -> dict[str, Any]:
     return {
         "result": value_to_json(result.value),
         "usage": usage_to_json(result.usage),
+        "scoring_tokens": result.usage.scoring_tokens,
         "nodes": [usage_to_json(n) for n in result.nodes],
         "wall_s": round(result.wall_s, 4),
         "strategy": result.strategy,
         "seed": result.seed,
         "budget": result.budget,
+        "run_budget": result.run_budget,
+        "binding_budget": result.binding_budget,
         "budget_exhausted": result.budget_exhausted,
     }

@@ -25,9 +25,11 @@ from ttcdsl.runtime.values import Branch
 
 
 def br(text: str = "", score: float | None = None, root: str = "r", parent: str | None = None,
-       ids: int = 0, logprob: float | None = None, bid: str = "b") -> Branch:
+       ids: int = 0, logprob: float | None = None, bid: str = "b", reason: str | None = "stop") -> Branch:
+    """A branch that finished with `reason` (None: still open)."""
     b = Branch(id=bid, root=root, parent=parent, prompt="", prompt_ids=(), steps=[text], score=score,
-               ids=list(range(ids)), logprob=logprob, n_tokens=ids)
+               ids=list(range(ids)), logprob=logprob, n_tokens=ids, finished=reason is not None,
+               finish_reason=reason)  # type: ignore[arg-type]
     return b
 
 
@@ -217,3 +219,26 @@ def test_weights_from_scores() -> None:
     assert weights([br(), br()], None) == [0.5, 0.5]
     with pytest.raises(ValueError, match="temperature"):
         weights(branches, 0.0)
+
+
+def test_vote_counts_only_branches_that_finished_on_their_own() -> None:
+    bs = [br("Step 1: we have 42", reason="length"), br("is 7", reason="eos"),
+          br("so far 42", reason="budget"), br("then 42", reason=None), br("is 7", reason="stop"),
+          br("42", reason="abort")]
+    a = vote(bs, "number")
+    assert (a.value, a.support, a.agreement, a.excluded, a.unfinished_only) == ("7", 2, 1.0, 4, False)
+    assert all(b.finish_reason in ("stop", "eos") for b in a.branches)
+
+
+def test_vote_of_cut_off_branches_only_abstains_by_default_and_is_flagged_when_counted() -> None:
+    bs = [br("we now have 42", reason="length"), br("we now have 42", reason="budget"), br("9", reason="length")]
+    default = vote(bs, "number")
+    assert default.value is None and default.excluded == 3 and default.votes == {}
+    counted = vote(bs, "number", unfinished=True)
+    assert (counted.value, counted.excluded, counted.unfinished_only) == ("42", 0, True)
+
+
+def test_a_winner_with_one_finished_backer_is_not_flagged() -> None:
+    bs = [br("42", reason="length"), br("42", reason="stop"), br("9", reason="length")]
+    a = vote(bs, "number", unfinished=True)
+    assert a.value == "42" and a.unfinished_only is False

@@ -76,7 +76,8 @@ def _offline(texts: list[str], rule: str, threshold: float, after: int) -> tuple
     branches: list[Branch] = []
     answer = agg.vote([], "number")
     for text in texts:
-        branches.append(Branch(id="b", root="b", parent=None, prompt="", prompt_ids=(), steps=[text]))
+        branches.append(Branch(id="b", root="b", parent=None, prompt="", prompt_ids=(), steps=[text],
+                               finished=True, finish_reason="stop"))
         answer = agg.vote(branches, "number")
         if agg.settled(answer, rule, threshold, after):
             break
@@ -118,12 +119,13 @@ def test_the_sequential_reference_stops_sending_once_settled() -> None:
 
 
 def test_a_rule_that_never_holds_lets_every_branch_vote() -> None:
-    result, _, _ = _run(ANYTIME.format(rule="agreement"), Jittered(1), args={"threshold": 1.0})
+    # Seed 6: the first chains disagree, so agreement 1.0 is never reached.
+    result, _, _ = _run(ANYTIME.format(rule="agreement"), Jittered(1), args={"threshold": 1.0}, seed=6)
     answer = result.value
     assert (answer.used, answer.aborted, answer.unsent, answer.stopped_early) == (16, 0, 0, False)
     # The same forks (same seeds) voted by an ordinary vote give the same answer.
     plain, _, _ = _run(ANYTIME.format(rule="agreement").replace(
-        " until agreement >= threshold after after", ""), Jittered(1))
+        " until agreement >= threshold after after", ""), Jittered(1), seed=6)
     assert (answer.value, answer.votes) == (plain.value.value, plain.value.votes)
 
 

@@ -235,6 +235,15 @@ async def test_start_up_reads_the_model_and_detects_a_plain_server(fake: FakeSGL
     assert [p for p, _ in fake.requests] == ["/health", "/model_info", "/workers"]
 
 
+async def test_asked_for_it_start_up_reads_the_engine_version_from_server_info(fake: FakeSGLang) -> None:
+    fake.routes["/server_info"] = json_reply({"version": "0.5.23", "model_path": "smollm2-135m"})
+    async with SGLangBackend(fake.url, engine_version=True) as backend:
+        assert backend.info.engine == "sglang 0.5.23"
+    assert "/server_info" in [p for p, _ in fake.requests]
+    async with SGLangBackend(fake.url) as backend:  # not asked: the start-up requests stay as they were
+        assert backend.info.engine == "sglang"
+
+
 async def test_start_up_falls_back_to_get_model_info_on_older_servers(fake: FakeSGLang) -> None:
     del fake.routes["/model_info"]
     async with SGLangBackend(fake.url, router=False) as backend:

@@ -180,3 +180,76 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path: Path, capsys: pytest.
                   "--plot", str(tmp_path / "x.png")], capsys)
     assert "pip install 'ttcdsl[plot]'" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_json_has_intervals_over_items_paired_comparisons_metrics_and_x_axes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out_json = tmp_path / "b.json"
+    assert main(["bench", SC, "--input", DATA, "--limit", "10", "--sim-task", TASK, "--sweep", "n=1,5",
+                 "--seed", "3", "--x", "prefill", "--json", str(out_json)]) == 0
+    captured = capsys.readouterr()
+    assert "prefill+dec/q" in captured.out and "Δ vs baseline" in captured.out and "pass@k" in captured.out
+    data = json.loads(out_json.read_text())
+    assert data["x_axis"] == "prefill" and set(data["x_axes"]) == {"completion", "scored", "prefill", "wall"}
+    one, five = data["points"]
+    lo, hi = five["metrics"]["accuracy_ci95"]
+    assert lo <= five["accuracy"] <= hi and hi - lo > 0.2  # 10 items: a wide interval, even with 1 repeat
+    m = five["metrics"]
+    assert m["pass_at_k"] >= m["majority_at_k"] - 1e-9 and m["pass_at_k"] >= m["single_sample_accuracy"]
+    assert m["tokens_p90"] >= m["tokens_mean"] * 0.5 and m["samples_per_item"] == 5
+    assert one["metrics"]["single_sample_accuracy"] == one["accuracy"]  # one sample, one vote
+    assert five["x"]["prefill"] >= five["x"]["completion"] == five["completion_tokens_per_item"]
+    assert len(five["repeats"][0]["outcomes"]) == 10
+    [comparison] = data["comparisons"]
+    assert (comparison["point"], comparison["baseline"]) == ("self_consistency n=5", "self_consistency n=1")
+    assert comparison["items"] == 10
+    assert abs(comparison["diff"] - (five["accuracy"] - one["accuracy"])) < 1e-9
+    lo, hi = comparison["diff_ci95"]
+    assert lo <= comparison["diff"] <= hi and 0 < comparison["p_value"] <= 1
+
+
+def test_bench_json_records_provenance_per_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json = tmp_path / "b.json"
+    assert main(["bench", SC, "--input", DATA, "--limit", "2", "--sim-task", TASK, "--seed", "4",
+                 "--arg", "n=1", "--json", str(out_json)]) == 0
+    [facts] = json.loads(out_json.read_text())["provenance"]["programs"]
+    assert facts["program"]["path"] == SC and facts["strategy"] == "self_consistency"
+    assert (facts["backend"], facts["seed"], facts["args"]) == ("sim", 4, {"n": "1"})
+
+
+def test_bench_json_is_written_after_every_pass_and_resume_keeps_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ttcdsl.commands.bench as bench_cmd
+
+    out_json = tmp_path / "b.json"
+    base = ["bench", SC, "--input", DATA, "--limit", "3", "--sim-task", TASK, "--seed", "2",
+            "--json", str(out_json)]
+    writes: list[int] = []
+    save = bench_cmd._save
+
+    def counting(path: str | None, report: Any) -> None:
+        writes.append(sum(len(r.repeats) for r in report.results))
+        save(path, report)
+
+    monkeypatch.setattr(bench_cmd, "_save", counting)
+    assert main([*base, "--sweep", "n=1,2"]) == 0
+    assert writes[:2] == [1, 2]  # one file per finished pass, before the end
+    first = json.loads(out_json.read_text())
+    capsys.readouterr()
+    assert main([*base, "--sweep", "n=1,2,3", "--resume"]) == 0
+    assert "2 pass(es) already there are kept" in capsys.readouterr().err
+    second = json.loads(out_json.read_text())
+    assert [p["value"] for p in second["points"]] == [1, 2, 3]
+    for old, new in zip(first["points"], second["points"]):
+        assert new["repeats"] == old["repeats"]  # kept, not re-run (wall times included)
+    assert "--resume needs --json OUT.json" in _error([*base[:-2], "--resume"], capsys)
+
+
+def test_empty_results_are_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cut = tmp_path / "cut.ttc"
+    cut.write_text('strategy cut(question: text) {\n'
+                   '    return sample 2 from "Problem: {question}\\n" with max_tokens = 3 | vote on number\n}\n')
+    assert main(["bench", str(cut), "--input", DATA, "--limit", "2", "--sim-task", TASK]) == 0
+    assert "warning: cut: 2 of 2 runs gave no answer (graded wrong)" in capsys.readouterr().err

@@ -54,6 +54,19 @@ def test_readable_output_shows_answer_table_and_budget(capsys: pytest.CaptureFix
     assert "budget used: " in out and "/ 16384 tokens" in out
 
 
+def test_summary_shows_the_budget_that_binds_and_cut_off_chains_do_not_vote(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--seed", "1", "--budget", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "/ 300 tokens (100%, --budget; the strategy's 16384)" in out and "/ 16384" not in out
+    assert "answer: none (no branch finished; 16 cut off or open did not vote" in " ".join(out.split())
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--seed", "1", "--budget", "300", "--json"]) == 0
+    out_json = json.loads(capsys.readouterr().out)
+    assert (out_json["budget"], out_json["run_budget"], out_json["binding_budget"]) == (16384, 300, 300)
+    assert out_json["result"]["value"] is None and out_json["result"]["excluded"] == 16
+
+
 def test_trace_file_has_one_line_per_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = tmp_path / "t.jsonl"
     assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--arg", "n=3", "--json", "--trace", str(trace)]) == 0
@@ -123,3 +136,33 @@ def test_dataset_mode_reports_each_failed_item_on_one_line_and_writes_none(tmp_p
         f"error: item b (line 2): {prog}:2:37: {message}",
     ]
     assert out.read_text() == ""  # failed items are not written, so --resume retries them
+
+
+def test_json_and_trace_record_provenance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    trace = tmp_path / "t.jsonl"
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--arg", "n=2", "--seed", "8", "--json",
+                 "--trace", str(trace)]) == 0
+    facts = json.loads(capsys.readouterr().out)["provenance"]
+    assert facts["program"]["path"] == SC
+    assert facts["program"]["sha256"] == hashlib.sha256(Path(SC).read_bytes()).hexdigest()
+    assert len(facts["program"]["plan_sha256"]) == 64
+    assert facts["strategy"] == "self_consistency" and facts["args"] == {"n": "2", "question": "What is 17 + 25?"}
+    assert (facts["backend"], facts["model"], facts["seed"]) == ("sim", "ttc-sim", 8)
+    assert facts["engine"].startswith("ttcdsl-sim") and facts["ttcdsl"] == "0.1.0"
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert records[0]["provenance"] == facts and all("provenance" not in r for r in records[1:])
+
+
+def test_without_a_seed_the_chosen_seed_is_the_one_recorded(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", SC, "--sim-task", TASK, "--arg", Q, "--arg", "n=1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["provenance"]["seed"] == out["seed"]
+
+
+def test_version_names_the_package(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("ttc (ttcdsl) 0.1.0, Python 3.")

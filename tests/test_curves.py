@@ -136,3 +136,25 @@ def test_repeats_below_one_are_refused_before_anything_runs() -> None:
     points, _ = bench_points([_sc()], "n", ["1"], {})
     with pytest.raises(HarnessError, match=r"^repeats must be >= 1, got 0$"):
         _bench(points, [], seed=0, repeats=0)
+
+
+def test_configurations_share_random_draws_whatever_their_other_nodes() -> None:
+    # The first round of adaptive voting (with a constant and a loop the plain program lacks) draws
+    # exactly self-consistency's chains: seeds follow the generating steps, not node ids.
+    adaptive = compile_file(str(REPO / "programs" / "adaptive_vote.ttc")).plan
+    one_round = BenchProgram("adaptive", adaptive, "adaptive_vote.ttc")
+    items = _items(load_task(TASK).problems[:8])
+    sc_points, _ = bench_points([_sc()], "n", ["4"], {})
+    ad_points, _ = bench_points([one_round], "rounds", ["1"], {})
+    [sc] = _bench(sc_points, items, seed=3)
+
+    async def go() -> Any:
+        async with SimBackend(load_task(TASK)) as backend:
+            return await run_bench(ad_points, backend, items, sweep="rounds", given={},
+                                   options=RunOptions(seed=3))
+
+    [ad] = anyio.run(go)
+    def drawn(r: Any) -> dict[str, Any]:
+        return {k: {f: v for f, v in o.to_json().items() if f != "wall_s"} for k, o in r.repeats[0].outcomes.items()}
+
+    assert drawn(sc) == drawn(ad) and len(drawn(sc)) == 8

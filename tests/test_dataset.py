@@ -186,3 +186,34 @@ def test_killed_run_loses_no_finished_item_and_resume_completes(case: str, tmp_p
     final = ids(out)
     assert sorted(final) == expected
     assert len(final) == len(set(final))
+
+
+def test_lines_carry_provenance_and_limit_takes_the_first_items(tmp_path: Path) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 5)
+    assert run_cli("--input", str(inp), "--output", str(out), "--limit", "2") == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["id"] for x in lines) == ["q0", "q1"]
+    for x in lines:
+        facts = x["provenance"]
+        assert facts["strategy"] == "self_consistency" and facts["backend"] == "sim" and facts["run_seed"] == 5
+        assert facts["seed"] == x["seed"] and facts["program"]["sha256"]
+
+
+def test_accuracy_after_resume_counts_every_line_of_the_output(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp, 5)
+    assert run_cli("--input", str(inp), "--output", str(out), "--limit", "3") == 0
+    capsys.readouterr()
+    assert run_cli("--input", str(inp), "--output", str(out), "--resume") == 0
+    printed = capsys.readouterr().out
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    right = sum(x["correct"] for x in lines)
+    assert f"accuracy: {right}/5 = {right / 5:.3f} over every line of {out} (this run: " in printed
+    assert "/2 = " in printed
+
+
+def test_limit_outside_dataset_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("--arg", "question=What is 17 + 25?", "--limit", "2") == 2
+    assert "--limit only applies to dataset mode" in capsys.readouterr().err

@@ -299,3 +299,22 @@ strategy s() {
     for sequential in (False, True):
         with pytest.raises(RunError, match=r"timed out after 0\.5 s"):
             anyio.run(run_plan, plan, ScriptedBackend(), {}, RunOptions(timeout_s=0.5, sequential=sequential))
+
+
+def test_budget_left_in_until_is_read_after_the_previous_pass_is_refunded() -> None:
+    # Each pass reserves 50 and spends a few tokens; read while the pass is in flight,
+    # budget_left() would be about 150 and stop the loop after one pass.
+    src = """
+strategy s(question: text) {
+    budget 200 tokens
+    x = sample 1 from question with max_tokens = 50
+    repeat 6 until budget_left() < 160 {
+        x = sample 1 from question with max_tokens = 50
+    }
+    return x
+}
+"""
+    backend = ScriptedBackend(Script(text=lambda request, seed: "ok.", latency_s=0.01))
+    for sequential in (False, True):
+        r = run(src, backend, sequential=sequential)
+        assert [n.calls for n in r.nodes if n.op == "sample"] == [1, 6]

@@ -41,3 +41,20 @@ def test_off_a_terminal_nothing_is_drawn() -> None:
         bar.update(completed=3, description="done", note="acc 1.000")
         console.print("a message")
     assert out.getvalue() == "a message\n"
+
+
+def test_off_a_terminal_a_plain_line_every_few_seconds(monkeypatch: object) -> None:
+    import ttcdsl.commands._progress as progress
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False)
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])  # type: ignore[attr-defined]
+    with ProgressBar(console, "items", 10) as bar:
+        bar.advance()
+        assert out.getvalue() == ""  # not yet: less than PLAIN_EVERY_S since the start
+        clock[0] += progress.PLAIN_EVERY_S
+        bar.update(completed=4, note="acc 0.750")
+        clock[0] += 1
+        bar.advance()  # too soon for another line
+    assert out.getvalue() == "items: 4/10 acc 0.750 5 s\n"

@@ -313,8 +313,9 @@ class Prune:
 
 @dataclass(frozen=True)
 class Vote:
-    """`vote BRANCHES [on KIND ["pattern"]] [weighted] [until RULE >= THRESHOLD [after MIN_VOTES]]`.
-    `until` is None for an ordinary vote; `min_votes` is None when `after` is omitted."""
+    """`vote BRANCHES [on KIND ["pattern"]] [weighted] [counting unfinished]
+    [until RULE >= THRESHOLD [after MIN_VOTES]]`.  `until` is None for an ordinary vote;
+    `min_votes` is None when `after` is omitted; `unfinished` says unfinished branches vote too."""
 
     branches: Expr
     on: Extractor | None = None
@@ -323,6 +324,7 @@ class Vote:
     until: StopRule | None = None
     threshold: Expr | None = None
     min_votes: Expr | None = None
+    unfinished: bool = False
     piped: bool = False
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
@@ -367,8 +369,12 @@ Expr: TypeAlias = (
 
 @dataclass(frozen=True)
 class BudgetStmt:
+    """`budget N tokens` (`tokens` is N) or `budget (EXPR) tokens` (`tokens` is 0 and `expr` an
+    expression of the strategy's int parameters, evaluated when the strategy is called)."""
+
     tokens: int
     span: Span = field(default=NO_SPAN, compare=False, repr=False)
+    expr: Expr | None = None
 
 
 @dataclass(frozen=True)

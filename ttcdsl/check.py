@@ -205,7 +205,9 @@ class _Checker:
                         "give a step its own `budget N` instead",
                         st.span,
                     )
-                if st.tokens <= 0:
+                if st.expr is not None:
+                    self.budget_expr(st.expr, ctx)
+                elif st.tokens <= 0:
                     self.error("a budget must be at least 1 token", st.span)
             elif isinstance(st, ast.Assign):
                 t = self.expr(st.value, ctx.scope)
@@ -519,6 +521,18 @@ class _Checker:
             if s.key in ("think_wrapup", "think_extend_text") and isinstance(s.value, ast.StrLit) and not s.value.value:
                 self.error(f"`{s.key}` cannot be an empty string", s.value.span)
 
+    def budget_expr(self, e: ast.Expr, ctx: _Ctx) -> None:
+        """`budget EXPR tokens`: integer arithmetic on int parameters and numbers only, so the
+        budget is known as soon as the strategy is called."""
+        params = {p.name for p in ctx.strategy.params if p.type == "int"}
+        assigned = {st.name for st in ast.statements(ctx.strategy.body) if isinstance(st, ast.Assign)}
+        bad = _budget_term(e, params - assigned)
+        if bad is not None:
+            self.error("a strategy budget is a number or integer arithmetic on int parameters "
+                       "(e.g. `budget (n * 600) tokens`)", bad.span)
+            return
+        self.expect(e, ctx.scope, ("int",), "the strategy budget")
+
     def step_budget(self, budget: int | None, span: Span) -> None:
         if budget is not None and budget <= 0:
             self.error("a budget must be at least 1 token", span)
@@ -593,3 +607,18 @@ def _called(s: ast.Strategy, strategies: dict[str, ast.Strategy]) -> list[tuple[
         for e in ast.expressions(s.body)
         if isinstance(e, ast.Call) and e.func in strategies and e.func not in BUILTINS
     ]
+
+
+def _budget_term(e: ast.Expr, params: set[str]) -> ast.Expr | None:
+    """The first part of a budget expression that is not an int literal, an int parameter or
+    arithmetic on them (None: the whole expression is fine)."""
+    match e:
+        case ast.IntLit():
+            return None
+        case ast.Name():
+            return None if e.id in params else e
+        case ast.BinOp() if e.op in ("+", "-", "*", "/", "%"):
+            return _budget_term(e.left, params) or _budget_term(e.right, params)
+        case ast.Neg():
+            return _budget_term(e.operand, params)
+    return e

@@ -27,11 +27,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _version() -> str:
+    """`ttc --version`: ttcdsl's version and the Python it runs on."""
+    from ttcdsl import __version__
+
+    return f"ttc (ttcdsl) {__version__}, Python {sys.version.split()[0]}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ttc",
         description="ttcdsl: declarative test-time compute strategies with hard token budgets.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:

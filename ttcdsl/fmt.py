@@ -390,7 +390,8 @@ class _Formatter:
         self.indent = indent
         match st:
             case ast.BudgetStmt():
-                return self.trail(id(st), [f"{indent}budget {st.tokens} tokens"])
+                tokens = st.tokens if st.expr is None else f"({self.sub(st.expr, _SUM, frozenset({')'})).text})"
+                return self.trail(id(st), [f"{indent}budget {tokens} tokens"])
             case ast.Assign():
                 return self.trail(id(st), self.value_lines(f"{indent}{st.name} = ", st.value, follow))
             case ast.Return():
@@ -693,11 +694,14 @@ def _vote_parts(e: ast.Vote) -> list[Any]:
             parts.append(_one_line(e.pattern))
     if e.weighted:
         parts.append("weighted")
+    if e.unfinished:
+        parts.append("counting unfinished")
     if e.until is None:
         # What the vote would still take; `until` too, so a vote ending a repeat count with an
         # `until` of its own is parenthesised: `repeat (b | vote) until COND`.
-        still = {"until"} | ({"weighted"} if not e.weighted else set()) | (
-            {"on"} if e.on is None and not e.weighted else set())
+        still = {"until"} | ({"counting"} if not e.unfinished else set()) | (
+            {"weighted"} if not e.weighted and not e.unfinished else set()) | (
+            {"on"} if e.on is None and not e.weighted and not e.unfinished else set())
         return [*parts, _Open(frozenset(still))]
     assert e.threshold is not None
     parts += [f"until {e.until} >=", _Sub(e.threshold, _SUM)]

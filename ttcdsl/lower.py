@@ -74,7 +74,9 @@ class _StrategyLowering:
         self.logprobs = logprobs
 
     def run(self) -> plan.StrategyPlan:
-        budget = next((st.tokens for st in self.s.body if isinstance(st, ast.BudgetStmt)), None)
+        stmt = next((st for st in self.s.body if isinstance(st, ast.BudgetStmt)), None)
+        budget = stmt.tokens if stmt is not None and stmt.expr is None else None
+        budget_expr = self.expr(stmt.expr) if stmt is not None and stmt.expr is not None else None
         body = self.block(self.s.body)
         params = [
             plan.ParamSpec(
@@ -93,6 +95,7 @@ class _StrategyLowering:
             span=self.s.span,
             returns=_value_type(self.checked.returns.get(self.s.name, "branches")),
             budget=budget,
+            budget_expr=budget_expr,
         )
 
     def add(self, cls: type[Any], e: Any, **fields: Any) -> plan.Ref:
@@ -224,7 +227,7 @@ class _StrategyLowering:
             anytime = {"until": e.until, "threshold": threshold, "min_votes": min_votes}
         return self.add(
             plan.Vote, e, branches=branches, on=e.on or DEFAULT_EXTRACTOR, pattern=e.pattern,
-            weighted=e.weighted, **anytime,
+            weighted=e.weighted, unfinished=e.unfinished, **anytime,
         )
 
     def call(self, e: ast.Call) -> plan.Ref:

@@ -203,8 +203,10 @@ class _Builder(Transformer[Token, Any]):
     def block(self, meta: Any, stmts: list[Any]) -> tuple[ast.Stmt, ...]:
         return tuple(stmts)
 
-    def budget_stmt(self, meta: Any, _kw: Token, tokens: Token) -> ast.BudgetStmt:
-        return ast.BudgetStmt(int(tokens), self._s(meta))
+    def budget_stmt(self, meta: Any, _kw: Token, tokens: Token | ast.Expr) -> ast.BudgetStmt:
+        if isinstance(tokens, Token):
+            return ast.BudgetStmt(int(tokens), self._s(meta))
+        return ast.BudgetStmt(0, self._s(meta), expr=tokens)
 
     def assign(self, meta: Any, name: Token, value: ast.Expr) -> ast.Assign:
         return ast.Assign(self._name(name), value, self._s(meta))
@@ -305,8 +307,9 @@ class _Builder(Transformer[Token, Any]):
     def prune(self, meta: Any, branches: Any, keep: Any, by: Any, per: Any) -> ast.Prune:
         return ast.Prune(branches, keep, by, per, span=self._s(meta))
 
-    def vote(self, meta: Any, branches: Any, on: Any, weighted: Any, until: Any) -> ast.Vote:
-        return ast.Vote(branches, **self._vote_fields(meta, on, weighted, until))
+    def vote(self, meta: Any, branches: Any, on: Any, weighted: Any, unfinished: Any,
+             until: Any) -> ast.Vote:
+        return ast.Vote(branches, **self._vote_fields(meta, on, weighted, unfinished, until))
 
     def resample(self, meta: Any, branches: Any, count: Any, by: Any, method: Any) -> ast.Resample:
         return ast.Resample(branches, **self._resample_fields(meta, count, by, method))
@@ -321,16 +324,18 @@ class _Builder(Transformer[Token, Any]):
     def pprune(self, meta: Any, keep: Any, by: Any, per: Any) -> _PipeStep:
         return ast.Prune, {"keep": keep, "by": by, "per": per, "span": self._s(meta)}
 
-    def pvote(self, meta: Any, on: Any, weighted: Any, until: Any) -> _PipeStep:
-        return ast.Vote, self._vote_fields(meta, on, weighted, until)
+    def pvote(self, meta: Any, on: Any, weighted: Any, unfinished: Any, until: Any) -> _PipeStep:
+        return ast.Vote, self._vote_fields(meta, on, weighted, unfinished, until)
 
     def presample(self, meta: Any, count: Any, by: Any, method: Any) -> _PipeStep:
         return ast.Resample, self._resample_fields(meta, count, by, method)
 
-    def _vote_fields(self, meta: Any, on: Any, weighted: Any, until: _Until | None) -> dict[str, Any]:
+    def _vote_fields(self, meta: Any, on: Any, weighted: Any, unfinished: Any,
+                     until: _Until | None) -> dict[str, Any]:
         kind, pattern = on if on is not None else (None, None)
         rule, threshold, min_votes = until if until is not None else (None, None, None)
-        return {"on": kind, "pattern": pattern, "weighted": weighted is not None, "until": rule,
+        return {"on": kind, "pattern": pattern, "weighted": weighted is not None,
+                "unfinished": unfinished is not None, "until": rule,
                 "threshold": threshold, "min_votes": min_votes, "span": self._s(meta)}
 
     def _resample_fields(self, meta: Any, count: Any, by: Any, method: Any) -> dict[str, Any]:
@@ -435,6 +440,9 @@ _EXPRESSION_STARTS = frozenset({
     *(word.upper() for word in RESERVED_NAMES),
 })
 _OPERATORS = frozenset({"ADD_OP", "MUL_OP", "COMP_OP", "AND", "OR", "VBAR"})
+# Opt-in clauses an error message does not suggest (they are documented; listing them after
+# every vote would only lengthen the message).
+_UNLISTED = frozenset({"COUNTING_UNFINISHED"})
 
 
 def _describe(term: str) -> str:
@@ -448,7 +456,7 @@ def _describe(term: str) -> str:
 
 def _expected_list(expected: set[str]) -> str:
     """What the parser could accept, punctuation and keywords first, then the groups."""
-    terms = {t for t in expected if not t.startswith("_") or t == "$END"}
+    terms = {t for t in expected if (not t.startswith("_") or t == "$END") and t not in _UNLISTED}
     groups: list[str] = []
     if {"IF", "REPEAT", "RETURN"} <= terms:
         terms -= _STATEMENT_STARTS

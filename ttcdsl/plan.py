@@ -312,12 +312,14 @@ class Vote(NodeBase, Step, tag="vote", frozen=True):
     """The answer most branches give.  An anytime vote (`until` set) takes its branches from the
     `Sample`/`Expand` node `branches` refers to (no other node refers to it), counts votes as they
     finish and stops once the rule `until` reaches `threshold`, never before `min_votes` votes;
-    `threshold` and `min_votes` are set exactly when `until` is."""
+    `threshold` and `min_votes` are set exactly when `until` is.  Only branches that finished on
+    their own (stop or EOS) vote unless `unfinished` is set (`counting unfinished`)."""
 
     branches: Ref
     on: Extractor = DEFAULT_EXTRACTOR
     pattern: str | None = None
     weighted: bool = False
+    unfinished: bool = False
     until: StopRule | None = None
     threshold: Ref | None = None
     min_votes: Ref | None = None
@@ -420,6 +422,8 @@ class StrategyPlan(msgspec.Struct, frozen=True, omit_defaults=True):
     returns: ValueType
     # The strategy's own `budget N tokens`, if any.
     budget: int | None = None
+    # `budget EXPR tokens` with an expression of the parameters: its node, evaluated per call.
+    budget_expr: Ref | None = None
     # Static worst case of one call (loops multiplied out); None = unbounded.
     worst: int | None = None
 

@@ -89,6 +89,8 @@ def to_text(plan: P.Plan) -> str:
         s = plan.strategies[name]
         nodes = {n.id: n for n in s.nodes}
         budget = f"budget {s.budget}" if s.budget is not None else "no budget of its own"
+        if s.budget_expr is not None:
+            budget = f"budget {describe(nodes, s.budget_expr)} per call"
         lines.append(
             f"strategy {s.name}  ({s.span.file}:{s.span.line})  {budget}, worst case {_fmt(s.worst)} tokens"
             + ("  [entry]" if name == plan.entry else "")

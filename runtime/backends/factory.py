@@ -81,7 +81,8 @@ def _make(opts: BackendOptions) -> Backend:
             )
         from ttcdsl.runtime.backends.sglang import SGLangBackend
 
-        return SGLangBackend(opts.url, reward_url=opts.reward_url, router=opts.router, timeout=opts.timeout_s)
+        return SGLangBackend(opts.url, reward_url=opts.reward_url, router=opts.router, timeout=opts.timeout_s,
+                             engine_version=True)
     if kind == "openai":
         return _openai(opts)
     if opts.url is not None:

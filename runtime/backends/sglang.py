@@ -153,6 +153,10 @@ _LOGPROB_DEFAULTS: dict[str, Any] = {
 _info_decoder = msgspec.json.Decoder(_ModelInfo)
 
 
+class _ServerInfo(msgspec.Struct):
+    version: str | int | float | None = None
+
+
 class _Server(msgspec.Struct, frozen=True):
     """What start-up learnt about one URL."""
 
@@ -161,6 +165,7 @@ class _Server(msgspec.Struct, frozen=True):
     is_generation: bool
     router: bool
     reasoning_parser: str | None = None
+    version: str | None = None  # /server_info's "version", when it answers
 
 
 # --- the stream accumulator -----------------------------------------------------------------------
@@ -362,6 +367,7 @@ class SGLangBackend:
         timeout: float = 300.0,
         connect_timeout: float = 10.0,
         abort_timeout: float = 2.0,
+        engine_version: bool = False,
     ) -> None:
         for name, value in (
             ("timeout", timeout),
@@ -373,6 +379,8 @@ class SGLangBackend:
         self._url = normalise_url(url, "--url")
         self._reward_url = normalise_url(reward_url, "--reward-url") if reward_url else None
         self._router_choice = router
+        # Ask /server_info for the engine version at start-up (for `BackendInfo.engine`).
+        self._ask_version = engine_version
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
         self._abort_timeout = abort_timeout
         self._session: aiohttp.ClientSession | None = None
@@ -420,6 +428,7 @@ class SGLangBackend:
             model=server.model if server else "unknown",
             url=self._url,
             has_reward=reward is not None and not reward.is_generation,
+            engine=f"sglang {server.version}" if server and server.version else ("sglang" if server else None),
         )
 
     @property
@@ -466,8 +475,21 @@ class SGLangBackend:
             status, body = await self._probe(url, "/workers", role)
             router = status == 200 and body.lstrip().startswith(b"{") and b'"workers"' in body
         model = info.served_model_name or info.model_path or "unknown"
+        version = await self._version(url, role) if self._ask_version and not role else None
         return _Server(url=url, model=model, is_generation=info.is_generation, router=router,
-                       reasoning_parser=info.reasoning_parser)
+                       reasoning_parser=info.reasoning_parser, version=version)
+
+    async def _version(self, url: str, role: str) -> str | None:
+        """The engine version from ``/server_info`` (``/get_server_info`` on older servers)."""
+        for path in ("/server_info", "/get_server_info"):
+            status, body = await self._probe(url, path, role)
+            if status == 200:
+                try:
+                    version = msgspec.json.decode(body, type=_ServerInfo).version
+                except msgspec.DecodeError:
+                    return None
+                return str(version) if version is not None else None
+        return None
 
     async def _probe(self, url: str, path: str, role: str) -> tuple[int, bytes]:
         session = self._active_session()

@@ -75,7 +75,8 @@ class SimBackend:
 
     @property
     def info(self) -> BackendInfo:
-        return BackendInfo(name="sim", model=self.engine.config.model, url=None, has_reward=True)
+        return BackendInfo(name="sim", model=self.engine.config.model, url=None, has_reward=True,
+                           engine="ttcdsl-sim (in-process)")
 
     @property
     def stats(self) -> SimStats:

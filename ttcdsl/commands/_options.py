@@ -162,6 +162,7 @@ FLAGS: Mapping[str, str] = {
     "arg": "--arg",
     "sweep": "--sweep",
     "repeats": "--repeats",
+    "json": "--json",
 }
 
 

@@ -2,13 +2,16 @@
 
 One rich bar: a description, the bar, ``done/total``, an optional note (e.g. the accuracy so
 far), elapsed time and ETA.  It draws on the console it is given (the commands give stderr) and
-only when that console is a terminal; otherwise every call is a no-op, so pipes, files and CI
-logs get no control codes.  Messages printed on the same console while the bar runs appear above
-it.
+only when that console is a terminal.  Elsewhere (pipes, files, CI logs) it draws nothing and
+instead prints one plain line, ``description: done/total note elapsed``, at most every
+``PLAIN_EVERY_S`` seconds while work advances (none for a run shorter than that), so no control
+codes reach a log yet a long run still shows where it is.  Messages printed on the same console
+while the bar runs appear above it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -23,7 +26,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["ProgressBar"]
+__all__ = ["PLAIN_EVERY_S", "ProgressBar"]
+
+PLAIN_EVERY_S = 5.0
 
 
 class ProgressBar:
@@ -41,6 +46,9 @@ class ProgressBar:
             console=console, transient=transient, disable=not console.is_terminal,
         )
         self._task: TaskID = self._progress.add_task(escape(description), total=total, note="")
+        self._console = console
+        self._t0 = self._last = time.monotonic()
+        self._plain: dict[str, Any] = {"description": description, "done": 0, "total": total, "note": ""}
 
     @property
     def shown(self) -> bool:
@@ -49,6 +57,8 @@ class ProgressBar:
 
     def advance(self, steps: int = 1) -> None:
         self._progress.advance(self._task, steps)
+        self._plain["done"] = int(self._plain["done"]) + steps
+        self._tick()
 
     def update(self, *, completed: int | None = None, description: str | None = None,
                note: str | None = None) -> None:
@@ -58,6 +68,20 @@ class ProgressBar:
             self._task, completed=completed,
             description=None if description is None else escape(description), **fields,
         )
+        changes = {"done": completed, "description": description, "note": note}
+        self._plain.update({k: v for k, v in changes.items() if v is not None})
+        self._tick()
+
+    def _tick(self) -> None:
+        """Off a terminal: the plain progress line, when `PLAIN_EVERY_S` passed since the last."""
+        now = time.monotonic()
+        if self.shown or now - self._last < PLAIN_EVERY_S:
+            return
+        self._last = now
+        p = self._plain
+        note = f" {p['note']}" if p["note"] else ""
+        self._console.print(f"{p['description']}: {p['done']}/{p['total']}{note} {now - self._t0:.0f} s",
+                            markup=False, highlight=False, soft_wrap=True)
 
     def __enter__(self) -> ProgressBar:
         self._progress.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,12 +26,14 @@ from ttcdsl.commands._options import (
     add_run_options,
     backend_options,
     harness_flags,
+    positive_int,
     run_options,
 )
 from ttcdsl.commands._progress import ProgressBar
 from ttcdsl.compiler import compile_file
 from ttcdsl.errors import NodeFailed, UsageError
 from ttcdsl.harness.dataset import DatasetSummary, Item, read_items, run_dataset
+from ttcdsl.provenance import provenance
 from ttcdsl.runtime.backends.factory import make_backend
 from ttcdsl.runtime.executor import run_plan
 from ttcdsl.runtime.values import Answer, Branches, RunResult, TraceRecord, result_to_json
@@ -47,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--input", metavar="IN.jsonl", help="run once per line; fields fill parameters by name")
     d.add_argument("--output", metavar="OUT.jsonl", help="one result line per input line")
     d.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    d.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N input lines")
     add_items_option(d)
     p.set_defaults(func=run)
 
@@ -59,7 +63,11 @@ class _TraceFile:
             raise UsageError(f"--trace {path}: cannot write it ({exc})") from None
         self.enc = msgspec.json.Encoder()
 
+        self.provenance: dict[str, Any] | None = None  # put on the next record written
+
     def __call__(self, record: TraceRecord) -> None:
+        if self.provenance is not None:
+            record.provenance, self.provenance = self.provenance, None
         self.f.write(self.enc.encode(record).decode() + "\n")
         self.f.flush()
 
@@ -72,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("dataset mode needs both --input IN.jsonl and --output OUT.jsonl")
     if args.resume and args.input is None:
         raise UsageError("--resume only applies to dataset mode (--input/--output)")
+    if args.limit is not None and args.input is None:
+        raise UsageError("--limit only applies to dataset mode (--input/--output)")
     compiled = compile_file(args.file, args.strategy)
     plan = compiled.plan
     given = parse_assignments(args.arg)
@@ -80,14 +90,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.input is not None:
             with harness_flags():
-                return _dataset(args, plan, read_items(args.input), given, err)
+                return _dataset(args, plan, read_items(args.input)[: args.limit], given, err)
         values = bind_args(plan.strategy(), given)
         backend = make_backend(backend_options(args))
         opts = run_options(args, trace)
+        if opts.seed is None:  # chosen here, so the provenance written first can name it
+            opts = dataclasses.replace(opts, seed=random.SystemRandom().randrange(2**31))
+        facts: dict[str, Any] = {}
 
         async def main() -> RunResult:
             with err.status(f"starting the {backend_options(args).resolved()} backend...", spinner="dots") as status:
                 async with backend:
+                    facts.update(provenance(args.file, plan, given, backend.info, opts.seed))
+                    if trace is not None:
+                        trace.provenance = facts
                     status.update(f"running {plan.entry} on {backend.info.model}...")
                     return await run_plan(plan, backend, values, opts)
 
@@ -100,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             trace.close()
     warning = sim_warning(backend)
     if args.json:
-        doc = result_to_json(result)
+        doc = result_to_json(result) | {"provenance": facts}
         if warning:
             doc["warnings"] = [warning]
         print(json.dumps(doc, ensure_ascii=False))
@@ -126,16 +142,22 @@ def show(console: Console, result: RunResult) -> None:
     value = result.value
     if isinstance(value, Answer):
         total = sum(value.votes.values())
-        if value.value is None:
+        if value.value is None and value.excluded:
+            console.print(f"[bold]answer:[/] [red]none[/] (no branch finished; {value.excluded} cut off "
+                          "or open did not vote: `counting unfinished` counts them)")
+        elif value.value is None:
             console.print("[bold]answer:[/] [red]none[/] (every branch abstained)")
         else:
+            flag = "  [yellow](backed only by unfinished branches)[/]" if value.unfinished_only else ""
             console.print(
                 f"[bold]answer:[/] [green]{escape(value.value)}[/]  agreement {value.agreement:.2f} "
-                f"({value.support:g} of {total:g} votes)"
+                f"({value.support:g} of {total:g} votes){flag}"
             )
             others = [f"{escape(k)}: {v:g}" for k, v in value.votes.items() if k != value.value]
             if others:
                 console.print("  other answers: " + ", ".join(others[:8]))
+            if value.excluded:
+                console.print(f"  {value.excluded} unfinished branch(es) did not vote")
     elif isinstance(value, Branches):
         console.print(f"[bold]{len(value.items)} branch{'es' if len(value.items) != 1 else ''}[/]")
         for b in value.items[:3]:
@@ -155,7 +177,7 @@ def show(console: Console, result: RunResult) -> None:
         )
     console.print(table)
     u = result.usage
-    used = f"{u.completion_tokens}" + (f" / {result.budget} tokens ({100 * u.completion_tokens / result.budget:.0f}%)" if result.budget else " tokens")
+    used = _budget_used(u.completion_tokens, result)
     flag = "  [yellow](budget exhausted: partial result)[/]" if result.budget_exhausted else ""
     console.print(
         f"budget used: {used}{flag}; prompt {u.prompt_tokens} ({u.cached_tokens} cached), "
@@ -164,6 +186,17 @@ def show(console: Console, result: RunResult) -> None:
     if u.thinking_tokens or u.injected_tokens:
         console.print(f"of which thinking {u.thinking_tokens}, answer {u.completion_tokens - u.thinking_tokens}; "
                       f"injected {u.injected_tokens} prompt tokens")
+
+
+def _budget_used(tokens: int, result: RunResult) -> str:
+    """`300 / 300 tokens (100%, --budget; the strategy's 16384)`: against the cap that binds."""
+    cap = result.binding_budget
+    if not cap:
+        return f"{tokens} tokens"
+    text = f"{tokens} / {cap} tokens ({100 * tokens / cap:.0f}%"
+    if result.run_budget is not None and result.run_budget == cap:
+        text += ", --budget" + (f"; the strategy's {result.budget}" if result.budget is not None else "")
+    return text + ")"
 
 
 def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str],
@@ -185,6 +218,7 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
                 return await run_dataset(
                     plan, backend, items, args.output, given=given, options=opts, resume=args.resume,
                     items_in_flight=args.items, on_item=on_item,
+                    provenance=provenance(args.file, plan, given, backend.info, opts.seed),
                 )
 
         summary = anyio.run(main)
@@ -194,8 +228,16 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
     parts = [f"{summary.done} done", f"{summary.skipped} skipped (already in {args.output})" if summary.skipped else "",
              f"{summary.failed} failed" if summary.failed else ""]
     err.print(", ".join(p for p in parts if p) + f" in {summary.wall_s:.1f} s; {summary.completion_tokens} completion tokens")
-    if summary.accuracy is not None:
-        print(f"accuracy: {summary.correct}/{summary.graded} = {summary.accuracy:.3f}")
+    if summary.empty:
+        err.print(f"[yellow]warning:[/] {summary.empty} of {summary.done} results gave no answer "
+                  "(graded wrong where the input has an answer)")
+    if summary.all_accuracy is not None:
+        line = f"accuracy: {summary.all_correct}/{summary.all_graded} = {summary.all_accuracy:.3f}"
+        if summary.prior_graded:
+            line += f" over every line of {args.output}"
+            if summary.accuracy is not None:
+                line += f" (this run: {summary.correct}/{summary.graded} = {summary.accuracy:.3f})"
+        print(line)
     if summary.failed:
         err.print(f"[yellow]{summary.failed} item(s) failed and were not written; rerun with --resume to retry them[/]")
         return 1

@@ -25,6 +25,7 @@ WORDS: Mapping[str, str] = {
     "arg": "the argument",
     "sweep": "the sweep",
     "repeats": "repeats",
+    "json": "the bench JSON",
 }
 
 

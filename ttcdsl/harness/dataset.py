@@ -12,7 +12,9 @@ Promises:
 * Each finished item is appended to the output as one JSON line (the `ttc run --json` object plus
   ``"id"``, and ``"answer"``/``"correct"`` when the input has an answer) and flushed at once, so a
   killed run loses no finished item.  ``resume=True`` skips ids already in the output (a torn last
-  line from a killed run is cut off first) and never writes an id twice.
+  line from a killed run is cut off first) and never writes an id twice; the lines already there
+  count towards the summary's ``all_graded``/``all_correct`` (accuracy over the whole output).
+* With ``provenance`` given (`ttcdsl.provenance`), every line carries it, with the item's seed.
 * Items run concurrently (``items_in_flight``) and share one request limiter; each item's seed is
   derived from (run seed, item id).  An item that fails is reported (one line) and not written,
   so a later resumed run retries it.
@@ -40,7 +42,7 @@ from ttcdsl.runtime.executor import RunOptions, run_plan
 from ttcdsl.runtime.seeds import derive_seed
 from ttcdsl.runtime.values import Answer, Branches, RunResult, result_to_json
 
-__all__ = ["DatasetSummary", "Item", "is_correct", "item_seed", "read_items", "run_dataset"]
+__all__ = ["DatasetSummary", "Item", "is_correct", "item_seed", "no_answer", "read_items", "run_dataset"]
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,27 @@ class DatasetSummary:
     completion_tokens: int = 0
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    # Graded lines already in the output before this run (``resume``) and how many were right.
+    prior_graded: int = 0
+    prior_correct: int = 0
+    empty: int = 0  # results with no answer (a vote nobody finished, no number in the text)
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.graded if self.graded else None
+
+    @property
+    def all_graded(self) -> int:
+        return self.prior_graded + self.graded
+
+    @property
+    def all_correct(self) -> int:
+        return self.prior_correct + self.correct
+
+    @property
+    def all_accuracy(self) -> float | None:
+        """Accuracy over every graded line of the output (earlier runs' lines included)."""
+        return self.all_correct / self.all_graded if self.all_graded else None
 
 
 def read_items(path: str | Path) -> list[Item]:
@@ -101,23 +120,26 @@ def read_items(path: str | Path) -> list[Item]:
     return items
 
 
-def _done_ids(path: Path) -> set[str]:
-    """Ids already in an output file; cuts off a torn last line left by a killed run."""
+def _done_ids(path: Path) -> dict[str, bool | None]:
+    """Ids already in an output file, each with its ``"correct"`` (None: ungraded); cuts off a
+    torn last line left by a killed run."""
     if not path.exists():
-        return set()
+        return {}
     data = path.read_bytes()
     good_end = data.rfind(b"\n") + 1
     if good_end < len(data):
         with path.open("r+b") as f:
             f.truncate(good_end)
         data = data[:good_end]
-    ids: set[str] = set()
+    ids: dict[str, bool | None] = {}
     for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            ids.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+            obj = json.loads(line)
+            correct = obj.get("correct")
+            ids[str(obj["id"])] = correct if isinstance(correct, bool) else None
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
             raise HarnessError("{output} {path}:{line}: not a ttc result line; cannot resume into it",
                                path=path, line=lineno) from None
     return ids
@@ -138,6 +160,15 @@ def is_correct(value: Any, expected: Any) -> bool:
     if a is not None and b is not None:
         return a == b
     return got.strip() == want
+
+
+def no_answer(value: Any) -> bool:
+    """Whether a result gives no answer to grade (graded wrong, and warned about)."""
+    if isinstance(value, Answer):
+        return value.value is None
+    if isinstance(value, Branches):
+        return not value.items or extract(value.items[0].text, "number") is None
+    return value is None
 
 
 def item_seed(run_seed: int, item_id: str) -> int:
@@ -166,18 +197,21 @@ async def run_dataset(
     resume: bool = False,
     items_in_flight: int = 8,
     on_item: Callable[[DatasetSummary, Item, RunResult | None], None] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> DatasetSummary:
     """Run ``plan`` on every item not yet in ``output`` and append one line per finished item.
 
     ``on_item(summary, item, result)`` is called after each item (``result`` None: it failed,
     and its message is ``summary.errors[-1]``).  ``options.seed`` (default 0) is the run seed."""
     out_path = Path(output)
-    done = _done_ids(out_path) if resume else set()
+    done = _done_ids(out_path) if resume else {}
     if not resume and out_path.exists() and out_path.stat().st_size > 0:
         raise HarnessError("{output} {path} already has results: pass {resume} to continue it, "
                            "or remove it", path=out_path)
     todo = [(item, _bind(plan.strategy(), item, given)) for item in items if item.id not in done]
-    summary = DatasetSummary(total=len(items), skipped=len(items) - len(todo))
+    summary = DatasetSummary(total=len(items), skipped=len(items) - len(todo),
+                             prior_graded=sum(c is not None for c in done.values()),
+                             prior_correct=sum(c is True for c in done.values()))
     run_seed = options.seed if options.seed is not None else 0
     limiter = options.limiter or anyio.CapacityLimiter(options.concurrency)
     item_limiter = anyio.CapacityLimiter(max(1, items_in_flight))
@@ -203,10 +237,13 @@ async def run_dataset(
                 record["correct"] = ok
                 summary.graded += 1
                 summary.correct += int(ok)
+            if provenance is not None:
+                record["provenance"] = {**provenance, "run_seed": run_seed, "seed": opts.seed}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())
             summary.done += 1
+            summary.empty += int(no_answer(result.value))
             summary.completion_tokens += result.usage.completion_tokens
             if on_item is not None:
                 on_item(summary, item, result)
