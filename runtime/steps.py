@@ -628,13 +628,21 @@ async def _anytime_vote(ev: Evaluator, frame: Frame, n: P.Vote) -> Answer:
     else:
         raise NodeFailed("an anytime vote takes its branches straight from a sample or expand", n.span)
     with ev.state.measure(n):
+        # The decision is the rule's in arrival order; the answer lists its ballots in fork
+        # order, so the same ballots read the same however the requests were scheduled.
+        def fork(b: Branch) -> int:
+            return int(b.id.rsplit(".", 1)[1])
+
+        ballots = sorted(anytime.votes, key=fork)
         answer = anytime.answer or agg.vote([], n.on, n.pattern, n.weighted, n.unfinished)
+        answer.branches = sorted(answer.branches, key=fork)
+        answer.ballots = sorted(answer.ballots, key=fork)
         answer.used = len(anytime.votes)
         answer.aborted = anytime.aborted
         answer.unsent = anytime.unsent
         answer.stopped_early = anytime.stopped
-        _note_vote(ev.state, n, anytime.votes, answer)
-    ev.state.observed(frame, n, answer, anytime.votes)
+        _note_vote(ev.state, n, ballots, answer)
+    ev.state.observed(frame, n, answer, ballots)
     return answer
 
 

@@ -57,7 +57,8 @@ def test_a_replayed_run_is_the_recorded_run(tmp_path: Path, program: str) -> Non
     path = tmp_path / "rec.jsonl"
     recorded = _run(program, record_to(SimBackend(TASK), str(path)), seed=7)
     replay = ReplayBackend(path)
-    assert replay.info == BackendInfo(name="replay:sim", model="ttc-sim", has_reward=True)
+    engine = SimBackend(TASK).info.engine  # the recorded backend's facts, under the replay's name
+    assert replay.info == BackendInfo(name="replay:sim", model="ttc-sim", has_reward=True, engine=engine)
     assert _same(_run(program, replay, seed=7), recorded)
 
 
@@ -127,11 +128,16 @@ def test_ttc_run_records_and_replays_byte_for_byte(tmp_path: Path) -> None:
     again = subprocess.run([*common, "--backend", "replay", "--replay", str(rec)],
                            capture_output=True, text=True, check=True)
     a, b = json.loads(first.stdout), json.loads(again.stdout)
+    facts = a.pop("provenance"), b.pop("provenance")
     for r in (a, b):
         r.pop("wall_s")
         for n in r["nodes"]:
             n.pop("wall_s")
     assert a == b
+    # Provenance names the replay as the backend and keeps the recorded model and engine.
+    assert (facts[0]["backend"], facts[1]["backend"]) == ("sim", "replay:sim")
+    assert facts[0]["model"] == facts[1]["model"] and facts[0]["engine"] == facts[1]["engine"]
+    assert {k: v for k, v in facts[0].items() if k != "backend"} == {k: v for k, v in facts[1].items() if k != "backend"}
     header = json.loads(rec.read_text().splitlines()[0])
     assert header["format"] == "ttc-record/1" and header["info"]["model"] == "ttc-sim"
 

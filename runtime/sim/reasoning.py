@@ -13,8 +13,8 @@ whatever a client injected in between.  Let ``content`` be the text after the la
 that follows the question, and ``t`` the number of sim tokens of ``content`` (up to ``</think>``
 if there is one) with surrounding whitespace stripped: the *thinking length*.
 
-**The branch.**  A branch is identified by its first thinking sentence (``content`` up to its
-first ``.``, or all of it before there is one); the sim writes that sentence from the request's
+**The branch.**  A branch is identified by its problem and its first thinking sentence (``content`` up
+to its first ``.``, or all of it before there is one); the sim writes that sentence from the request's
 seed and everything after it from a hash of the sentence.  So a branch has one uniform draw
 ``u`` that every continuation of it shares, whatever seed it carries, and a wrong answer
 ``w(t)`` (a key of ``answers`` other than ``answer``, drawn in proportion to the weights) that
@@ -66,17 +66,18 @@ def thinking_length(content: str) -> int:
     return len(tokenizer.encode(content.strip()))
 
 
-def branch_seed(content: str) -> int:
-    """The hash that identifies a branch: of its first thinking sentence."""
+def branch_seed(problem: Problem, content: str) -> int:
+    """The hash that identifies a branch: of its problem and its first thinking sentence (the
+    problem too, so that runs seeded alike draw independently on different problems)."""
     stripped = content.strip()
     end = stripped.find(".")
-    return text_seed(stripped[: end + 1] if end >= 0 else stripped, "think")
+    return text_seed(problem.id + "\n" + (stripped[: end + 1] if end >= 0 else stripped), "think")
 
 
 def answer_at(problem: Problem, content: str) -> str:
     """The answer a branch gives after the thinking text ``content`` (module doc)."""
     assert problem.thinking is not None
-    seed = branch_seed(content)
+    seed = branch_seed(problem, content)
     t = thinking_length(content)
     if uniform(seed, "right") < problem.thinking.p_right(t):
         return problem.answer
@@ -188,7 +189,7 @@ def _think(problem: Problem, content: str, seed: int) -> Iterator[int]:
         t += 1
     yield from map(tokenizer.piece_id, written)
     text = content + "".join(written)
-    kseed = branch_seed(text)
+    kseed = branch_seed(problem, text)
     t = thinking_length(text)
     close, j = 0, 0
     low, high = thinking.natural
