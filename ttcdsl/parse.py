@@ -9,6 +9,7 @@ expected there and which bracket is still open.  Lark's trees and tokens never l
 from __future__ import annotations
 
 import functools
+import math
 import re
 import textwrap
 from decimal import Decimal
@@ -67,6 +68,9 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
         raise
     return ast.Module(module.imports, module.strategies, file)
 
+
+# Longer integer literals than this are refused (2**63 has 19 digits).
+MAX_INT_DIGITS = 18
 
 # Deeper nesting than this is refused: later stages recurse over the tree, and no real program
 # comes near it (a 100-term sum written out, or 100 nested `not`s, is already far beyond).
@@ -204,7 +208,7 @@ class _Builder(Transformer[Token, Any]):
         return tuple(stmts)
 
     def budget_stmt(self, meta: Any, _kw: Token, tokens: Token) -> ast.BudgetStmt:
-        return ast.BudgetStmt(int(tokens), self._s(meta))
+        return ast.BudgetStmt(self._int(tokens), self._s(meta))
 
     def assign(self, meta: Any, name: Token, value: ast.Expr) -> ast.Assign:
         return ast.Assign(self._name(name), value, self._s(meta))
@@ -247,10 +251,13 @@ class _Builder(Transformer[Token, Any]):
         return ast.Neg(operand, self._s(meta))
 
     def int_lit(self, meta: Any, tok: Token) -> ast.IntLit:
-        return ast.IntLit(int(tok), self._s(meta))
+        return ast.IntLit(self._int(tok), self._s(meta))
 
     def float_lit(self, meta: Any, tok: Token) -> ast.FloatLit:
-        return ast.FloatLit(float(tok), self._s(meta))
+        value = float(tok)
+        if not math.isfinite(value):
+            raise TTCSyntaxError("this number is too large to be a float", _tok_span(self.file, tok))
+        return ast.FloatLit(value, self._s(meta))
 
     def string_lit(self, meta: Any, tok: Token) -> ast.StrLit:
         return self._string(tok)
@@ -261,6 +268,15 @@ class _Builder(Transformer[Token, Any]):
         if text.startswith('"""'):
             return ast.StrLit(unescape(dedent_triple(text[3:-3]), span), True, span)
         return ast.StrLit(unescape(text[1:-1], span), False, span)
+
+    def _int(self, tok: Token) -> int:
+        # Python refuses to convert very long digit strings; no count, budget or seed needs them.
+        if len(tok) > MAX_INT_DIGITS:
+            raise TTCSyntaxError(
+                f"this integer has {len(tok)} digits; integers have at most {MAX_INT_DIGITS}",
+                _tok_span(self.file, tok),
+            )
+        return int(tok)
 
     def true_lit(self, meta: Any) -> ast.BoolLit:
         return ast.BoolLit(True, self._s(meta))
@@ -339,7 +355,7 @@ class _Builder(Transformer[Token, Any]):
         return ast.Setting(str(key), value, self._s(meta))
 
     def step_budget(self, meta: Any, tokens: Token) -> int:
-        return int(tokens)
+        return self._int(tokens)
 
     def prm_scorer(self, meta: Any) -> ast.Scorer:
         return ast.Scorer("prm", None, self._s(meta))
