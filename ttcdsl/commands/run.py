@@ -8,8 +8,10 @@ instead.  `--trace FILE` appends every backend request and response as JSON line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,13 +25,14 @@ from ttcdsl.args import bind_args, parse_assignments
 from ttcdsl.commands._options import (
     add_items_option,
     add_run_options,
+    positive_seconds,
     backend_options,
     harness_flags,
     run_options,
 )
 from ttcdsl.commands._progress import ProgressBar
 from ttcdsl.compiler import compile_file
-from ttcdsl.errors import NodeFailed, UsageError
+from ttcdsl.errors import NodeFailed, RunError, UsageError
 from ttcdsl.harness.dataset import DatasetSummary, Item, read_items, run_dataset
 from ttcdsl.runtime.backends.factory import make_backend
 from ttcdsl.runtime.executor import run_plan
@@ -47,24 +50,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--input", metavar="IN.jsonl", help="run once per line; fields fill parameters by name")
     d.add_argument("--output", metavar="OUT.jsonl", help="one result line per input line")
     d.add_argument("--resume", action="store_true", help="skip ids already in --output")
+    d.add_argument("--item-timeout", type=positive_seconds, metavar="SECONDS",
+                   help="fail an item that takes longer (it is not written; --resume retries it); "
+                   "--timeout limits the whole dataset run")
     add_items_option(d)
     p.set_defaults(func=run)
 
 
 class _TraceFile:
     def __init__(self, path: str) -> None:
+        self.path = path
         try:
             self.f: TextIO = Path(path).open("a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        except ValueError:
+            raise UsageError(f"--trace {path!r}: not a valid file name") from None
         except OSError as exc:
-            raise UsageError(f"--trace {path}: cannot write it ({exc})") from None
+            raise UsageError(f"--trace {path}: cannot write it ({exc.strerror or exc})") from None
         self.enc = msgspec.json.Encoder()
 
     def __call__(self, record: TraceRecord) -> None:
-        self.f.write(self.enc.encode(record).decode() + "\n")
-        self.f.flush()
+        try:
+            self.f.write(self.enc.encode(record).decode() + "\n")
+            self.f.flush()
+        except OSError as exc:  # a full disk, say
+            raise RunError(f"--trace {self.path}: cannot write a record ({exc.strerror or exc})") from None
 
     def close(self) -> None:
-        self.f.close()
+        with contextlib.suppress(OSError):
+            self.f.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("dataset mode needs both --input IN.jsonl and --output OUT.jsonl")
     if args.resume and args.input is None:
         raise UsageError("--resume only applies to dataset mode (--input/--output)")
+    if args.item_timeout is not None and args.input is None:
+        raise UsageError("--item-timeout only applies to dataset mode (--input/--output); "
+                         "--timeout limits a single run")
     compiled = compile_file(args.file, args.strategy)
     plan = compiled.plan
     given = parse_assignments(args.arg)
@@ -80,16 +96,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.input is not None:
             with harness_flags():
-                return _dataset(args, plan, read_items(args.input), given, err)
+                return _dataset(args, plan, read_items(args.input), given, err, trace)
         values = bind_args(plan.strategy(), given)
         backend = make_backend(backend_options(args))
         opts = run_options(args, trace)
 
         async def main() -> RunResult:
             with err.status(f"starting the {backend_options(args).resolved()} backend...", spinner="dots") as status:
-                async with backend:
-                    status.update(f"running {plan.entry} on {backend.info.model}...")
-                    return await run_plan(plan, backend, values, opts)
+                # The deadline covers start-up and shutdown too, not only the run itself.
+                with _deadline(args.timeout):
+                    async with backend:
+                        status.update(f"running {plan.entry} on {backend.info.model}...")
+                        return await run_plan(plan, backend, values, opts)
 
         try:
             result = anyio.run(main)
@@ -146,26 +164,43 @@ def show(console: Console, result: RunResult) -> None:
     )
 
 
+@contextlib.contextmanager
+def _deadline(timeout: float | None) -> Iterator[None]:
+    """`--timeout` over everything inside (start-up, the run or the dataset, shutdown)."""
+    try:
+        with anyio.fail_after(timeout):
+            yield
+    except TimeoutError:
+        if timeout is None:
+            raise
+        raise RunError(f"the run timed out after {timeout:g} s (raise --timeout)") from None
+
+
 def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str],
-             err: Console) -> int:
+             err: Console, trace: _TraceFile | None) -> int:
     backend = make_backend(backend_options(args))
-    opts = run_options(args)
+    # --timeout is the whole run's (`_deadline`); each item gets --item-timeout.
+    opts = dataclasses.replace(run_options(args, trace), timeout_s=args.item_timeout,
+                               timeout_flag="--item-timeout")
     if opts.seed is None:
         opts = dataclasses.replace(opts, seed=0)
     with ProgressBar(err, plan.entry, len(items)) as bar:
 
         def on_item(summary: DatasetSummary, item: Item, result: RunResult | None) -> None:
             if result is None:
-                err.print(f"[red]error:[/] {escape(summary.errors[-1])}", soft_wrap=True)  # one line per item
+                # One line per failed item, however narrow or unlike a terminal stderr is.
+                line = " ".join(summary.errors[-1].split())
+                err.print(f"[red]error:[/] {escape(line)}", soft_wrap=True, overflow="ignore", crop=False)
             acc = f"acc {summary.accuracy:.3f}" if summary.accuracy is not None else ""
             bar.update(completed=summary.skipped + summary.done + summary.failed, note=acc)
 
         async def main() -> DatasetSummary:
-            async with backend:
-                return await run_dataset(
-                    plan, backend, items, args.output, given=given, options=opts, resume=args.resume,
-                    items_in_flight=args.items, on_item=on_item,
-                )
+            with _deadline(args.timeout):
+                async with backend:
+                    return await run_dataset(
+                        plan, backend, items, args.output, given=given, options=opts, resume=args.resume,
+                        items_in_flight=args.items, on_item=on_item, input_path=args.input,
+                    )
 
         summary = anyio.run(main)
     parts = [f"{summary.done} done", f"{summary.skipped} skipped (already in {args.output})" if summary.skipped else "",
