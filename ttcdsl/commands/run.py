@@ -25,9 +25,9 @@ from ttcdsl.args import bind_args, parse_assignments
 from ttcdsl.commands._options import (
     add_items_option,
     add_run_options,
-    positive_seconds,
     backend_options,
     harness_flags,
+    positive_seconds,
     run_options,
 )
 from ttcdsl.commands._progress import ProgressBar
@@ -102,12 +102,12 @@ def run(args: argparse.Namespace) -> int:
         opts = run_options(args, trace)
 
         async def main() -> RunResult:
-            with err.status(f"starting the {backend_options(args).resolved()} backend...", spinner="dots") as status:
-                # The deadline covers start-up and shutdown too, not only the run itself.
-                with _deadline(args.timeout):
-                    async with backend:
-                        status.update(f"running {plan.entry} on {backend.info.model}...")
-                        return await run_plan(plan, backend, values, opts)
+            starting = f"starting the {backend_options(args).resolved()} backend..."
+            # The deadline covers start-up and shutdown too, not only the run itself.
+            with err.status(starting, spinner="dots") as status, _deadline(args.timeout):
+                async with backend:
+                    status.update(f"running {plan.entry} on {backend.info.model}...")
+                    return await run_plan(plan, backend, values, opts)
 
         try:
             result = anyio.run(main)
