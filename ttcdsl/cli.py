@@ -96,6 +96,18 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C, signal or deadline that ``exc`` was raised while handling, if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__ or cause.__cause__
+    return None
+
+
 def _main(words: list[str], *, hard: bool) -> int:
     args = build_parser(_command_in(words) or "").parse_args(words)
     # Imported once the words parsed: `ttc --help` and usage errors need neither.
@@ -104,11 +116,16 @@ def _main(words: list[str], *, hard: bool) -> int:
 
     timeout = getattr(args, "timeout", None)
     try:
-        if args.command in _SERVERS:
-            status = args.func(args)
-        else:
-            with guard(timeout, hard=hard):
+        try:
+            if args.command in _SERVERS:
                 status = args.func(args)
+            else:
+                with guard(timeout, hard=hard):
+                    status = args.func(args)
+        except Exception as exc:
+            # An interruption can surface as another error raised while the event loop
+            # unwinds (anyio's cancel scopes, say): it is still the interruption.
+            raise _interruption(exc) or exc from None
     except UsageError as exc:
         print(f"ttc: error: {str(exc).replace(chr(10), ' ')}", file=sys.stderr)
         return 2

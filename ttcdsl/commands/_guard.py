@@ -19,11 +19,13 @@ lets Ctrl-C through, and the event loop's clean-up (closing streams, aborting re
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from types import FrameType
 
@@ -65,6 +67,14 @@ def _exit_later(status: int, line: str) -> None:
     timer.start()
 
 
+def _quiet_shutdown() -> None:
+    """The interrupted event loop's clean-up reports every task it finds half-done ("Task
+    exception was never retrieved", "coroutine ... was never awaited"): expected after an
+    interruption, and not for the user's eyes."""
+    logging.getLogger("asyncio").disabled = True
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+
+
 @contextlib.contextmanager
 def guard(timeout: float | None = None, *, hard: bool = False) -> Iterator[None]:
     """Install the signal handlers and the deadline alarm for the block (main thread only;
@@ -81,6 +91,7 @@ def guard(timeout: float | None = None, *, hard: bool = False) -> Iterator[None]
                 os._exit(status)  # a second signal: the user means it
             return False
         fired = True
+        _quiet_shutdown()
         if hard:
             _exit_later(status, line)
         return True
