@@ -21,7 +21,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ttcdsl import ast
 from ttcdsl.errors import TTCSyntaxError
-from ttcdsl.span import Span
+from ttcdsl.span import Span, source_lines
 from ttcdsl.vocabulary import (
     AGGREGATIONS,
     EXTRACTORS,
@@ -573,7 +573,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxErro
     expected = _accepted(exc)
     token = getattr(exc, "token", None)
     if isinstance(exc, UnexpectedEOF) or token is None or token.type == "$END":
-        lines = source.splitlines() or [""]
+        lines = source_lines(source)
+        if len(lines) > 1 and lines[-1] == "":  # the break that ends the last line
+            lines.pop()
         line = len(lines)
         col = len(lines[-1]) + 1
         opened = _open_bracket(source, len(source))
