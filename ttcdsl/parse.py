@@ -8,6 +8,7 @@ expected there and which bracket is still open.  Lark's trees and tokens never l
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import re
@@ -434,7 +435,16 @@ _TOKEN_NAMES = {
     "EXTRACTOR": or_list(EXTRACTORS),
     "STOP_RULE": or_list(STOP_RULES),
     "BUDGET_STMT": "budget",
+    "WEIGHTED": "'weighted'",
     "$END": "the end of the file",
+}
+
+# The grammar's whole-word lists: what each is called when a word is not one of them.
+_WORD_LISTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "AGG_KIND": ("aggregation", AGGREGATIONS),
+    "PRUNE_KEY": ("prune key", PRUNE_ORDERS),
+    "PER_KIND": ("prune group", PRUNE_GROUPS),
+    "EXTRACTOR": ("extractor", EXTRACTORS),
 }
 
 # Groups of terminals named together in "expected ..." lists, so a message stays short.
@@ -591,7 +601,14 @@ def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxErro
     word_start = pos
     while word_start > 0 and (source[word_start - 1].isalnum() or source[word_start - 1] == "_"):
         word_start -= 1
-    if token.type in ("TOKENS", "BUDGET_STMT"):
+    if token.type == "NAME" and expected == {"TYPE"}:
+        msg = f"unknown type '{shown}'; expected {or_list(PARAM_TYPES)}"
+    elif token.type == "NAME" and len(expected) == 1 and next(iter(expected)) in _WORD_LISTS:
+        what, words = _WORD_LISTS[next(iter(expected))]
+        close = difflib.get_close_matches(shown, words, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; expected {or_list(words)}"
+        msg = f"unknown {what} '{shown}'{hint}"
+    elif token.type in ("TOKENS", "BUDGET_STMT"):
         msg = (
             "`budget N tokens` is a statement of its own and cannot stand here; "
             "a step takes `budget N` without 'tokens'"
