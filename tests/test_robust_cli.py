@@ -246,3 +246,26 @@ def test_sigterm_ends_a_run_with_one_line(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ctrl_c_while_the_parser_is_built_leaves_a_cache_the_next_run_survives(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    check = [*TTC, "check", str(REPO / "programs" / "beam_search.ttc")]
+    for delay in (0.2, 0.45):
+        proc = subprocess.Popen(check, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                env=env)
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            status = proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err = proc.stderr.read() if proc.stderr else ""
+        assert "Traceback" not in err and status in (0, 130, -signal.SIGINT), (status, err)
+    for cache in tmp_path.glob(".lark_cache_*"):  # as a Ctrl-C in the middle of writing leaves it
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    again = subprocess.run(check, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0 and "Traceback" not in again.stderr
+    assert again.stdout.strip().endswith("ok: 1 file checked")
