@@ -268,4 +268,4 @@ def test_ctrl_c_while_the_parser_is_built_leaves_a_cache_the_next_run_survives(t
         cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
     again = subprocess.run(check, capture_output=True, text=True, env=env, timeout=60)
     assert again.returncode == 0 and "Traceback" not in again.stderr
-    assert again.stdout.strip().endswith("ok: 1 file checked")
+    assert again.stderr.strip().endswith("ok: 1 file checked")
