@@ -169,3 +169,12 @@ def test_generated_programs_with_huge_literals_and_odd_blanks_compile_or_fail_lo
         text = exc.render()
         assert text.startswith("gen.ttc:"), text
         assert len(text.splitlines()[0]) < 300
+
+
+def test_a_count_no_budget_can_hold_is_a_located_check_error() -> None:
+    source = "strategy s(q: text, n: int = 100000000000000000) {\n    b = sample n from q\n    return vote b\n}\n"
+    with pytest.raises(TTCError) as info:
+        compile_source(source, "prog.ttc")
+    assert info.value.render().splitlines()[0] == (
+        "prog.ttc:2:9: error: the worst case of this sample is 25600000000000000000 tokens, more "
+        "than any budget can hold (at most 999999999999999999); lower its counts")
