@@ -233,3 +233,43 @@ def test_signals_at_random_moments_lose_and_repeat_no_finished_line(tmp_path: Pa
     finish = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=120)
     assert finish.returncode == 0, finish.stderr
     assert sorted(ids_in(out)) == sorted(f"q{i}" for i in range(len(passes)))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["fmt", "/dev/zero"], "ttc: error: /dev/zero: cannot read it (not a regular file; expected a .ttc file)"),
+    (["trace", "show", "/dev/zero"], "ttc: error: /dev/zero: not a regular file; expected a trace file (JSON lines)"),
+    (["sim", "check", "/dev/zero"], "ttc: error: task file /dev/zero is not a regular file; expected a JSON file"),
+    (["run", SC, "--backend", "sim", "--sim-task", TASK, "--input", "/dev/zero", "--output", "o.jsonl"],
+     "ttc: error: --input /dev/zero: not a regular file; expected a JSONL file"),
+])
+def test_devices_are_refused_by_every_command_that_reads_a_file(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert main(argv) in (1, 2)
+    assert capsys.readouterr().err.splitlines()[0] == message
+
+
+def test_a_long_item_error_stays_on_one_line_on_a_non_terminal_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = write(tmp_path / "spin.ttc", SPIN)
+    long_id = "item-" + "x" * 150
+    data = write(tmp_path / "in.jsonl", json.dumps({"id": long_id, "question": QUESTIONS[0],
+                                                    "passes": 10**9}) + "\n")
+    assert main(run_args(program, data, str(tmp_path / "out.jsonl"), "--item-timeout", "0.3")) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if "xxxx" in line]
+    assert lines == [f"error: item {long_id} (line 1): the run timed out after 0.3 s "
+                     "(raise --item-timeout)"]
+
+
+def test_judge_logprobs_that_would_overflow_exp_are_read_as_at_most_certain() -> None:
+    from ttcdsl.runtime.backend import GenResult
+    from ttcdsl.runtime.semantics import p_yes
+
+    def verdict(top: dict[str, float]) -> float:
+        return p_yes(GenResult(text="", output_ids=[], finish="stop", completion_tokens=1,
+                               prompt_tokens=1, top_logprobs=[top]))
+
+    assert verdict({"Yes": 1e6, "No": -1e6}) == 1.0
+    assert verdict({"Yes": float("nan"), "No": 0.0}) == 0.0
+    assert verdict({"Yes": 800.0, "No": 800.0}) == 0.5
