@@ -193,6 +193,8 @@ def reason_of(exc: BaseException, limit: int = 200) -> str:
         return one_line(f"redirects that never end{where}; give the final URL", limit)
     if isinstance(exc, TimeoutError):
         return "no answer in time"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return one_line(f"not a valid URL: {exc}", limit)
     return one_line(str(exc) or type(exc).__name__, limit)
 
 
