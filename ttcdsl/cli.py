@@ -114,7 +114,9 @@ def _main(words: list[str], *, hard: bool) -> int:
     from ttcdsl.commands._guard import Interrupted, Overdue, guard
     from ttcdsl.errors import CheckErrors, NodeFailed, SourceError, TTCError, UsageError
 
-    timeout = getattr(args, "timeout", None)
+    # `ttc run --timeout` limits the whole command; `ttc bench --timeout` limits each of its
+    # runs (the runtime enforces that one), so it sets no deadline for the command.
+    timeout = args.timeout if args.command == "run" else None
     try:
         try:
             if args.command in _SERVERS:
