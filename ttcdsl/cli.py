@@ -118,16 +118,16 @@ def _main(words: list[str], *, hard: bool) -> int:
     # runs (the runtime enforces that one), so it sets no deadline for the command.
     timeout = args.timeout if args.command == "run" else None
     try:
-        try:
-            if args.command in _SERVERS:
-                status = args.func(args)
-            else:
-                with guard(timeout, hard=hard):
+        if args.command in _SERVERS:
+            status = args.func(args)
+        else:
+            with guard(timeout, hard=hard) as fired:
+                try:
                     status = args.func(args)
-        except Exception as exc:
-            # An interruption can surface as another error raised while the event loop
-            # unwinds (anyio's cancel scopes, say): it is still the interruption.
-            raise _interruption(exc) or exc from None
+                except Exception as exc:
+                    # An interruption can surface as another error raised while the event loop
+                    # unwinds (anyio's cancel scopes, another task's): it is the interruption.
+                    raise _interruption(exc) or fired.what or exc from None
     except UsageError as exc:
         print(f"ttc: error: {str(exc).replace(chr(10), ' ')}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["GRACE", "Interrupted", "Overdue", "guard"]
+__all__ = ["GRACE", "Fired", "Interrupted", "Overdue", "guard"]
 
 # Seconds the backstop waits past a deadline, and past a signal before a hard exit.
 GRACE = 1.0
@@ -51,6 +51,14 @@ class Overdue(KeyboardInterrupt):
     def __init__(self, timeout: float) -> None:
         super().__init__(timeout)
         self.timeout = timeout
+
+
+class Fired:
+    """What `guard` yields: ``what`` is the interruption once a signal or the alarm fired, so an
+    error that surfaces in its wake (from another task, say) can be read as that interruption."""
+
+    def __init__(self) -> None:
+        self.what: KeyboardInterrupt | None = None
 
 
 def _exit_later(status: int, line: str) -> None:
@@ -76,21 +84,19 @@ def _quiet_shutdown() -> None:
 
 
 @contextlib.contextmanager
-def guard(timeout: float | None = None, *, hard: bool = False) -> Iterator[None]:
+def guard(timeout: float | None = None, *, hard: bool = False) -> Iterator[Fired]:
     """Install the signal handlers and the deadline alarm for the block (main thread only;
     elsewhere the block runs unguarded)."""
+    state = Fired()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
-    fired = False
 
     def first_time(status: int, line: str) -> bool:
-        nonlocal fired
-        if fired:
+        if state.what is not None:
             if hard:
                 os._exit(status)  # a second signal: the user means it
             return False
-        fired = True
         _quiet_shutdown()
         if hard:
             _exit_later(status, line)
@@ -99,12 +105,14 @@ def guard(timeout: float | None = None, *, hard: bool = False) -> Iterator[None]
     def on_signal(signum: int, frame: FrameType | None) -> None:
         exc = Interrupted(signum)
         if first_time(exc.status, f"ttc: {exc.word}"):
+            state.what = exc
             raise exc
 
     def on_alarm(signum: int, frame: FrameType | None) -> None:
         assert timeout is not None
         if first_time(1, f"ttc: error: the run timed out after {timeout:g} s (raise --timeout)"):
-            raise Overdue(timeout)
+            state.what = Overdue(timeout)
+            raise state.what
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     alarm = timeout is not None and math.isfinite(timeout)
@@ -113,7 +121,7 @@ def guard(timeout: float | None = None, *, hard: bool = False) -> Iterator[None]
         previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, timeout + GRACE)
     try:
-        yield
+        yield state
     finally:
         if alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
