@@ -2,7 +2,11 @@
 
 Default output (rich, on the terminal): the answer, a per-node table of tokens, cached tokens,
 requests and time, and the budget used.  `--json` prints the one JSON object of DESIGN §7
-instead.  `--trace FILE` appends every backend request and response as JSON lines.
+instead.  `--trace FILE` appends every backend request and response as JSON lines (in dataset
+mode too, for every item).
+
+Deadlines: `--timeout` covers the whole command, the backend's start-up and shutdown included (in
+dataset mode: the whole dataset); `--item-timeout` limits each dataset item.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ Promises:
   ``"id"``, and ``"answer"``/``"correct"`` when the input has an answer) and flushed at once, so a
   killed run loses no finished item.  ``resume=True`` skips ids already in the output (a torn last
   line from a killed run is cut off first) and never writes an id twice.
+* An output that cannot hold results is refused before any work, by name: the input file itself,
+  a directory, a path under a regular file.  A write that fails later (a full disk) stops the run
+  with one `HarnessError`; every line written before it stays whole.  Lines being resumed are read
+  as bytes, so an output that is not UTF-8 (or not JSON lines) is refused, never half-read.
 * Items run concurrently (``items_in_flight``) and share one request limiter; each item's seed is
   derived from (run seed, item id).  An item that fails is reported (one line) and not written,
   so a later resumed run retries it.
