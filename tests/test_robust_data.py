@@ -189,8 +189,9 @@ def test_timeout_limits_the_whole_dataset_run_and_keeps_finished_lines(
     t0 = time.monotonic()
     assert main(run_args(program, data, str(out), "--timeout", "1", "--items", "4")) == 1
     assert time.monotonic() - t0 < 4
-    assert capsys.readouterr().err.splitlines()[-1] == \
-        "ttc: error: the run timed out after 1 s (raise --timeout)"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "ttc: error: the run timed out after 1 s (raise --timeout); the 2 item(s) finished "
+        f"before it are in {out} (--resume continues)")
     assert sorted(ids_in(out)) == ["q0", "q2"]
 
 

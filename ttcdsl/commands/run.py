@@ -190,7 +190,10 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
         opts = dataclasses.replace(opts, seed=0)
     with ProgressBar(err, plan.entry, len(items)) as bar:
 
+        written = [0]  # finished lines of this run, for a whole-run timeout's message
+
         def on_item(summary: DatasetSummary, item: Item, result: RunResult | None) -> None:
+            written[0] = summary.done
             if result is None:
                 # One line per failed item, however narrow or unlike a terminal stderr is.
                 line = " ".join(summary.errors[-1].split())
@@ -206,7 +209,11 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
                         items_in_flight=args.items, on_item=on_item, input_path=args.input,
                     )
 
-        summary = anyio.run(main)
+        try:
+            summary = anyio.run(main)
+        except RunError as exc:
+            raise RunError(f"{exc}; the {written[0]} item(s) finished before it are in "
+                           f"{args.output} (--resume continues)") from None
     parts = [f"{summary.done} done", f"{summary.skipped} skipped (already in {args.output})" if summary.skipped else "",
              f"{summary.failed} failed" if summary.failed else ""]
     err.print(", ".join(p for p in parts if p) + f" in {summary.wall_s:.1f} s; {summary.completion_tokens} completion tokens")
