@@ -349,6 +349,7 @@ class ModelClient:
                         f"{op_name(n)}: the backend broke the protocol: it reported {result.completion_tokens} "
                         f"completion tokens for a request allowed {limit}", n.span,
                     )
+                _check_counts(n, result.prompt_tokens, result.cached_tokens)
                 res.settle(result.completion_tokens)
         except anyio.get_cancelled_exc_class():
             if aborted is not None:
@@ -384,6 +385,7 @@ class ModelClient:
             lambda r: [{"prompt_tokens": r.prompt_tokens, "cached_tokens": r.cached_tokens}],
             lambda: [{"input_tokens": len(ids)}],
         ))
+        _check_counts(n, result.prompt_tokens, result.cached_tokens)
         self.stats.charge(n.id, chain, 0, result.prompt_tokens, result.cached_tokens)
 
     async def tokenize(self, n: P.Node, text: str) -> list[int]:
@@ -519,3 +521,16 @@ def _batch_lock(limiter: anyio.CapacityLimiter) -> anyio.Lock:
     if lock is None:
         lock = _BATCH_LOCKS[limiter] = anyio.Lock()
     return lock
+
+
+# More prompt tokens than this in one request is no real count (context windows are far smaller).
+MAX_PROMPT_TOKENS = 2**31 - 1
+
+
+def _check_counts(n: P.Node, prompt: int, cached: int) -> None:
+    """Prompt and cached token counts a backend reports must be possible: 0 <= cached <= prompt."""
+    if not 0 <= prompt <= MAX_PROMPT_TOKENS or not 0 <= cached <= prompt:
+        raise NodeFailed(
+            f"{op_name(n)}: the backend broke the protocol: it reported {prompt} prompt tokens "
+            f"of which {cached} cached (expected 0 <= cached <= prompt)", n.span,
+        )

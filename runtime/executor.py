@@ -63,6 +63,8 @@ class RunOptions:
     # An extra cap on the whole run's completion tokens (on top of the strategy's own budget).
     budget: int | None = None
     timeout_s: float | None = None
+    # How the timeout message says to raise it (dataset mode's per-item limit has its own flag).
+    timeout_flag: str = "--timeout"
     trace: Callable[[TraceRecord], None] | None = None
     # Test mode: evaluate every `expect` statement and report each outcome here.  None (the
     # default) skips them, so they cost nothing.
@@ -119,7 +121,7 @@ async def run_plan(plan: P.Plan, backend: Backend, args: Mapping[str, Any],
     except TimeoutError:
         if opts.timeout_s is None:
             raise
-        raise RunError(f"the run timed out after {opts.timeout_s:g} s (raise --timeout)") from None
+        raise RunError(f"the run timed out after {opts.timeout_s:g} s (raise {opts.timeout_flag})") from None
     except BaseExceptionGroup as eg:
         err = first_failure(eg)
         if isinstance(err, TTCError):

@@ -20,6 +20,7 @@ things run.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
@@ -41,6 +42,9 @@ from ttcdsl.runtime.values import Branches
 __all__ = ["Interpreter"]
 
 T = TypeVar("T")
+
+# Passes of one `repeat` whose bindings may still be computing when the next pass starts.
+_PASSES_IN_FLIGHT = 2
 
 
 def _reads_budget(nodes: dict[int, P.Node], ref: P.Ref) -> bool:
@@ -182,10 +186,17 @@ class Interpreter:
                     times = sem.repeat_count(await self.ev(frame, st.times), st)
                     settle = st.until is not None and _reads_budget(frame.nodes, st.until)
                     outer = frame.loops
+                    # Passes are started lazily: at most `_PASSES_IN_FLIGHT` have values still
+                    # computing, so a long loop holds a bounded number of tasks, not one per pass.
+                    in_flight: deque[list[_Slot]] = deque()
                     for i in range(times):
                         # A pass may do no I/O at all (its steps out of budget): give the event
                         # loop a turn, so deadlines and Ctrl-C still end a long loop.
                         await anyio.lowlevel.checkpoint()
+                        if len(in_flight) >= _PASSES_IN_FLIGHT:
+                            for slot in in_flight.popleft():
+                                await slot.get()
+                        before = {id(v) for v in frame.env.values()}
                         frame.loops = (*outer, i)
                         try:
                             # Tested before every pass: an early stop spends nothing more.
@@ -201,6 +212,7 @@ class Interpreter:
                                 return ret
                         finally:
                             frame.loops = outer
+                        in_flight.append([v for v in frame.env.values() if id(v) not in before])
         return None
 
     async def _fill(self, slot: _Slot, frame: Frame, ref: P.Ref) -> None:

@@ -180,10 +180,14 @@ def p_yes(r: GenResult) -> float:
     for alternatives in (r.top_logprobs or [])[:1]:
         for token, lp in alternatives.items():
             word = token.strip().lower()
+            if math.isnan(lp) or word not in ("yes", "no"):
+                continue
+            # A log probability is at most 0; a server's larger one must not overflow `exp`.
+            p = math.exp(min(lp, 0.0))
             if word == "yes":
-                yes += math.exp(lp)
-            elif word == "no":
-                no += math.exp(lp)
+                yes += p
+            else:
+                no += p
     if yes + no > 0:
         return yes / (yes + no)
     return 1.0 if r.text.strip().lower().startswith("yes") else 0.0

@@ -309,6 +309,13 @@ class _Generation:
         max_tokens = settings.get(key, DEFAULT_MAX_TOKENS)
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise NodeFailed(f"{key} must be a positive int, got {max_tokens!r}", n.span)
+        for key, value in settings.items():
+            # Values that only arrive at run time (`--arg`, a dataset line) get the checks that
+            # `ttc check` gives literals: a temperature of -1 or NaN is refused, not sent.
+            spec = SAMPLING_KEYS.get(key)
+            if spec is not None and spec.valid is not None and isinstance(value, (int, float)) \
+                    and not spec.valid(value):
+                raise NodeFailed(f"{key} must be {spec.rule}, got {value!r}", n.span)
         stop = settings.get("stop")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         step = settings.get("step")
@@ -490,7 +497,14 @@ async def _logprob(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch])
     values = [b.mean_logprob for b in items]
     if any(v is None and b.ids for v, b in zip(values, items)):
         raise NodeFailed("`score with logprob` needs token logprobs, but the backend returned none", n.span)
+    bad = next((v for v in values if v is not None and not v <= _LOGPROB_SLACK), None)
+    if bad is not None:  # NaN, or above log(1) by more than rounding
+        raise NodeFailed(f"the backend broke the protocol: a mean token logprob of {bad} "
+                         "(a log probability is at most 0)", n.span)
     return values
+
+
+_LOGPROB_SLACK = 1e-3
 
 
 async def _judge(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> list[float | None]:

@@ -7,6 +7,7 @@ the parameter and what it expects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,9 +49,18 @@ def convert(param: P.ParamSpec, value: Any, where: str = "--arg") -> Any:
             return int(value)
         if isinstance(value, bool):
             raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{where} {param.name}={value!r}: expected {'an' if t == 'int' else 'a'} {t}") from None
+        number = float(value)
+        if not math.isfinite(number):
+            raise UsageError(f"{where} {param.name}={_shown(value)}: expected a finite float")
+        return number
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{where} {param.name}={_shown(value)}: expected {'an' if t == 'int' else 'a'} {t}") from None
+
+
+def _shown(value: Any) -> str:
+    """A value as an error quotes it: never thousands of characters."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**100 else "<a huge int>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def bind_args(strategy: P.StrategyPlan, given: Mapping[str, Any], where: str = "--arg") -> dict[str, Any]:

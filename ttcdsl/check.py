@@ -112,11 +112,32 @@ class _Checker:
         state: dict[str, int] = {}  # 1 = on the stack, 2 = done
         cyclic: set[str] = set()
         stack: list[str] = []
+        depth: dict[str, int] = {}  # the longest chain of calls starting at a strategy
+        too_deep: list[str] = []
+
+        def refuse(name: str, callee: str, span: Span) -> None:
+            # Deeper chains are refused (the later stages recurse along them), once.
+            cyclic.update((*stack, callee))
+            if not too_deep:
+                too_deep.append(callee)
+                self.error(
+                    f"strategy calls nest more than {MAX_CALL_DEPTH} deep from here "
+                    f"({name} -> {callee} -> ...); flatten the chain into fewer strategies",
+                    span,
+                )
 
         def visit(name: str) -> None:
             state[name] = 1
             stack.append(name)
+            depth[name] = 1
             for callee, span in graph[name]:
+                if len(stack) >= MAX_CALL_DEPTH and callee not in state:
+                    refuse(name, callee, span)
+                    continue
+                if state.get(callee) == 2:
+                    depth[name] = max(depth[name], depth[callee] + 1)
+                    if depth[name] > MAX_CALL_DEPTH:
+                        refuse(name, callee, span)
                 if state.get(callee) == 1:
                     cycle = [*stack[stack.index(callee) :], callee]
                     cyclic.update(cycle)
@@ -127,6 +148,7 @@ class _Checker:
                     self.error(msg, span)
                 elif callee not in state:
                     visit(callee)
+                    depth[name] = max(depth[name], depth[callee] + 1)
             stack.pop()
             state[name] = 2
             order.append(name)
@@ -599,6 +621,10 @@ def _always_returns(stmts: Sequence[ast.Stmt]) -> bool:
         if isinstance(st, ast.If) and st.orelse and _always_returns(st.then) and _always_returns(st.orelse):
             return True
     return False
+
+
+# The deepest chain of strategy calls a program may have (s1 calls s2 calls ... s32).
+MAX_CALL_DEPTH = 32
 
 
 def _called(s: ast.Strategy, strategies: dict[str, ast.Strategy]) -> list[tuple[str, Span]]:

@@ -7,7 +7,8 @@ docstring states its contract:
     check            Program -> Checked    names, types, budgets; every error (ttcdsl.check)
     lower            Checked -> Plan       the plan graph, bounds not yet set (ttcdsl.lower)
     annotate         Plan -> Plan          static worst-case tokens per step (ttcdsl.bounds)
-    budget_warnings  Plan -> warnings      worst cases above budgets (ttcdsl.budget_warnings)
+    budget_warnings  Plan -> warnings      worst cases above budgets (ttcdsl.budget_warnings);
+                                           a worst case no budget can hold is an error
 
 Errors come out as raised: `TTCSyntaxError` (first syntax error), `CheckErrors` (all semantic
 errors), `UsageError` (unreadable file, unknown entry, bad argument value).
@@ -23,9 +24,9 @@ from typing import Any
 from ttcdsl import plan as P
 from ttcdsl.args import bind_known
 from ttcdsl.bounds import annotate
-from ttcdsl.budget_warnings import budget_warnings
+from ttcdsl.budget_warnings import absurd_steps, budget_warnings
 from ttcdsl.check import check
-from ttcdsl.errors import CheckWarning, NodeFailed
+from ttcdsl.errors import CheckErrors, CheckWarning, NodeFailed
 from ttcdsl.lower import lower
 from ttcdsl.program import Program, loads, read_source
 
@@ -57,6 +58,9 @@ def compile_source(text: str, file: str = "<string>", entry: str | None = None,
     checked = check(program)
     plan = lower(checked, entry)
     plan = annotate(plan, bind_known(plan.strategy(), args or {}))
+    absurd = absurd_steps(plan, program.sources)
+    if absurd:
+        raise CheckErrors(absurd)
     warnings = budget_warnings(plan, program.sources)
     return Compiled(program, plan, warnings)
 

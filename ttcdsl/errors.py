@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ttcdsl.span import Span
+from ttcdsl.span import Span, source_lines
 
 __all__ = [
     "BackendError",
@@ -64,19 +64,31 @@ class SourceError(TTCError):
 
 def _render_at(span: Span, source: str | None, severity: str, message: str) -> str:
     """How every error with a place is shown: `FILE:LINE:COL: SEVERITY: MESSAGE`, then (when the
-    source text is known) the line, indented, and carets under the span's part of it."""
+    source text is known) the line, indented, and carets under the span's part of it.  Lines are
+    `source_lines`; characters that would move the caret (tabs, other control characters) are
+    shown as spaces, and a very long line is cut to a window around the column."""
     head = f"{span}: {severity}: {message}"
     if source is None:
         return head
-    lines = source.splitlines()
+    lines = source_lines(source)
     if not 1 <= span.line <= len(lines):
         return head
-    text = lines[span.line - 1].expandtabs(4)
+    text = "".join(" " if not ch.isprintable() else ch for ch in lines[span.line - 1])
+    col = min(max(1, span.col), len(text) + 1)
     width = 1
     if span.end_line == span.line and span.end_col > span.col:
         width = span.end_col - span.col
-    caret = " " * (span.col - 1) + "^" * max(1, min(width, len(text) - span.col + 1))
-    return f"{head}\n    {text}\n    {caret}"
+    width = max(1, min(width, len(text) - col + 1))
+    start = max(0, col - 1 - _WINDOW // 2) if len(text) > _WINDOW else 0
+    shown = text[start : start + _WINDOW]
+    lead, tail = ("..." if start else ""), ("..." if start + _WINDOW < len(text) else "")
+    width = min(width, len(shown) - (col - 1 - start))
+    caret = " " * (len(lead) + col - 1 - start) + "^" * max(1, width)
+    return f"{head}\n    {lead}{shown}{tail}\n    {caret}"
+
+
+# The most characters of a source line an error shows.
+_WINDOW = 120
 
 
 class TTCSyntaxError(SourceError):

@@ -52,6 +52,8 @@ _BINARY_LEVEL = {"+": _SUM, "-": _SUM, "*": _TERM, "/": _TERM, "%": _TERM}
 # both additive operators, "*" for the multiplicative ones, keywords for themselves.
 _SUM_TAIL = frozenset({"+", "*"})
 _CLOSE = frozenset({")"})
+# What an operand printed last at each level would take in when the next token is it.
+_TAILS = {_SUM: _SUM_TAIL, _OR: frozenset({*_SUM_TAIL, "COMP", "and", "or"})}
 _NOTHING: frozenset[str] = frozenset()
 
 
@@ -545,7 +547,7 @@ class _Formatter:
                 after = follow if nxt is None else frozenset({_first_token(nxt)})
                 out = self.sub(part.expr, part.level, after)
                 texts.append(out.text)
-                absorbs = out.absorbs | (_SUM_TAIL if part.level == _SUM else _NOTHING)
+                absorbs = out.absorbs | _TAILS.get(part.reads or part.level, _NOTHING)
             else:
                 texts.append(part)
                 absorbs = frozenset({"tokens"}) if part.startswith("budget ") else _NOTHING
@@ -618,6 +620,9 @@ def _lines_ending_in_string(lines: Sequence[str]) -> list[bool]:
 class _Sub:
     expr: ast.Expr
     level: int
+    # The level the grammar reads there, when looser than the one printed: what follows an
+    # operand at the end of a step is read into it up to that level.
+    reads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -727,7 +732,9 @@ def _resample_parts(e: ast.Resample) -> list[Any]:
 
 
 def _input(e: Any, with_input: bool) -> list[Any]:
-    return [_Sub(e.branches, _FACTOR)] if with_input else []
+    # The grammar reads any expression short of a pipeline here (its `_operand`); one that is
+    # not an atom is still printed in parentheses, which say where the input ends.
+    return [_Sub(e.branches, _FACTOR, reads=_OR)] if with_input else []
 
 
 def _budget_parts(budget: int | None, clause_before: bool, optional: str) -> list[Any]:

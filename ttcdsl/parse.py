@@ -8,7 +8,9 @@ expected there and which bracket is still open.  Lark's trees and tokens never l
 
 from __future__ import annotations
 
+import difflib
 import functools
+import math
 import re
 import textwrap
 from decimal import Decimal
@@ -20,7 +22,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from ttcdsl import ast
 from ttcdsl.errors import TTCSyntaxError
-from ttcdsl.span import Span
+from ttcdsl.span import Span, source_lines
 from ttcdsl.vocabulary import (
     AGGREGATIONS,
     EXTRACTORS,
@@ -67,6 +69,9 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
         raise
     return ast.Module(module.imports, module.strategies, file)
 
+
+# Longer integer literals than this are refused (2**63 has 19 digits).
+MAX_INT_DIGITS = 18
 
 # Deeper nesting than this is refused: later stages recurse over the tree, and no real program
 # comes near it (a 100-term sum written out, or 100 nested `not`s, is already far beyond).
@@ -205,7 +210,7 @@ class _Builder(Transformer[Token, Any]):
 
     def budget_stmt(self, meta: Any, _kw: Token, tokens: Token | ast.Expr) -> ast.BudgetStmt:
         if isinstance(tokens, Token):
-            return ast.BudgetStmt(int(tokens), self._s(meta))
+            return ast.BudgetStmt(self._int(tokens), self._s(meta))
         return ast.BudgetStmt(0, self._s(meta), expr=tokens)
 
     def assign(self, meta: Any, name: Token, value: ast.Expr) -> ast.Assign:
@@ -252,10 +257,13 @@ class _Builder(Transformer[Token, Any]):
         return ast.Neg(operand, self._s(meta))
 
     def int_lit(self, meta: Any, tok: Token) -> ast.IntLit:
-        return ast.IntLit(int(tok), self._s(meta))
+        return ast.IntLit(self._int(tok), self._s(meta))
 
     def float_lit(self, meta: Any, tok: Token) -> ast.FloatLit:
-        return ast.FloatLit(float(tok), self._s(meta))
+        value = float(tok)
+        if not math.isfinite(value):
+            raise TTCSyntaxError("this number is too large to be a float", _tok_span(self.file, tok))
+        return ast.FloatLit(value, self._s(meta))
 
     def string_lit(self, meta: Any, tok: Token) -> ast.StrLit:
         return self._string(tok)
@@ -266,6 +274,15 @@ class _Builder(Transformer[Token, Any]):
         if text.startswith('"""'):
             return ast.StrLit(unescape(dedent_triple(text[3:-3]), span), True, span)
         return ast.StrLit(unescape(text[1:-1], span), False, span)
+
+    def _int(self, tok: Token) -> int:
+        # Python refuses to convert very long digit strings; no count, budget or seed needs them.
+        if len(tok) > MAX_INT_DIGITS:
+            raise TTCSyntaxError(
+                f"this integer has {len(tok)} digits; integers have at most {MAX_INT_DIGITS}",
+                _tok_span(self.file, tok),
+            )
+        return int(tok)
 
     def true_lit(self, meta: Any) -> ast.BoolLit:
         return ast.BoolLit(True, self._s(meta))
@@ -351,7 +368,7 @@ class _Builder(Transformer[Token, Any]):
         return ast.Setting(str(key), value, self._s(meta))
 
     def step_budget(self, meta: Any, tokens: Token) -> int:
-        return int(tokens)
+        return self._int(tokens)
 
     def prm_scorer(self, meta: Any) -> ast.Scorer:
         return ast.Scorer("prm", None, self._s(meta))
@@ -430,7 +447,16 @@ _TOKEN_NAMES = {
     "EXTRACTOR": or_list(EXTRACTORS),
     "STOP_RULE": or_list(STOP_RULES),
     "BUDGET_STMT": "budget",
+    "WEIGHTED": "'weighted'",
     "$END": "the end of the file",
+}
+
+# The grammar's whole-word lists: what each is called when a word is not one of them.
+_WORD_LISTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "AGG_KIND": ("aggregation", AGGREGATIONS),
+    "PRUNE_KEY": ("prune key", PRUNE_ORDERS),
+    "PER_KIND": ("prune group", PRUNE_GROUPS),
+    "EXTRACTOR": ("extractor", EXTRACTORS),
 }
 
 # Groups of terminals named together in "expected ..." lists, so a message stays short.
@@ -572,7 +598,9 @@ def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxErro
     expected = _accepted(exc)
     token = getattr(exc, "token", None)
     if isinstance(exc, UnexpectedEOF) or token is None or token.type == "$END":
-        lines = source.splitlines() or [""]
+        lines = source_lines(source)
+        if len(lines) > 1 and lines[-1] == "":  # the break that ends the last line
+            lines.pop()
         line = len(lines)
         col = len(lines[-1]) + 1
         opened = _open_bracket(source, len(source))
@@ -588,7 +616,14 @@ def _syntax_error(exc: UnexpectedInput, source: str, file: str) -> TTCSyntaxErro
     word_start = pos
     while word_start > 0 and (source[word_start - 1].isalnum() or source[word_start - 1] == "_"):
         word_start -= 1
-    if token.type in ("TOKENS", "BUDGET_STMT"):
+    if token.type == "NAME" and expected == {"TYPE"}:
+        msg = f"unknown type '{shown}'; expected {or_list(PARAM_TYPES)}"
+    elif token.type == "NAME" and len(expected) == 1 and next(iter(expected)) in _WORD_LISTS:
+        what, words = _WORD_LISTS[next(iter(expected))]
+        close = difflib.get_close_matches(shown, words, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; expected {or_list(words)}"
+        msg = f"unknown {what} '{shown}'{hint}"
+    elif token.type in ("TOKENS", "BUDGET_STMT"):
         msg = (
             "`budget N tokens` is a statement of its own and cannot stand here; "
             "a step takes `budget N` without 'tokens'"

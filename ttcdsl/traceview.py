@@ -83,6 +83,8 @@ class Trace:
 def load_trace(path: str | Path, labels: Mapping[int, str] | None = None) -> Trace:
     p = Path(path)
     try:
+        if p.exists() and not p.is_file():
+            raise UsageError(f"{p}: not a regular file; expected a trace file (JSON lines)")
         data = p.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{p}: no such trace file") from None

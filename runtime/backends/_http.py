@@ -31,7 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import aiohttp
 import msgspec
 
-from ttcdsl.errors import TransientBackendError, UsageError
+from ttcdsl.errors import BackendError, TransientBackendError, UsageError
 from ttcdsl.runtime.backend import GenResult
 
 __all__ = [
@@ -112,9 +112,12 @@ def error_message(body: bytes | str | Any) -> str:
             return "empty response body"
         try:
             value = msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            return one_line(raw.decode("utf-8", errors="replace"))
-    return one_line(_message_of(value))
+        except (msgspec.DecodeError, RecursionError):
+            return one_line(raw[:4096].decode("utf-8", errors="replace"))
+    try:
+        return one_line(_message_of(value))
+    except RecursionError:  # an error object nested thousands deep
+        return "an error body nested too deeply to read"
 
 
 def _message_of(value: Any) -> str:
@@ -174,10 +177,33 @@ def new_rid(prefix: str) -> str:
     return f"{prefix}-{suffix}" if prefix else suffix
 
 
-def connection_error(server: str, url: str, what: str, exc: BaseException) -> TransientBackendError:
-    """A lost connection to ``server`` (its name, e.g. "SGLang") at ``url`` during ``what``."""
-    reason = one_line(str(exc) or type(exc).__name__, 200)
-    return TransientBackendError(f"lost the connection to {server} at {url} during {what}: {reason}")
+def connection_error(server: str, url: str, what: str, exc: BaseException) -> BackendError:
+    """A lost connection to ``server`` (its name, e.g. "SGLang") at ``url`` during ``what``; a
+    redirect loop is no lost connection and not worth retrying."""
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return BackendError(f"{server} at {url} answered {what} with {reason_of(exc)}")
+    return TransientBackendError(f"lost the connection to {server} at {url} during {what}: {reason_of(exc)}")
+
+
+def reason_of(exc: BaseException, limit: int = 200) -> str:
+    """What went wrong in a client error, in words (aiohttp's own text can be "0, message=''")."""
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        hops = [str(r.url) for r in exc.history]
+        where = f" ({' -> '.join(dict.fromkeys(hops))} -> ...)" if hops else ""
+        return one_line(f"redirects that never end{where}; give the final URL", limit)
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return one_line(f"not a valid URL: {exc}", limit)
+    return one_line(str(exc) or type(exc).__name__, limit)
+
+
+def unexpected_content(server: str, url: str, what: str, content_type: str, body: bytes) -> BackendError:
+    """An answer that is neither JSON nor an event stream (a proxy's HTML page, say)."""
+    return BackendError(
+        f"{server} at {url} answered {what} with {content_type or 'no content type'}, not JSON "
+        f"or an event stream (is a proxy in the way?): {error_message(body[:2000])}"
+    )
 
 
 def stall_error(server: str, url: str, what: str, timeout: aiohttp.ClientTimeout) -> TransientBackendError:

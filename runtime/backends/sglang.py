@@ -63,7 +63,9 @@ from ttcdsl.runtime.backends._http import (
     new_rid,
     normalise_url,
     one_line,
+    reason_of,
     stall_error,
+    unexpected_content,
     whole_stop_text,
 )
 from ttcdsl.runtime.backends._think import tags_of_parser
@@ -497,7 +499,7 @@ class SGLangBackend:
             async with session.get(url + path) as resp:
                 return resp.status, await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            reason = one_line(str(exc) or type(exc).__name__, 160)
+            reason = reason_of(exc, 160)
             raise BackendUnavailable(
                 f"cannot reach a {role}SGLang server at {url} (tried GET {path}: {reason}); "
                 f"{_HOW_TO_START}"
@@ -599,6 +601,10 @@ class SGLangBackend:
             if resp.status != 200:
                 pending = False
                 raise _http_error(server.url, what, resp.status, await resp.read(), server.router)
+            if resp.content_type not in ("application/json", "text/event-stream"):
+                pending = False
+                raise unexpected_content("SGLang server", server.url, what, resp.content_type,
+                                         await resp.content.read(4096))
             if resp.content_type == "application/json":
                 body = await resp.read()
                 if len(readers) == 1:
@@ -882,7 +888,7 @@ def _reader(url: str, request: GenRequest) -> _Stream:
     return _Stream(url, request.sampling.max_new_tokens, request.logprobs, request.top_logprobs)
 
 
-def _connection_error(url: str, what: str, exc: BaseException) -> TransientBackendError:
+def _connection_error(url: str, what: str, exc: BaseException) -> BackendError:
     return connection_error("SGLang", url, what, exc)
 
 

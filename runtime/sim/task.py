@@ -193,6 +193,8 @@ def _last_bounded(text: str, needle: str) -> int:
 def load_task(path: str | Path) -> SimTask:
     """Read and validate a task file; raises `TaskError` naming the file and the problem."""
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise TaskError(f"task file {p} is not a regular file; expected a JSON file")
     try:
         raw = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -205,6 +207,10 @@ def load_task(path: str | Path) -> SimTask:
         raise TaskError(
             f"{p}:{exc.lineno}:{exc.colno}: task file is not valid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise TaskError(f"{p}: task file is not valid JSON: nested too deeply") from None
+    except ValueError:  # Python's int-string limit
+        raise TaskError(f"{p}: task file is not valid JSON: a number is too long") from None
     return _parse_task(data, str(p))
 
 

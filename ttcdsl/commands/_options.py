@@ -62,6 +62,8 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a finite number of seconds (leave it out for no limit)")
     return value
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -75,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read(file: str) -> str:
+    if "\0" in file:
+        raise OSError(errno.EINVAL, "not a valid file name (it contains a NUL byte)")
+    if not stat.S_ISREG(os.stat(file).st_mode):  # a device would never end, a folder cannot be read
+        raise OSError(errno.EINVAL, "not a regular file; expected a .ttc file")
     # newline="" keeps "\r\n" as written, so a file with Windows line ends counts as changed.
     with open(file, encoding="utf-8", newline="") as f:
         return f.read()

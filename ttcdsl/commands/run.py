@@ -2,15 +2,21 @@
 
 Default output (rich, on the terminal): the answer, a per-node table of tokens, cached tokens,
 requests and time, and the budget used.  `--json` prints the one JSON object of DESIGN §7
-instead.  `--trace FILE` appends every backend request and response as JSON lines.
+instead.  `--trace FILE` appends every backend request and response as JSON lines (in dataset
+mode too, for every item).
+
+Deadlines: `--timeout` covers the whole command, the backend's start-up and shutdown included (in
+dataset mode: the whole dataset); `--item-timeout` limits each dataset item.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,11 +33,12 @@ from ttcdsl.commands._options import (
     backend_options,
     harness_flags,
     positive_int,
+    positive_seconds,
     run_options,
 )
 from ttcdsl.commands._progress import ProgressBar
 from ttcdsl.compiler import compile_file
-from ttcdsl.errors import NodeFailed, UsageError
+from ttcdsl.errors import NodeFailed, RunError, UsageError
 from ttcdsl.harness.dataset import DatasetSummary, Item, read_items, run_dataset
 from ttcdsl.provenance import provenance
 from ttcdsl.runtime.backends.factory import make_backend
@@ -51,16 +58,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--output", metavar="OUT.jsonl", help="one result line per input line")
     d.add_argument("--resume", action="store_true", help="skip ids already in --output")
     d.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N input lines")
+    d.add_argument("--item-timeout", type=positive_seconds, metavar="SECONDS",
+                   help="fail an item that takes longer (it is not written; --resume retries it); "
+                   "--timeout limits the whole dataset run")
     add_items_option(d)
     p.set_defaults(func=run)
 
 
 class _TraceFile:
     def __init__(self, path: str) -> None:
+        self.path = path
         try:
             self.f: TextIO = Path(path).open("a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        except ValueError:
+            raise UsageError(f"--trace {path!r}: not a valid file name") from None
         except OSError as exc:
-            raise UsageError(f"--trace {path}: cannot write it ({exc})") from None
+            raise UsageError(f"--trace {path}: cannot write it ({exc.strerror or exc})") from None
         self.enc = msgspec.json.Encoder()
 
         self.provenance: dict[str, Any] | None = None  # put on the next record written
@@ -68,11 +81,15 @@ class _TraceFile:
     def __call__(self, record: TraceRecord) -> None:
         if self.provenance is not None:
             record.provenance, self.provenance = self.provenance, None
-        self.f.write(self.enc.encode(record).decode() + "\n")
-        self.f.flush()
+        try:
+            self.f.write(self.enc.encode(record).decode() + "\n")
+            self.f.flush()
+        except OSError as exc:  # a full disk, say
+            raise RunError(f"--trace {self.path}: cannot write a record ({exc.strerror or exc})") from None
 
     def close(self) -> None:
-        self.f.close()
+        with contextlib.suppress(OSError):
+            self.f.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--resume only applies to dataset mode (--input/--output)")
     if args.limit is not None and args.input is None:
         raise UsageError("--limit only applies to dataset mode (--input/--output)")
+    if args.item_timeout is not None and args.input is None:
+        raise UsageError("--item-timeout only applies to dataset mode (--input/--output); "
+                         "--timeout limits a single run")
     compiled = compile_file(args.file, args.strategy)
     plan = compiled.plan
     given = parse_assignments(args.arg)
@@ -90,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.input is not None:
             with harness_flags():
-                return _dataset(args, plan, read_items(args.input)[: args.limit], given, err)
+                return _dataset(args, plan, read_items(args.input)[: args.limit], given, err, trace)
         values = bind_args(plan.strategy(), given)
         backend = make_backend(backend_options(args))
         opts = run_options(args, trace)
@@ -99,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         facts: dict[str, Any] = {}
 
         async def main() -> RunResult:
-            with err.status(f"starting the {backend_options(args).resolved()} backend...", spinner="dots") as status:
+            starting = f"starting the {backend_options(args).resolved()} backend..."
+            # The deadline covers start-up and shutdown too, not only the run itself.
+            with err.status(starting, spinner="dots") as status, _deadline(args.timeout):
                 async with backend:
                     facts.update(provenance(args.file, plan, given, backend.info, opts.seed))
                     if trace is not None:
@@ -199,29 +221,53 @@ def _budget_used(tokens: int, result: RunResult) -> str:
     return text + ")"
 
 
+@contextlib.contextmanager
+def _deadline(timeout: float | None) -> Iterator[None]:
+    """`--timeout` over everything inside (start-up, the run or the dataset, shutdown)."""
+    try:
+        with anyio.fail_after(timeout):
+            yield
+    except TimeoutError:
+        if timeout is None:
+            raise
+        raise RunError(f"the run timed out after {timeout:g} s (raise --timeout)") from None
+
+
 def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str],
-             err: Console) -> int:
+             err: Console, trace: _TraceFile | None) -> int:
     backend = make_backend(backend_options(args))
-    opts = run_options(args)
+    # --timeout is the whole run's (`_deadline`); each item gets --item-timeout.
+    opts = dataclasses.replace(run_options(args, trace), timeout_s=args.item_timeout,
+                               timeout_flag="--item-timeout")
     if opts.seed is None:
         opts = dataclasses.replace(opts, seed=0)
     with ProgressBar(err, plan.entry, len(items)) as bar:
 
+        written = [0]  # finished lines of this run, for a whole-run timeout's message
+
         def on_item(summary: DatasetSummary, item: Item, result: RunResult | None) -> None:
+            written[0] = summary.done
             if result is None:
-                err.print(f"[red]error:[/] {escape(summary.errors[-1])}", soft_wrap=True)  # one line per item
+                # One line per failed item, however narrow or unlike a terminal stderr is.
+                line = " ".join(summary.errors[-1].split())
+                err.print(f"[red]error:[/] {escape(line)}", soft_wrap=True, overflow="ignore", crop=False)
             acc = f"acc {summary.accuracy:.3f}" if summary.accuracy is not None else ""
             bar.update(completed=summary.skipped + summary.done + summary.failed, note=acc)
 
         async def main() -> DatasetSummary:
-            async with backend:
-                return await run_dataset(
-                    plan, backend, items, args.output, given=given, options=opts, resume=args.resume,
-                    items_in_flight=args.items, on_item=on_item,
-                    provenance=provenance(args.file, plan, given, backend.info, opts.seed),
-                )
+            with _deadline(args.timeout):
+                async with backend:
+                    return await run_dataset(
+                        plan, backend, items, args.output, given=given, options=opts, resume=args.resume,
+                        items_in_flight=args.items, on_item=on_item, input_path=args.input,
+                        provenance=provenance(args.file, plan, given, backend.info, opts.seed),
+                    )
 
-        summary = anyio.run(main)
+        try:
+            summary = anyio.run(main)
+        except RunError as exc:
+            raise RunError(f"{exc}; the {written[0]} item(s) finished before it are in "
+                           f"{args.output} (--resume continues)") from None
     warning = sim_warning(backend)
     if warning:
         err.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)

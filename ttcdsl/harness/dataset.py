@@ -15,6 +15,10 @@ Promises:
   line from a killed run is cut off first) and never writes an id twice; the lines already there
   count towards the summary's ``all_graded``/``all_correct`` (accuracy over the whole output).
 * With ``provenance`` given (`ttcdsl.provenance`), every line carries it, with the item's seed.
+* An output that cannot hold results is refused before any work, by name: the input file itself,
+  a directory, a path under a regular file.  A write that fails later (a full disk) stops the run
+  with one `HarnessError`; every line written before it stays whole.  Lines being resumed are read
+  as bytes, so an output that is not UTF-8 (or not JSON lines) is refused, never half-read.
 * Items run concurrently (``items_in_flight``) and share one request limiter; each item's seed is
   derived from (run seed, item id).  An item that fails is reported (one line) and not written,
   so a later resumed run retries it.
@@ -22,22 +26,25 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
+from ttcdsl import jsonsafe
 from ttcdsl import plan as P
 from ttcdsl.args import bind_args
 from ttcdsl.errors import TTCError, UsageError
 from ttcdsl.harness._errors import HarnessError
 from ttcdsl.runtime.aggregate import extract, normalize_number
-from ttcdsl.runtime.backend import Backend
+from ttcdsl.runtime.backend import Backend, first_failure
 from ttcdsl.runtime.executor import RunOptions, run_plan
 from ttcdsl.runtime.seeds import derive_seed
 from ttcdsl.runtime.values import Answer, Branches, RunResult, result_to_json
@@ -93,21 +100,26 @@ class DatasetSummary:
 def read_items(path: str | Path) -> list[Item]:
     """Every item of a JSONL file, validated (one `HarnessError` naming the first bad line)."""
     try:
+        kind = Path(path).stat().st_mode
+        if stat.S_ISDIR(kind) or stat.S_ISCHR(kind) or stat.S_ISBLK(kind):
+            raise HarnessError("{input} {path}: not a regular file; expected a JSONL file", path=path)
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise HarnessError("{input} {path}: no such file", path=path) from None
+    except ValueError:  # a NUL byte in the name
+        raise HarnessError("{input} {path!r}: not a valid file name", path=path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise HarnessError("{input} {path}: cannot read it ({reason})", path=path, reason=exc) from None
     items: list[Item] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HarnessError("{path}:{line}: not valid JSON ({reason} at column {column})",
-                               path=path, line=lineno, reason=exc.msg, column=exc.colno) from None
+            obj = jsonsafe.loads(line)
+        except jsonsafe.BadJSON as exc:
+            raise HarnessError("{path}:{line}: not valid JSON ({reason})",
+                               path=path, line=lineno, reason=exc) from None
         if not isinstance(obj, dict):
             raise HarnessError("{path}:{line}: expected a JSON object, got {kind}",
                                path=path, line=lineno, kind=type(obj).__name__)
@@ -132,17 +144,43 @@ def _done_ids(path: Path) -> dict[str, bool | None]:
             f.truncate(good_end)
         data = data[:good_end]
     ids: dict[str, bool | None] = {}
-    for lineno, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    for lineno, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = jsonsafe.loads(line)
             correct = obj.get("correct")
             ids[str(obj["id"])] = correct if isinstance(correct, bool) else None
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (jsonsafe.BadJSON, KeyError, TypeError, IndexError, AttributeError):
             raise HarnessError("{output} {path}:{line}: not a ttc result line; cannot resume into it",
                                path=path, line=lineno) from None
     return ids
+
+
+def _open_output(path: Path, input_path: str | Path | None) -> TextIO:
+    """The output file opened for appending; a `HarnessError` saying why it cannot be."""
+    if input_path is not None and _same_file(path, Path(input_path)):
+        raise HarnessError("{output} {path} is the input file too; write the results elsewhere",
+                           path=path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("a", encoding="utf-8")
+    except ValueError:  # a NUL byte in the name
+        raise HarnessError("{output} {path!r}: not a valid file name", path=str(path)) from None
+    except IsADirectoryError:
+        raise HarnessError("{output} {path} is a directory; name a file", path=path) from None
+    except (FileExistsError, NotADirectoryError):
+        raise HarnessError("{output} {path}: a folder on the way is a file", path=path) from None
+    except OSError as exc:
+        raise HarnessError("{output} {path}: cannot write it ({reason})", path=path,
+                           reason=exc.strerror or exc) from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def is_correct(value: Any, expected: Any) -> bool:
@@ -197,15 +235,42 @@ async def run_dataset(
     resume: bool = False,
     items_in_flight: int = 8,
     on_item: Callable[[DatasetSummary, Item, RunResult | None], None] | None = None,
+    input_path: str | Path | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> DatasetSummary:
     """Run ``plan`` on every item not yet in ``output`` and append one line per finished item.
 
+    ``input_path`` (where ``items`` came from) lets the output be refused when it is that file.
+
     ``on_item(summary, item, result)`` is called after each item (``result`` None: it failed,
     and its message is ``summary.errors[-1]``).  ``options.seed`` (default 0) is the run seed."""
     out_path = Path(output)
+    out = _open_output(out_path, input_path)
+    try:
+        return await _run(plan, backend, items, out_path, out, given=given, options=options,
+                          resume=resume, items_in_flight=items_in_flight, on_item=on_item,
+                          provenance=provenance)
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+
+
+async def _run(
+    plan: P.Plan,
+    backend: Backend,
+    items: list[Item],
+    out_path: Path,
+    out: TextIO,
+    *,
+    given: Mapping[str, Any],
+    options: RunOptions,
+    resume: bool,
+    items_in_flight: int,
+    on_item: Callable[[DatasetSummary, Item, RunResult | None], None] | None,
+    provenance: Mapping[str, Any] | None,
+) -> DatasetSummary:
     done = _done_ids(out_path) if resume else {}
-    if not resume and out_path.exists() and out_path.stat().st_size > 0:
+    if not resume and out_path.stat().st_size > 0:
         raise HarnessError("{output} {path} already has results: pass {resume} to continue it, "
                            "or remove it", path=out_path)
     todo = [(item, _bind(plan.strategy(), item, given)) for item in items if item.id not in done]
@@ -216,40 +281,46 @@ async def run_dataset(
     limiter = options.limiter or anyio.CapacityLimiter(options.concurrency)
     item_limiter = anyio.CapacityLimiter(max(1, items_in_flight))
     t0 = time.monotonic()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("a", encoding="utf-8") as out:
 
-        async def one(item: Item, args: dict[str, Any]) -> None:
-            async with item_limiter:
-                opts = replace(options, seed=item_seed(run_seed, item.id), limiter=limiter, trace=None)
-                try:
-                    result = await run_plan(plan, backend, args, opts)
-                except TTCError as exc:
-                    summary.failed += 1
-                    summary.errors.append(f"item {item.id} (line {item.line}): {exc}")
-                    if on_item is not None:
-                        on_item(summary, item, None)
-                    return
-            record: dict[str, Any] = {"id": item.fields.get("id", item.id), **result_to_json(result)}
-            if "answer" in item.fields:
-                ok = is_correct(result.value, item.fields["answer"])
-                record["answer"] = item.fields["answer"]
-                record["correct"] = ok
-                summary.graded += 1
-                summary.correct += int(ok)
-            if provenance is not None:
-                record["provenance"] = {**provenance, "run_seed": run_seed, "seed": opts.seed}
+    async def one(item: Item, args: dict[str, Any]) -> None:
+        async with item_limiter:
+            opts = replace(options, seed=item_seed(run_seed, item.id), limiter=limiter)
+            try:
+                result = await run_plan(plan, backend, args, opts)
+            except TTCError as exc:
+                summary.failed += 1
+                summary.errors.append(f"item {item.id} (line {item.line}): {exc}")
+                if on_item is not None:
+                    on_item(summary, item, None)
+                return
+        record: dict[str, Any] = {"id": item.fields.get("id", item.id), **result_to_json(result)}
+        if "answer" in item.fields:
+            ok = is_correct(result.value, item.fields["answer"])
+            record["answer"] = item.fields["answer"]
+            record["correct"] = ok
+            summary.graded += 1
+            summary.correct += int(ok)
+        if provenance is not None:
+            record["provenance"] = {**provenance, "run_seed": run_seed, "seed": opts.seed}
+        try:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())
-            summary.done += 1
-            summary.empty += int(no_answer(result.value))
-            summary.completion_tokens += result.usage.completion_tokens
-            if on_item is not None:
-                on_item(summary, item, result)
+        except OSError as exc:  # a full disk, say: stop; the lines written so far stay
+            raise HarnessError("{output} {path}: cannot write a result ({reason}); the {done} "
+                               "finished before it are in the file", path=out_path,
+                               reason=exc.strerror or exc, done=summary.done) from None
+        summary.done += 1
+        summary.empty += int(no_answer(result.value))
+        summary.completion_tokens += result.usage.completion_tokens
+        if on_item is not None:
+            on_item(summary, item, result)
 
+    try:
         async with anyio.create_task_group() as tg:
             for item, args in todo:
                 tg.start_soon(one, item, args)
+    except BaseExceptionGroup as eg:
+        raise first_failure(eg) from None
     summary.wall_s = time.monotonic() - t0
     return summary
