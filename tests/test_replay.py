@@ -157,3 +157,25 @@ def test_ttc_bench_records_and_replays(tmp_path: Path) -> None:
     again = subprocess.run([*common, "--backend", "replay", "--replay", str(rec)],
                            capture_output=True, text=True, check=True)
     assert rows(first.stdout) and rows(first.stdout) == rows(again.stdout)
+
+
+def test_thinking_tags_are_recorded_and_replayed(tmp_path: Path) -> None:
+    # A thinking budget asks the backend for its tags; the replay answers as the recording did,
+    # so the replayed run needs no --think-tags either.
+    task = load_task(REPO / "data" / "tasks" / "math_reasoning.json")
+    question = task.problems[0].question
+    program = (REPO / "programs" / "budget_forcing.ttc").read_text()
+    path = tmp_path / "rec.jsonl"
+    plan = compile_source(program, "p.ttc").plan
+
+    def run(backend: object) -> RunResult:
+        async def main() -> RunResult:
+            async with backend:  # type: ignore[attr-defined]
+                return await run_plan(plan, backend, {"question": question, "think": 256}, RunOptions(seed=3))  # type: ignore[arg-type]
+
+        return anyio.run(main)
+
+    recorded = run(record_to(SimBackend(task), str(path)))
+    assert recorded.usage.thinking_tokens > 0
+    assert any(json.loads(line).get("op") == "think_tags" for line in path.read_text().splitlines())
+    assert _same(run(ReplayBackend(path)), recorded)

@@ -26,6 +26,7 @@ from ttcdsl.runtime.backend import (
     GenRequest,
     GenResult,
     StreamingBackend,
+    ThinkingBackend,
     WarmResult,
 )
 
@@ -58,6 +59,10 @@ class RecordingBackend:
 
     async def tokenize(self, text: str) -> list[int]:
         return await self.inner.tokenize(text)
+
+    async def think_tags(self) -> tuple[str, str] | None:
+        """The wrapped backend's thinking tags (None when it cannot tell, as without a wrapper)."""
+        return await self.inner.think_tags() if isinstance(self.inner, ThinkingBackend) else None
 
     async def detokenize(self, ids: Sequence[int]) -> str:
         return await self.inner.detokenize(ids)

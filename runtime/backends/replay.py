@@ -102,6 +102,11 @@ class RecordToFile(RecordingBackend):
         self._write({"op": "warm", "ids": list(input_ids), "result": result})
         return result
 
+    async def think_tags(self) -> tuple[str, str] | None:
+        tags = await super().think_tags()
+        self._write({"op": "think_tags", "tags": list(tags) if tags is not None else None})
+        return tags
+
     async def reward(self, texts: Sequence[str]) -> list[float]:
         scores = await self.inner.reward(texts)
         self._write({"op": "reward", "texts": list(texts), "scores": scores})
@@ -172,6 +177,13 @@ class ReplayBackend:
         key = _enc.encode(list(input_ids)).decode()
         return msgspec.convert(self._pure_answer("warm", key, f"a warm-up of {len(input_ids)} tokens"), WarmResult)
 
+    async def think_tags(self) -> tuple[str, str] | None:
+        """The thinking tags the recorded backend gave (None when the recording never asked)."""
+        if ("think_tags", "") not in self._pure:
+            return None
+        tags = self._pure_answer("think_tags", "", "the thinking tags")
+        return (str(tags[0]), str(tags[1])) if tags is not None else None
+
     async def reward(self, texts: Sequence[str]) -> list[float]:
         key = _enc.encode(list(texts)).decode()
         return list(self._pure_answer("reward", key, f"a reward call on {len(texts)} texts"))
@@ -233,6 +245,8 @@ def _load(path: str) -> tuple[BackendInfo, dict[str, deque[_Gen]], dict[tuple[st
                 pure.setdefault((op, _enc.encode(entry["ids"]).decode()), deque()).append(entry["result"])
             elif op == "reward":
                 pure.setdefault((op, _enc.encode(entry["texts"]).decode()), deque()).append(entry["scores"])
+            elif op == "think_tags":
+                pure.setdefault((op, ""), deque()).append(entry["tags"])
             else:
                 raise ValueError(f"unknown op {op!r}")
     except (ValueError, KeyError, TypeError, msgspec.DecodeError, msgspec.ValidationError) as exc:
