@@ -12,7 +12,7 @@ Documented orders (tests pin them):
   answer.  The answer says how many branches were left out (``excluded``) and flags a winner that
   only unfinished branches back (``unfinished_only``, possible only when they are counted).
   It extracts an answer from every counted branch (those with nothing to extract abstain), counts
-  (or, ``weighted``, sums scores of) each value; the winner is the value with the most support,
+  (or, ``weighted``, sums scores of, a score below 0 adding nothing) each value; the winner is the value with the most support,
   ties going to the value whose first supporter came first.  ``agreement`` is the winner's share
   of all non-abstaining support (0 when everyone abstains), ``support`` its count or weight.
 * `best` is the highest-scored branch (ties: first); with no scores, the first branch.
@@ -133,7 +133,7 @@ def vote(branches: Sequence[Branch], on: str, pattern: str | None = None, weight
         value = extract(b.text, on, pattern)
         if value is None:
             continue
-        weight = (b.score or 0.0) if weighted else 1.0
+        weight = max(b.score or 0.0, 0.0) if weighted else 1.0  # a score below 0 adds no weight
         support[value] = support.get(value, 0.0) + weight
         first.setdefault(value, i)
         backers.setdefault(value, []).append(b)

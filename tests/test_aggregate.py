@@ -242,3 +242,12 @@ def test_a_winner_with_one_finished_backer_is_not_flagged() -> None:
     bs = [br("42", reason="length"), br("42", reason="stop"), br("9", reason="length")]
     a = vote(bs, "number", unfinished=True)
     assert a.value == "42" and a.unfinished_only is False
+
+
+def test_a_weighted_vote_gives_negative_scores_no_weight() -> None:
+    # Reward models may score below 0 (logits); as weights those would make support negative and
+    # push agreement outside [0, 1].  Found by the kit's property over adversarial models.
+    items = [br("the answer is 7", score=0.3), br("the answer is 8", score=-0.22), br("the answer is 8", score=-0.5)]
+    answer = vote(items, "number", weighted=True)
+    assert answer.value == "7" and answer.support == pytest.approx(0.3)
+    assert answer.agreement == 1.0 and answer.votes == {"7": 0.3, "8": 0.0}

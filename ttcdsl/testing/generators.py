@@ -176,8 +176,9 @@ def _pipe_tail(draw: st.DrawFn, scope: _Scope, head: ast.Expr, expand: bool) -> 
     that branch sets stay small."""
     expr = head
     if expand:
+        inject = draw(st.sampled_from([None, None, ast.StrLit("Wait,"), ast.StrLit(" Let me check.\n")]))
         expr = ast.Expand(expr, _small_int(draw, scope), _settings(draw, scope), _step_budget(draw),
-                          piped=draw(st.booleans()))
+                          piped=draw(st.booleans()), inject=inject)
     scored = False
     if draw(st.booleans()):
         agg = draw(st.sampled_from([None, "last", "min", "mean", "prod"]))
@@ -350,7 +351,8 @@ def _vote(draw: st.DrawFn, scope: _Scope, source: str) -> ast.Expr:
     if draw(st.booleans()):  # weighted votes need scores: score right before voting
         branches = ast.Score(branches, _scorer(draw, scope), None, _step_budget(draw), piped=True)
         weighted = draw(st.booleans())
-    return ast.Vote(branches, on, pattern, weighted, piped=draw(st.booleans()))  # type: ignore[arg-type]
+    return ast.Vote(branches, on, pattern, weighted, unfinished=draw(st.booleans()),  # type: ignore[arg-type]
+                    piped=draw(st.booleans()))
 
 
 @st.composite

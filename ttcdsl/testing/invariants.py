@@ -144,6 +144,15 @@ def _made(r: StrategyResult) -> Iterable[tuple[P.Node, Branch, Branch | None]]:
             yield rec.node, b, parents.get(b.parent or "")
 
 
+def _after_injection(r: StrategyResult, start: tuple[int, ...],
+                     full: tuple[int, ...]) -> list[tuple[GenRequest, GenResult]]:
+    """The generations that continued ``start`` plus injected tokens and returned the rest of
+    ``full`` (an `expand ... after TEXT` child: parent tokens, the text's, then generated ones)."""
+    return [(req, res) for req, res in r.backend.calls
+            if len(req.input_ids) > len(start) and full[: len(req.input_ids)] == req.input_ids
+            and tuple(res.output_ids) == full[len(req.input_ids):]]
+
+
 def _reason_agrees(reason: str | None, finish: str) -> bool:
     if reason is None:
         return finish == "stop"  # an open branch stopped at its step string
@@ -162,6 +171,8 @@ def _finish_reasons(r: StrategyResult) -> Iterable[str]:
         if not new and b.finish_reason in ("budget", "abort"):
             continue  # possibly never sent (its share of the budget was 0, or an anytime vote stopped)
         found = made.get(((*b.prompt_ids, *before), new), [])
+        if not found and isinstance(node, P.Expand) and node.inject is not None:
+            found = _after_injection(r, (*b.prompt_ids, *before), (*b.prompt_ids, *b.ids))
         if not found:
             yield f"finish: {where} ({b.finish_reason}) has {len(new)} new tokens that no request returned"
             continue
