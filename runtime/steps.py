@@ -495,7 +495,7 @@ async def _prm(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> 
 async def _logprob(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> list[float | None]:
     """Mean token logprob of each branch."""
     values = [b.mean_logprob for b in items]
-    if any(v is None and b.ids for v, b in zip(values, items)):
+    if any(v is None and b.n_tokens for v, b in zip(values, items)):  # injected tokens carry none
         raise NodeFailed("`score with logprob` needs token logprobs, but the backend returned none", n.span)
     bad = next((v for v in values if v is not None and not v <= _LOGPROB_SLACK), None)
     if bad is not None:  # NaN, or above log(1) by more than rounding

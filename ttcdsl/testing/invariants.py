@@ -172,6 +172,8 @@ def _finish_reasons(r: StrategyResult) -> Iterable[str]:
             continue  # possibly never sent (its share of the budget was 0, or an anytime vote stopped)
         found = made.get(((*b.prompt_ids, *before), new), [])
         if not found and isinstance(node, P.Expand) and node.inject is not None:
+            if b.finish_reason in ("budget", "abort") and len(b.steps) == len(parent.steps if parent else ()) + 1:
+                continue  # possibly never sent: the child holds only the injected text (a step of its own)
             found = _after_injection(r, (*b.prompt_ids, *before), (*b.prompt_ids, *b.ids))
         if not found:
             yield f"finish: {where} ({b.finish_reason}) has {len(new)} new tokens that no request returned"
