@@ -199,7 +199,8 @@ async def measure(plan: P.Plan, values: dict[str, Any], url: str, *, warm_up: bo
     out = Measured()
     inner: Backend = OpenAIBackend(url, reward_url=reward_url) if openai else SGLangBackend(url)
     recording = (RecordingBackend if warm_up else NoWarmUp)(inner)
-    options = RunOptions(seed=seed, budget=budget, trace=out.trace.append)
+    # Programs with a thinking budget need tags; the servers measured here report none.
+    options = RunOptions(seed=seed, budget=budget, trace=out.trace.append, think_tags=("<think>", "</think>"))
     try:
         async with recording:
             before = await counter() if counter else 0
