@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.abc
 
 from ttcdsl import plan as P
 from ttcdsl.errors import BackendError, NodeFailed, ProtocolViolation, TransientBackendError
@@ -258,7 +259,7 @@ class ModelClient:
         if (len(requests) > 1 and isinstance(backend, BatchBackend) and backend.batches
                 and not any(r.stream for r in requests)):
             batch = min(len(requests), int(self.limiter.available_tokens))
-        rest = iter(range(batch if batch > 1 else 0, len(requests)))
+        first = batch if batch > 1 else 0
 
         async def batched() -> None:
             assert isinstance(backend, BatchBackend)
@@ -267,17 +268,14 @@ class ModelClient:
                                            lambda: backend.generate_batch(part), notes=notes[:batch])
             results[:batch] = done
 
-        async def worker() -> None:
-            for i in rest:
-                results[i] = await self.generate(n, chain, requests[i], reservations[i], notes[i])
+        async def one(i: int) -> None:
+            results[i] = await self.generate(n, chain, requests[i], reservations[i], notes[i])
 
-        workers = min(len(requests) - (batch if batch > 1 else 0), max(1, int(self.limiter.total_tokens)))
         try:
             async with anyio.create_task_group() as tg:
                 if batch > 1:
                     tg.start_soon(batched)
-                for _ in range(workers):
-                    tg.start_soon(worker)
+                await _Pool(tg, range(first, len(requests)), self._workers(), one).work()
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
         return [r for r in results if r is not None]
@@ -295,27 +293,27 @@ class ModelClient:
         notes = list(notes) if notes is not None else [_PLAIN] * len(requests)
         results: list[GenResult | None] = [None] * len(requests)
         sent = [False] * len(requests)
-        pending = iter(range(len(requests)))
         try:
             async with anyio.create_task_group() as tg:
 
-                async def worker() -> None:
-                    for i in pending:
-                        sent[i] = True
-                        results[i] = result = await self.generate(n, chain, requests[i], reservations[i],
-                                                                  notes[i])
-                        if enough(i, result):
-                            tg.cancel_scope.cancel()
-                            return
+                async def one(i: int) -> None:
+                    sent[i] = True
+                    results[i] = result = await self.generate(n, chain, requests[i], reservations[i],
+                                                              notes[i])
+                    if enough(i, result):
+                        tg.cancel_scope.cancel()
 
-                for _ in range(min(len(requests), max(1, int(self.limiter.total_tokens)))):
-                    tg.start_soon(worker)
+                await _Pool(tg, range(len(requests)), self._workers(), one).work()
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
         finally:
             for res in reservations:
                 res.release()
         return results, sent
+
+    def _workers(self) -> int:
+        """The most worker tasks one step's forks get: the limiter's size."""
+        return max(1, int(self.limiter.total_tokens))
 
     async def _one(self, request: GenRequest) -> list[GenResult]:
         return [await self.backend.generate(request)]
@@ -467,8 +465,15 @@ class ModelClient:
             attempt += 1
             t_start = time.monotonic() - self._t0
             try:
-                async with self._slots(slots):
-                    value = await fn()
+                if slots == 1:
+                    await self._slot()
+                    try:
+                        value = await fn()
+                    finally:
+                        self.limiter.release()
+                else:
+                    async with self._slots(slots):
+                        value = await fn()
             except TransientBackendError as exc:
                 if tracing:
                     self._trace(n, kind, rids, attempt, t_start, trace(), error=str(exc))
@@ -485,21 +490,18 @@ class ModelClient:
                             [{**t, **d} for t, d in zip(trace(), describe(value))])
             return value
 
+    async def _slot(self) -> None:
+        """Take one slot of the limiter (the caller releases it)."""
+        try:
+            self.limiter.acquire_nowait()  # a free slot: no trip through the event loop
+        except anyio.WouldBlock:
+            await self.limiter.acquire()
+
     @asynccontextmanager
     async def _slots(self, k: int) -> AsyncIterator[None]:
-        """Hold ``k`` slots of the limiter.  Batches take theirs one at a time under a lock
+        """Hold ``k`` > 1 slots of the limiter.  Batches take theirs one at a time under a lock
         shared by every client of the limiter, so two batches never deadlock each holding part
         of what they need."""
-        if k == 1:
-            try:
-                self.limiter.acquire_nowait()  # a free slot: no trip through the event loop
-            except anyio.WouldBlock:
-                await self.limiter.acquire()
-            try:
-                yield
-            finally:
-                self.limiter.release()
-            return
         held: list[object] = []
         try:
             async with _batch_lock(self.limiter):
@@ -511,6 +513,34 @@ class ModelClient:
         finally:
             for token in held:
                 self.limiter.release_on_behalf_of(token)
+
+
+class _Pool:
+    """Runs ``job(i)`` for every ``i`` of ``items`` in order, at most ``limit`` at a time.  The
+    task calling `work` is the first worker; another worker task is started only once every
+    worker started so far has begun, so forks a backend answers without suspending are served
+    by one task, and forks that wait on the server get up to ``limit`` tasks, one more per turn
+    of the event loop.  A waiting fork is an index in ``items``, never an idle task."""
+
+    def __init__(self, tg: anyio.abc.TaskGroup, items: range, limit: int,
+                 job: Callable[[int], Awaitable[None]]) -> None:
+        self.tg, self.items, self.limit, self.job = tg, iter(items), limit, job
+        self.left = len(items)
+        self.alive = 0
+        self.starting = False
+
+    async def work(self) -> None:
+        self.starting = False
+        self.alive += 1
+        try:
+            for i in self.items:
+                self.left -= 1
+                if self.left and not self.starting and self.alive < self.limit:
+                    self.starting = True
+                    self.tg.start_soon(self.work)
+                await self.job(i)
+        finally:
+            self.alive -= 1
 
 
 _BATCH_LOCKS: weakref.WeakKeyDictionary[anyio.CapacityLimiter, anyio.Lock] = weakref.WeakKeyDictionary()
