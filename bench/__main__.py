@@ -116,7 +116,8 @@ def one_run(client: str, workload: Workload, spec_path: Path, url: str, seed: in
     ideal = side.ideal
     run = Run(wall_s=out["wall_s"], cpu_s=out["cpu_s"], requests=side.requests,
               generations=side.generations, prefilled=side.prefilled, chain_s=ideal.chain_s,
-              work_s=ideal.work_s, served_s=ideal.served_s, ideal_s=ideal.ideal_s)
+              work_s=ideal.work_s, served_s=ideal.served_s, ideal_s=ideal.ideal_s,
+              queued_s=ideal.queued_s)
     return run, out
 
 
@@ -198,7 +199,7 @@ def build(profile: Profile, repeats: int, runs: dict[str, dict[str, list[Run]]],
                         ("prefilled_tokens_ratio_vs_sglang_frontend", "prefilled_tokens")):
         report[key] = {name: paired_ratio(r["ttcdsl"], r["frontend"], figure)
                        for name, r in runs.items()} if has_fe else None
-    for key in ("critical_path_ratio", "model_path_ratio"):
+    for key in ("critical_path_ratio", "model_path_ratio", "schedule_ratio"):
         report[key] = {c: {name: report["workloads"][name][c][key]["median"] for name in runs}
                        for c in (CLIENTS if has_fe else CLIENTS[:1])}
     forks = list(profile.scaling)

@@ -26,6 +26,15 @@ to a server with this latency model:
   see a client that slows the server down (say, by streaming every token), which
   wall / ``ideal_s`` and the wall ratio between clients do see.
 
+* ``queued_s``: not a bound but a schedule: the same requests, each costing what the server
+  took to serve it, replayed through the server's own admission rule (at most the batch limit
+  running, the rest admitted first come first served) by a client that spends no time at all:
+  every request is sent the moment the requests it depends on have finished (at once when it
+  depends on none), in the order the client sent them.  wall / ``queued_s`` is the time the
+  client itself added; what separates ``queued_s`` from ``served_s`` is the batch limit's
+  packing (a partly empty last wave of requests), which no client that cannot foresee the
+  lengths of its samples avoids.
+
 Sibling forks never depend on each other (their inputs are the same text, so neither continues
 the other), and requests for different prompts never do either.  A ratio wall / ideal of 1.00
 means the client added nothing to the latency the model imposes; the bound ignores queueing
@@ -34,11 +43,12 @@ order, so the ratio can only overstate a client's overhead, never hide it.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Ideal", "ServerSide", "ideal", "summarize"]
+__all__ = ["Ideal", "ServerSide", "ideal", "replay", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,13 @@ class Ideal:
     work_s: float
     served_s: float
     ideal_s: float
+    queued_s: float = 0.0
 
     def __add__(self, other: Ideal) -> Ideal:
         """The ideal of two request sets run one after the other."""
         return Ideal(self.chain_s + other.chain_s, self.work_s + other.work_s,
-                     self.served_s + other.served_s, self.ideal_s + other.ideal_s)
+                     self.served_s + other.served_s, self.ideal_s + other.ideal_s,
+                     self.queued_s + other.queued_s)
 
 
 @dataclass(frozen=True)
@@ -79,15 +91,19 @@ def ideal(log: Sequence[dict[str, Any]], decode: Callable[[Sequence[int]], str],
     costs = [_cost(e, prefill_s, decode_s) for e in entries]
     finish: list[float] = []  # the chain ending with request i, in model seconds
     served: list[float] = []  # the same, in the seconds the server took
+    after: list[list[int]] = []  # the requests each one depends on
     for i, (entry, text) in enumerate(zip(entries, texts)):
         before = before_served = 0.0
+        deps = []
         for j in range(i):
             q = entries[j]
             if q["t1"] > entry["t0"] or not (q["warm"] or q["output_ids"]):
                 continue
             if len(heads[j]) <= len(text) and text.startswith(heads[j]):
+                deps.append(j)
                 before = max(before, finish[j])
                 before_served = max(before_served, served[j])
+        after.append(deps)
         finish.append(before + costs[i])
         served.append(before_served + entry["t1"] - entry["ta"])
     busy = [e["t1"] - e["ta"] for e in entries]
@@ -95,7 +111,34 @@ def ideal(log: Sequence[dict[str, Any]], decode: Callable[[Sequence[int]], str],
     served_work = sum(busy) / max_batch if max_batch > 0 else 0.0
     chain = max(finish, default=0.0)
     return Ideal(chain_s=chain, work_s=work, served_s=max(max(served, default=0.0), served_work),
-                 ideal_s=max(chain, work))
+                 ideal_s=max(chain, work), queued_s=replay(after, busy, max_batch))
+
+
+def replay(after: Sequence[Sequence[int]], costs: Sequence[float], max_batch: int) -> float:
+    """When the last request would finish on a server that runs at most ``max_batch`` requests
+    at once (0: no limit) and admits the rest first come first served, if each request ``i``
+    (in the client's order) were sent the moment every request in ``after[i]`` had finished and
+    took ``costs[i]`` once admitted."""
+    waiting = [len(deps) for deps in after]
+    unblocks: list[list[int]] = [[] for _ in after]
+    for i, deps in enumerate(after):
+        for j in deps:
+            unblocks[j].append(i)
+    ready = [(0.0, i) for i, w in enumerate(waiting) if w == 0]  # (sent at, client order)
+    heapq.heapify(ready)
+    running: list[tuple[float, int]] = []  # (finishes at, request)
+    now = end = 0.0
+    while ready or running:
+        while ready and (max_batch <= 0 or len(running) < max_batch):
+            sent, i = heapq.heappop(ready)
+            heapq.heappush(running, (max(now, sent) + costs[i], i))
+        now, j = heapq.heappop(running)
+        end = max(end, now)
+        for i in unblocks[j]:
+            waiting[i] -= 1
+            if waiting[i] == 0:
+                heapq.heappush(ready, (now, i))
+    return end
 
 
 def summarize(log: Sequence[dict[str, Any]], decode: Callable[[Sequence[int]], str], *,
@@ -109,7 +152,7 @@ def summarize(log: Sequence[dict[str, Any]], decode: Callable[[Sequence[int]], s
         text = decode(entry["input_ids"])
         index = next((i for i, q in enumerate(in_turn) if q in text), len(in_turn))
         groups.setdefault(index, []).append(entry)
-    total = Ideal(0.0, 0.0, 0.0, 0.0)
+    total = Ideal(0.0, 0.0, 0.0, 0.0, 0.0)
     for group in groups.values():
         total += ideal(group, decode, prefill_s=prefill_s, decode_s=decode_s, max_batch=max_batch)
     return ServerSide(

@@ -1,6 +1,6 @@
 """One wall-time ratio against SGLang's frontend on the real engine (not a test).
 
-    python -m bench.real_sglang [--forks 8] [--repeats 3] [--greedy]
+    python -m bench.real_sglang [--forks 8] [--repeats 3] [--greedy] [--warmups 1]
 
 Starts the real SGLang 0.5.23 CPU server of the real-SGLang tier (SmolLM2-135M-Instruct, the
 tier's venv and model under ``$TTC_SGLANG_HOME``; ``scripts/sglang_tier.sh setup`` makes them),
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved pairs (default 3)")
     ap.add_argument("--greedy", action="store_true",
                     help="temperature 0 for both clients (reproducible chains)")
+    ap.add_argument("--warmups", type=int, default=1,
+                    help="unmeasured pairs first, while the engine warms up (default 1)")
     args = ap.parse_args(argv)
     # A SIGTERM unwinds like Ctrl-C, so the server below is stopped whatever ends the run.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -87,20 +89,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"starting SGLang at {launch.url} (30-60 s)...", file=sys.stderr)
             server.wait_ready(600.0)
             url = launch.url
-            # The first requests after start are slow (shape warm-up): one unmeasured pass each.
+            # The first requests after start are slow (shape warm-up): unmeasured pairs first.
+            # The two clients take turns going first, so a drift of the engine's speed over a
+            # pair favours neither.
             pairs: list[tuple[dict[str, float], dict[str, float]]] = []
-            for repeat in range(args.repeats + 1):
-                flush(url)
-                ttc = run_json([sys.executable, "-m", "bench.ttc_client", url, str(spec_path), "1"],
-                               cwd=ROOT, timeout=1800, what="the ttcdsl client")
-                flush(url)
-                fe = run_json([str(python), "-I", str(ROOT / "bench" / "frontend.py"), url, str(spec_path)],
-                              cwd=ROOT, timeout=1800, what="the frontend client")
-                label = "warm-up" if repeat == 0 else f"repeat {repeat}"
-                print(f"{label}: ttcdsl wall {ttc['wall_s']:.2f} s cpu {ttc['cpu_s']:.3f} s | "
-                      f"frontend wall {fe['wall_s']:.2f} s cpu {fe['cpu_s']:.3f} s | "
-                      f"answers {ttc['answers']} / {fe['answers']}")
-                if repeat:
+            for repeat in range(-args.warmups + 1, args.repeats + 1):
+                clients = {
+                    "ttcdsl": [sys.executable, "-m", "bench.ttc_client", url, str(spec_path), "1"],
+                    "frontend": [str(python), "-I", str(ROOT / "bench" / "frontend.py"), url,
+                                 str(spec_path)],
+                }
+                order = list(clients) if repeat % 2 else list(clients)[::-1]
+                got = {}
+                for name in order:
+                    flush(url)
+                    got[name] = run_json(clients[name], cwd=ROOT, timeout=1800, what=f"the {name} client")
+                ttc, fe = got["ttcdsl"], got["frontend"]
+                label = "warm-up" if repeat <= 0 else f"repeat {repeat}"
+                print(f"{label} ({order[0]} first): ttcdsl wall {ttc['wall_s']:.2f} s cpu "
+                      f"{ttc['cpu_s']:.3f} s | frontend wall {fe['wall_s']:.2f} s cpu {fe['cpu_s']:.3f} s"
+                      f" | answers {ttc['answers']} / {fe['answers']}", flush=True)
+                if repeat > 0:
                     pairs.append((ttc, fe))
     wall = [t["wall_s"] / f["wall_s"] for t, f in pairs]
     cpu = [t["cpu_s"] / f["cpu_s"] for t, f in pairs]

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `bench/` is a folder of the repository, not an installed package
 
 from bench.__main__ import frontend_python  # noqa: E402
-from bench.critical import ideal, summarize  # noqa: E402
+from bench.critical import ideal, replay, summarize  # noqa: E402
 from bench.procs import BenchError  # noqa: E402
 from bench.report import slope  # noqa: E402
 from bench.workloads import FULL, QUICK, sampling  # noqa: E402
@@ -151,6 +151,29 @@ def test_the_batch_limit_bounds_many_parallel_requests() -> None:
     log = [_req(0.0, 1.0, f"q{i}", "abcd") for i in range(8)]
     got = ideal(log, _decode, prefill_s=0.0, decode_s=1.0, max_batch=2)
     assert (got.chain_s, got.work_s, got.ideal_s) == (4.0, 16.0, 16.0)
+
+
+def test_the_replay_admits_first_come_first_served_under_the_batch_limit() -> None:
+    # Two slots, costs 3, 1, 1, 3 sent together: the last one starts only at t=2 and ends at 5,
+    # one more than the bound (the total over the slots, 4) that perfect packing would reach.
+    assert replay([[], [], [], []], [3.0, 1.0, 1.0, 3.0], 2) == 5.0
+    assert replay([[], [], [], []], [3.0, 1.0, 1.0, 3.0], 0) == 3.0  # no limit: the longest
+
+
+def test_the_replay_sends_a_request_when_what_it_depends_on_has_finished() -> None:
+    # 1 continues 0, 2 waits for both 0 and 1; 3 depends on nothing and runs beside them.
+    assert replay([[], [0], [0, 1], []], [2.0, 3.0, 1.0, 4.0], 0) == 6.0
+    # One slot: 0 (0-2), 3 (2-6: it was sent at 0, before 1 was ready), 1 (6-9), 2 (9-10).
+    assert replay([[], [0], [0, 1], []], [2.0, 3.0, 1.0, 4.0], 1) == 10.0
+
+
+def test_the_ideal_replays_the_logged_requests() -> None:
+    log = [_req(0.0, 1.0, "ab", "cd"), _req(1.5, 2.0, "abcd\n", "ef", cached=3),
+           _req(0.0, 3.0, "zz", "q")]
+    got = ideal(log, _decode, prefill_s=0.0, decode_s=1.0, max_batch=1)
+    # Served costs 1, 0.5, 3 on one slot, in the order sent: ab (0-1), zz (1-4), abcd (4-4.5).
+    assert got.queued_s == pytest.approx(4.5)
+    assert got.served_s == pytest.approx(4.5)  # here the total over one slot is the same
 
 
 def test_questions_run_in_turn_add_up_their_ideals() -> None:
