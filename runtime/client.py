@@ -534,6 +534,8 @@ class _Pool:
         self.alive += 1
         try:
             for i in self.items:
+                if self.tg.cancel_scope.cancel_called:
+                    return  # an anytime step has what it needs: nothing more is sent
                 self.left -= 1
                 if self.left and not self.starting and self.alive < self.limit:
                     self.starting = True

@@ -118,6 +118,20 @@ def test_the_sequential_reference_stops_sending_once_settled() -> None:
     assert answer.aborted == 0 and answer.unsent == 12 and answer.stopped_early
 
 
+@pytest.mark.parametrize("latency", [0.0, -1.0])
+def test_the_concurrent_executor_sends_nothing_once_settled_by_answers_that_come_at_once(
+        latency: float) -> None:
+    # latency -1: the backend answers without ever suspending, so one worker task sends every
+    # fork in turn; it must stop at the fourth answer, as the sequential reference does.
+    backend = ScriptedBackend(Script(text=lambda request, seed: "so the answer is 7.", latency_s=latency))
+    result, _, root = _run(ANYTIME.format(rule="agreement"), backend,
+                           args={"threshold": 0.75, "after": 4}, concurrency=1)
+    answer = result.value
+    assert answer.value == "7" and answer.used == len(backend.requests) == 4
+    assert answer.aborted == 0 and answer.unsent == 12 and answer.stopped_early
+    assert root.violations() == []
+
+
 def test_a_rule_that_never_holds_lets_every_branch_vote() -> None:
     # Seed 6: the first chains disagree, so agreement 1.0 is never reached.
     result, _, _ = _run(ANYTIME.format(rule="agreement"), Jittered(1), args={"threshold": 1.0}, seed=6)

@@ -41,7 +41,8 @@ class Script:
     ``chaos``: a seeded source of random misbehaviour — per request it may cut the text anywhere,
     claim any finish reason and any token count up to ``max_new_tokens``.  ``overreport``: report
     one token more than allowed (a protocol violation the runtime must catch).  ``fail``: every
-    generation fails permanently with this message.
+    generation fails permanently with this message.  ``latency_s < 0``: answer without handing
+    control to the event loop at all (a backend whose answers are already there).
     """
 
     text: Callable[[GenRequest, int], str] | None = None
@@ -119,9 +120,9 @@ class ScriptedBackend:
 
     async def _generate(self, request: GenRequest, count: int) -> GenResult:
         s = self.script
-        if s.latency_s:
+        if s.latency_s > 0:
             await anyio.sleep(s.latency_s)
-        else:
+        elif s.latency_s == 0:
             await anyio.lowlevel.checkpoint()
         if s.fail is not None:
             raise BackendError(s.fail)
