@@ -348,6 +348,10 @@ class ModelClient:
                         f"completion tokens for a request allowed {limit}", n.span,
                     )
                 _check_counts(n, result.prompt_tokens, result.cached_tokens)
+                if request.logprobs and result.completion_tokens and result.logprobs is None:
+                    # Only `score with logprob` asks; without them it would score nothing.
+                    raise NodeFailed(f"{op_name(n)}: `score with logprob` needs token logprobs, but "
+                                     f"the backend returned none", n.span)
                 res.settle(result.completion_tokens)
         except anyio.get_cancelled_exc_class():
             if aborted is not None:

@@ -493,10 +493,10 @@ async def _prm(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> 
 
 
 async def _logprob(ev: Evaluator, frame: Frame, n: P.Score, items: list[Branch]) -> list[float | None]:
-    """Mean token logprob of each branch."""
+    """Mean token logprob of each branch (None for a branch with no generated token: injected
+    tokens carry none).  A backend that returns no logprobs fails the generating step
+    (`ModelClient`), so every generated token here has one."""
     values = [b.mean_logprob for b in items]
-    if any(v is None and b.n_tokens for v, b in zip(values, items)):  # injected tokens carry none
-        raise NodeFailed("`score with logprob` needs token logprobs, but the backend returned none", n.span)
     bad = next((v for v in values if v is not None and not v <= _LOGPROB_SLACK), None)
     if bad is not None:  # NaN, or above log(1) by more than rounding
         raise NodeFailed(f"the backend broke the protocol: a mean token logprob of {bad} "

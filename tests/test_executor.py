@@ -275,6 +275,25 @@ strategy rank(question: text) {
     assert all(b.score == -0.5 for b in r.value.items)
 
 
+class NoLogprobs(ScriptedBackend):
+    """A backend that ignores the request's ask for token logprobs."""
+
+    async def generate(self, request: Any) -> Any:
+        result = await super().generate(request)
+        result.logprobs = None
+        return result
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_backend_that_returns_no_logprobs_fails_the_step_that_asked(sequential: bool) -> None:
+    src = 'strategy s() {\n    return sample 3 from "x" with max_tokens = 6 | score with logprob\n}\n'
+    plan = compile_source(src).plan
+    with pytest.raises(NodeFailed, match=r"`score with logprob` needs token logprobs, but the backend "
+                                         r"returned none") as info:
+        anyio.run(run_plan, plan, NoLogprobs(), {}, RunOptions(sequential=sequential))
+    assert info.value.span is not None and info.value.span.line == 2
+
+
 def test_an_absurd_fork_count_fails_at_once_naming_the_limit() -> None:
 
     src = 'strategy s(n: int = 1) {\n    return sample n from "x"\n}\n'
