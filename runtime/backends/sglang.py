@@ -55,6 +55,7 @@ from ttcdsl.runtime.backend import (
     first_failure,
 )
 from ttcdsl.runtime.backends._http import (
+    ANSWER_TYPES,
     LRU,
     TRANSIENT_STATUSES,
     connection_error,
@@ -68,7 +69,7 @@ from ttcdsl.runtime.backends._http import (
     unexpected_content,
     whole_stop_text,
 )
-from ttcdsl.runtime.backends._think import tags_of_parser
+from ttcdsl.runtime.backends._think import parser_of_info, tags_of_parser
 
 __all__ = ["SGLangBackend"]
 
@@ -601,7 +602,7 @@ class SGLangBackend:
             if resp.status != 200:
                 pending = False
                 raise _http_error(server.url, what, resp.status, await resp.read(), server.router)
-            if resp.content_type not in ("application/json", "text/event-stream"):
+            if resp.content_type not in ANSWER_TYPES:
                 pending = False
                 raise unexpected_content("SGLang server", server.url, what, resp.content_type,
                                          await resp.content.read(4096))
@@ -688,10 +689,7 @@ class SGLangBackend:
         for path in () if parser else ("/get_server_info", "/server_info"):
             status, body = await self._probe(server.url, path, "")
             if status == 200:
-                try:
-                    parser = _info_decoder.decode(body).reasoning_parser
-                except msgspec.DecodeError:
-                    parser = None
+                parser = parser_of_info(body)
                 break
         return tags_of_parser(parser)
 
