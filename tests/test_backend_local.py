@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -163,6 +164,45 @@ def test_missing_model_path_names_the_path(tmp_path):
     with pytest.raises(BackendUnavailable) as err:
         local_mod.LocalBackend(missing)
     assert str(err.value) == f"model file not found: {missing} (--model takes a .gguf file)"
+
+
+def _not_gguf(tmp_path, kind):
+    """A path that exists but is no GGUF model, and the start of the error it gives."""
+    if kind == "directory":
+        return tmp_path, f"--model {tmp_path} is a directory; --model takes a .gguf file"
+    if kind == "device":
+        return Path("/dev/zero"), ("--model /dev/zero exists but is not a regular file (a device, "
+                                   "pipe or socket); --model takes a .gguf file")
+    path = tmp_path / f"{kind}.gguf"
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path, f"--model {path} exists but is not a regular file"
+    path.write_bytes({"empty": b"", "text": b"hello world\n"}[kind])
+    what = "it is empty" if kind == "empty" else "its first 4 bytes are b'hell', not b'GGUF'"
+    return path, f"--model {path} is not a GGUF file ({what}); --model takes a .gguf file"
+
+
+@pytest.mark.parametrize("kind", ["directory", "device", "fifo", "empty", "text"])
+def test_a_model_path_that_is_no_gguf_file_says_what_it_is(tmp_path, kind):
+    if not HAVE_LLAMA:
+        pytest.skip("llama-cpp-python is not installed")
+    path, message = _not_gguf(tmp_path, kind)
+    with pytest.raises(BackendUnavailable) as err:
+        local_mod.LocalBackend(path)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_ttc_run_with_model_dev_zero_is_one_line(capsys):
+    if not HAVE_LLAMA:
+        pytest.skip("llama-cpp-python is not installed")
+    from ttcdsl.cli import main
+
+    program = Path(__file__).resolve().parents[1] / "programs" / "self_consistency.ttc"
+    assert main(["run", str(program), "--backend", "local", "--model", "/dev/zero",
+                 "--arg", "question=Q"]) == 1
+    assert capsys.readouterr().err == (
+        "ttc: error: --model /dev/zero exists but is not a regular file (a device, pipe or "
+        "socket); --model takes a .gguf file\n")
 
 
 def test_missing_llama_cpp_says_what_to_install(monkeypatch):
