@@ -240,7 +240,7 @@ async def test_reward_says_which_backend_has_a_reward_model(tmp_path):
     if not HAVE_LLAMA:
         pytest.skip("llama-cpp-python is not installed")
     fake = tmp_path / "m.gguf"
-    fake.write_bytes(b"")
+    fake.write_bytes(b"GGUF")  # GGUF's magic, nothing more: never loaded
     backend = local_mod.LocalBackend(fake)  # not loaded: reward needs no model
     assert backend.info.name == "local" and backend.info.model == "m.gguf"
     with pytest.raises(BackendError) as err:
@@ -256,7 +256,7 @@ async def test_a_file_llama_cpp_rejects_is_a_clear_start_up_error(tmp_path):
     if not HAVE_LLAMA:
         pytest.skip("llama-cpp-python is not installed")
     fake = tmp_path / "junk.gguf"
-    fake.write_bytes(b"not a gguf file")
+    fake.write_bytes(b"GGUF but not a model file")  # past the magic check, for llama.cpp to refuse
     with pytest.raises(BackendUnavailable, match=f"llama.cpp could not load {fake}"):
         async with local_mod.LocalBackend(fake):
             pass
