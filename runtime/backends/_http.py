@@ -13,7 +13,8 @@ error shapes SGLang and its router produce, which are not uniform:
 
 Also shared by both backends: which HTTP statuses are worth retrying (`TRANSIENT_STATUSES`),
 URL normalisation (`normalise_url`), request ids that never prefix one another (`new_rid`), a
-small LRU map for tokenizer answers (`LRU`), the wording of lost connections, stalls and
+small LRU map for tokenizer answers (`LRU`), the requests of start-up checks
+(`start_up_request`), the wording of lost connections, stalls and
 answers that are neither JSON nor an event stream (`connection_error`, `stall_error`,
 `unexpected_content`, with `ANSWER_TYPES` and `foreign_body`), and the repair of a text cut inside a stop token
 (`whole_stop_text`).
@@ -32,7 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import aiohttp
 import msgspec
 
-from ttcdsl.errors import BackendError, TransientBackendError, UsageError
+from ttcdsl.errors import BackendError, BackendUnavailable, TransientBackendError, UsageError
 from ttcdsl.runtime.backend import GenResult
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "normalise_url",
     "one_line",
     "stall_error",
+    "start_up_request",
     "unexpected_content",
     "whole_stop_text",
 ]
@@ -226,6 +228,21 @@ def foreign_body(content_type: str, body: bytes) -> bool:
     except (msgspec.DecodeError, RecursionError):
         return True
     return False
+
+
+async def start_up_request(session: aiohttp.ClientSession, method: str, url: str, path: str, *,
+                           server: str, hint: str, body: Any = None) -> tuple[int, bytes, str]:
+    """One request of a backend's start-up checks: (status, body, content type).  A server that
+    cannot be reached is `BackendUnavailable` naming ``server`` (e.g. "a SGLang server"), the
+    URL, what was tried and why, then ``hint`` (how to start one)."""
+    try:
+        data = None if body is None else msgspec.json.encode(body)
+        async with session.request(method, url + path, data=data) as resp:
+            return resp.status, await resp.read(), resp.content_type
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise BackendUnavailable(
+            f"cannot reach {server} at {url} (tried {method} {path}: {reason_of(exc, 160)}); {hint}"
+        ) from None
 
 
 def stall_error(server: str, url: str, what: str, timeout: aiohttp.ClientTimeout) -> TransientBackendError:

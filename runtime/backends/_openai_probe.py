@@ -33,7 +33,13 @@ import aiohttp
 import msgspec
 
 from ttcdsl.errors import BackendUnavailable
-from ttcdsl.runtime.backends._http import error_message, foreign_body, one_line, unexpected_content
+from ttcdsl.runtime.backends._http import (
+    error_message,
+    foreign_body,
+    one_line,
+    start_up_request,
+    unexpected_content,
+)
 from ttcdsl.runtime.backends._openai_wire import ForkPolicy, Profile
 from ttcdsl.runtime.backends._think import parser_of_info, tags_of_parser
 
@@ -159,21 +165,13 @@ async def _request(session: aiohttp.ClientSession, url: str, method: str, path: 
                    body: Any = None, role: str = "", typed: bool = True) -> tuple[int, bytes]:
     """The status and body of one request; with ``typed``, a 200 answer that is no server's (a
     proxy's page: `foreign_body`) is `BackendUnavailable`."""
-    try:
-        data = None if body is None else msgspec.json.encode(body)
-        async with session.request(method, url + path, data=data) as resp:
-            raw = await resp.read()
-            if typed and resp.status == 200 and foreign_body(resp.content_type, raw):
-                raise unexpected_content(f"the OpenAI-compatible {role}server", url,
-                                         f"{method} {path}", resp.content_type, raw,
-                                         BackendUnavailable)
-            return resp.status, raw
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        reason = one_line(str(exc) or type(exc).__name__, 160)
-        raise BackendUnavailable(
-            f"cannot reach an OpenAI-compatible {role}server at {url} (tried {method} {path}: "
-            f"{reason}); {_HOW_TO_START}"
-        ) from None
+    status, raw, content_type = await start_up_request(
+        session, method, url, path, server=f"an OpenAI-compatible {role}server", hint=_HOW_TO_START,
+        body=body)
+    if typed and status == 200 and foreign_body(content_type, raw):
+        raise unexpected_content(f"the OpenAI-compatible {role}server", url, f"{method} {path}",
+                                 content_type, raw, BackendUnavailable)
+    return status, raw
 
 
 def _refused(url: str, what: str, status: int, raw: bytes, role: str) -> BackendUnavailable:
