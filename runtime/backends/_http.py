@@ -14,9 +14,9 @@ error shapes SGLang and its router produce, which are not uniform:
 Also shared by both backends: which HTTP statuses are worth retrying (`TRANSIENT_STATUSES`),
 URL normalisation (`normalise_url`), request ids that never prefix one another (`new_rid`), a
 small LRU map for tokenizer answers (`LRU`), the requests of start-up checks
-(`start_up_request`), the wording of lost connections, stalls and
-answers that are neither JSON nor an event stream (`connection_error`, `stall_error`,
-`unexpected_content`, with `ANSWER_TYPES` and `foreign_body`), and the repair of a text cut inside a stop token
+(`start_up_request`), the wording of lost connections, stalls and answers that are neither
+JSON nor an event stream (`connection_error`, `stall_error`, `unexpected_content`, with
+`ANSWER_TYPES` and `foreign_body`), and the repair of a text cut inside a stop token
 (`whole_stop_text`).
 
 Nothing here knows a generate protocol; that is `ttcdsl.runtime.backends.sglang` and
