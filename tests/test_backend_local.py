@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -165,6 +166,45 @@ def test_missing_model_path_names_the_path(tmp_path):
     assert str(err.value) == f"model file not found: {missing} (--model takes a .gguf file)"
 
 
+def _not_gguf(tmp_path, kind):
+    """A path that exists but is no GGUF model, and the start of the error it gives."""
+    if kind == "directory":
+        return tmp_path, f"--model {tmp_path} is a directory; --model takes a .gguf file"
+    if kind == "device":
+        return Path("/dev/zero"), ("--model /dev/zero exists but is not a regular file (a device, "
+                                   "pipe or socket); --model takes a .gguf file")
+    path = tmp_path / f"{kind}.gguf"
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path, f"--model {path} exists but is not a regular file"
+    path.write_bytes({"empty": b"", "text": b"hello world\n"}[kind])
+    what = "it is empty" if kind == "empty" else "its first 4 bytes are b'hell', not b'GGUF'"
+    return path, f"--model {path} is not a GGUF file ({what}); --model takes a .gguf file"
+
+
+@pytest.mark.parametrize("kind", ["directory", "device", "fifo", "empty", "text"])
+def test_a_model_path_that_is_no_gguf_file_says_what_it_is(tmp_path, kind):
+    if not HAVE_LLAMA:
+        pytest.skip("llama-cpp-python is not installed")
+    path, message = _not_gguf(tmp_path, kind)
+    with pytest.raises(BackendUnavailable) as err:
+        local_mod.LocalBackend(path)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_ttc_run_with_model_dev_zero_is_one_line(capsys):
+    if not HAVE_LLAMA:
+        pytest.skip("llama-cpp-python is not installed")
+    from ttcdsl.cli import main
+
+    program = Path(__file__).resolve().parents[1] / "programs" / "self_consistency.ttc"
+    assert main(["run", str(program), "--backend", "local", "--model", "/dev/zero",
+                 "--arg", "question=Q"]) == 1
+    assert capsys.readouterr().err == (
+        "ttc: error: --model /dev/zero exists but is not a regular file (a device, pipe or "
+        "socket); --model takes a .gguf file\n")
+
+
 def test_missing_llama_cpp_says_what_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -200,7 +240,7 @@ async def test_reward_says_which_backend_has_a_reward_model(tmp_path):
     if not HAVE_LLAMA:
         pytest.skip("llama-cpp-python is not installed")
     fake = tmp_path / "m.gguf"
-    fake.write_bytes(b"")
+    fake.write_bytes(b"GGUF")  # GGUF's magic, nothing more: never loaded
     backend = local_mod.LocalBackend(fake)  # not loaded: reward needs no model
     assert backend.info.name == "local" and backend.info.model == "m.gguf"
     with pytest.raises(BackendError) as err:
@@ -216,7 +256,7 @@ async def test_a_file_llama_cpp_rejects_is_a_clear_start_up_error(tmp_path):
     if not HAVE_LLAMA:
         pytest.skip("llama-cpp-python is not installed")
     fake = tmp_path / "junk.gguf"
-    fake.write_bytes(b"not a gguf file")
+    fake.write_bytes(b"GGUF but not a model file")  # past the magic check, for llama.cpp to refuse
     with pytest.raises(BackendUnavailable, match=f"llama.cpp could not load {fake}"):
         async with local_mod.LocalBackend(fake):
             pass

@@ -22,10 +22,11 @@ import pytest
 from aiohttp import web
 
 from ttcdsl.args import bind_args
-from ttcdsl.compiler import compile_file
+from ttcdsl.compiler import compile_file, compile_source
 from ttcdsl.errors import (
     BackendError,
     BackendUnavailable,
+    NodeFailed,
     ProtocolViolation,
     TransientBackendError,
     UsageError,
@@ -661,3 +662,91 @@ async def test_a_text_prompt_tokenized_otherwise_is_refused_from_the_answer() ->
         with pytest.raises(BackendError, match="cannot be continued from its exact tokens"):
             await backend.generate(req([*ids, *first.output_ids], 2))
         assert fake.prompts[sent:] == ["a\n\nb"]  # one request, checked from its answer
+
+
+# --- answers that are not JSON, and thinking tags ------------------------------------------------
+
+
+PROXY_PAGE = b"<!doctype html><html><title>502 Bad Gateway</title><body>nginx</body></html>"
+NOT_JSON = "with text/html, not JSON or an event stream (is a proxy in the way?): <!doctype html>"
+
+
+async def proxy_page(request: web.Request) -> web.Response:
+    return web.Response(body=PROXY_PAGE, content_type="text/html")
+
+
+@asynccontextmanager
+async def proxied(sim_url: str, page: Callable[[str, Any], bool]) -> AsyncIterator[str]:
+    """A proxy in front of the simulator that answers its HTML page when ``page(path, body)``."""
+    async def forward(request: web.Request) -> web.Response:
+        raw = await request.read()
+        if page(request.path, json.loads(raw) if raw else None):
+            return await proxy_page(request)
+        async with aiohttp.ClientSession() as http, http.request(
+                request.method, sim_url + request.path, data=raw,
+                headers={"Content-Type": "application/json"}) as r:
+            return web.Response(body=await r.read(), status=r.status, content_type=r.content_type)
+
+    routes = ["GET /v1/models", "POST /tokenize", "POST /detokenize", "POST /v1/completions"]
+    async with serve(dict.fromkeys(routes, forward)) as url:
+        yield url
+
+
+async def test_a_proxy_page_at_start_up_is_one_line() -> None:
+    async with serve({"GET /v1/models": proxy_page}) as url:
+        with pytest.raises(BackendUnavailable) as caught:
+            async with OpenAIBackend(url):
+                pass
+    assert str(caught.value).startswith(
+        f"the OpenAI-compatible server at {url} answered GET /v1/models {NOT_JSON}")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("path", "what"), [
+    ("/v1/completions", "POST /v1/completions"),
+    ("/tokenize", "POST /tokenize"),
+])  # fmt: skip
+async def test_a_proxy_page_after_start_up_is_one_line(path: str, what: str) -> None:
+    def page(asked: str, body: Any) -> bool:
+        # Start-up's probes (one token, the text "Hello") pass; later requests get the page.
+        return asked == path and body.get("max_tokens", 2) > 1 and body.get("prompt") != "Hello"
+
+    async with sim() as (sim_url, _), proxied(sim_url, page) as url, OpenAIBackend(url) as backend:
+        with pytest.raises(BackendError) as caught:
+            await backend.generate(req(await backend.tokenize(PROMPT)))
+    assert not isinstance(caught.value, TransientBackendError)
+    assert str(caught.value).startswith(
+        f"the OpenAI-compatible server at {url} answered {what} {NOT_JSON}")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("task", "tags"), [
+    ("math_reasoning.json", ("<think>", "</think>")),
+    ("demo.json", None),
+])  # fmt: skip
+async def test_a_sglang_server_tells_its_thinking_tags(task: str, tags: Any) -> None:
+    engine = SimEngine(load_task(REPO / "data" / "tasks" / task), SimConfig())
+    async with running_server(engine=engine) as url, OpenAIBackend(url) as backend:
+        assert backend.profile.kind == "sglang"
+        assert await backend.think_tags() == tags
+
+
+async def test_vllm_tells_no_thinking_tags_so_a_thinking_step_names_think_tags() -> None:
+    plan = compile_source(THINKING, "t.ttc").plan
+    async with vllm() as (url, _, _), OpenAIBackend(url) as backend:
+        assert await backend.think_tags() is None
+        with pytest.raises(NodeFailed) as caught:
+            await run_plan(plan, backend, {"q": PROMPT}, RunOptions(seed=1))
+    assert str(caught.value).startswith(
+        "t.ttc:3:12: `think_max` needs the model's thinking tags, and the openai backend cannot "
+        "tell them for model 'vllm-model'; pass --think-tags OPEN,CLOSE")
+    async with vllm() as (url, _, _), OpenAIBackend(url) as backend:
+        done = await run_plan(plan, backend, {"q": PROMPT},
+                              RunOptions(seed=1, think_tags=("Step", "\n\n")))
+    assert done.usage.thinking_tokens > 0
+
+
+THINKING = """strategy s(q: text) {
+    budget 2000 tokens
+    return sample 1 from q with think_max = 40, max_tokens = 20
+}"""

@@ -243,6 +243,7 @@ async def test_through_a_router_prompts_go_as_text_and_ids_come_back(router: tup
         more = await backend.generate(req([*ids, *step.output_ids], greedy(5)))
         assert more.prompt_tokens == len(ids) + len(step.output_ids)
         assert more.cached_tokens == more.prompt_tokens - 1  # routed to the worker holding it
+        assert await backend.think_tags() is None  # the router's server info: no reasoning parser
 
 
 def run_json(*args: str) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from ttcdsl.errors import (
 )
 from ttcdsl.runtime.backend import Backend, GenRequest, Sampling
 from ttcdsl.runtime.backends._http import error_message, iter_sse_data
-from ttcdsl.runtime.backends.sglang import SGLangBackend, _Chunk, _Stream
+from ttcdsl.runtime.backends._sglang_wire import Chunk, Stream
+from ttcdsl.runtime.backends.sglang import SGLangBackend
 from ttcdsl.runtime.sim import Latency, SimConfig, SimEngine, load_task
 from ttcdsl.runtime.sim.server import running_server
 
@@ -697,9 +698,9 @@ def test_cumulative_and_delta_streams_fold_to_the_same_result(
                                                "meta_info": meta}))
     results = []
     for payloads in (cumulative, as_deltas(cumulative)):
-        stream = _Stream("http://x", len(tokens), logprobs=True, top_logprobs=0)
+        stream = Stream("http://x", len(tokens), logprobs=True, top_logprobs=0)
         for payload in payloads:
-            stream.feed(msgspec.json.decode(payload, type=_Chunk))
+            stream.feed(msgspec.json.decode(payload, type=Chunk))
         results.append(stream.result())
     assert results[0] == results[1]
     assert results[0].output_ids == [t for t, _ in tokens]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,49 @@ def test_empty_results_are_warned_about(tmp_path: Path, capsys: pytest.CaptureFi
                    '    return sample 2 from "Problem: {question}\\n" with max_tokens = 3 | vote on number\n}\n')
     assert main(["bench", str(cut), "--input", DATA, "--limit", "2", "--sim-task", TASK]) == 0
     assert "warning: cut: 2 of 2 runs gave no answer (graded wrong)" in capsys.readouterr().err
+
+
+# ---- deadlines: --timeout the whole bench, --item-timeout each item's run (as `ttc run`) ----
+
+# With a budget of 40 tokens, `passes` beyond it spin without tokens: a run as long as one likes.
+SPIN = """
+strategy spin(question: text, passes: int = 0) {
+    budget 40 tokens
+    b = sample 1 from question with max_tokens = 40
+    repeat passes {
+        c = sample 1 from question with max_tokens = 40
+    }
+    return vote b on number
+}
+"""
+
+
+def _spin(tmp_path: Path) -> str:
+    path = tmp_path / "spin.ttc"
+    path.write_text(SPIN)
+    return str(path)
+
+
+def test_item_timeout_stops_the_bench_at_the_slow_item(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", _spin(tmp_path), "--input", _small_dataset(tmp_path, 1), "--sim-task", TASK,
+            "--arg", f"passes={10**9}", "--item-timeout", "0.3"]
+    t0 = time.monotonic()
+    assert main(argv) == 1
+    assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ttc: error: bench stopped: ") and err[-1].endswith(
+        "the run timed out after 0.3 s (raise --item-timeout)"), err
+
+
+def test_timeout_limits_the_whole_bench_and_says_what_was_kept(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.json"
+    argv = ["bench", _spin(tmp_path), "--input", _small_dataset(tmp_path, 2), "--sim-task", TASK,
+            "--sweep", f"passes=0,{10**9}", "--json", str(out), "--timeout", "2"]
+    t0 = time.monotonic()
+    assert main(argv) == 1
+    assert time.monotonic() - t0 < 12
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"ttc: error: the bench timed out after 2 s (raise --timeout); the 1 finished "
+                       f"pass(es) are in {out} (--resume continues)"), err
+    assert [p["value"] for p in json.loads(out.read_text())["points"]] == [0]

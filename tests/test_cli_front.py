@@ -12,12 +12,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ttcdsl import plan as P
 from ttcdsl.cli import main
 from ttcdsl.compiler import compile_file
+from ttcdsl.launch import TTC
+from ttcdsl.program import MAX_SOURCE_BYTES
 
 PLANS = Path(__file__).resolve().parent / "fixtures" / "plans"
 
@@ -244,6 +247,50 @@ def test_fmt_refuses_a_file_with_a_syntax_error(tmp_path: Path, capsys: pytest.C
 def test_fmt_reads_stdin_and_writes_stdout(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(UNFORMATTED))
     assert run(capsys, "fmt", "-") == (0, FORMATTED, "")
+
+
+class _Endless(io.RawIOBase):
+    """An input that never ends, like ``yes``."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        buffer[:] = b"y\n" * (len(buffer) // 2) + b"y" * (len(buffer) % 2)
+        return len(buffer)
+
+
+def test_fmt_stops_reading_an_endless_stdin_at_the_source_limit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(_Endless())))
+    assert run(capsys, "fmt", "-") == (1, "", (
+        f"ttc: error: -: standard input holds more than {MAX_SOURCE_BYTES} bytes, too large for "
+        "a .ttc file\n1 file with errors\n"))
+
+
+def test_yes_piped_into_fmt_ends_in_one_error_line() -> None:
+    yes = subprocess.Popen(["yes"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        proc = subprocess.run([*TTC, "fmt", "-"], stdin=yes.stdout, capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        yes.kill()
+        yes.wait()
+        assert yes.stdout is not None
+        yes.stdout.close()
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines()[0] == (
+        f"ttc: error: -: standard input holds more than {MAX_SOURCE_BYTES} bytes, too large for "
+        "a .ttc file")
+
+
+def test_fmt_refuses_a_file_past_the_source_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big = tmp_path / "big.ttc"
+    with big.open("wb") as f:
+        f.truncate(MAX_SOURCE_BYTES + 1)  # sparse: no disk space used
+    assert run(capsys, "fmt", str(big))[2].splitlines()[0] == (
+        f"ttc: error: {big}: too large for a .ttc file ({MAX_SOURCE_BYTES + 1} bytes)")
 
 
 def test_fmt_normalises_windows_line_ends(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -210,6 +210,19 @@ def test_timeout_ends_a_cpu_bound_loop_in_time(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_bench_timeout_ends_a_cpu_bound_loop_in_time(tmp_path: Path) -> None:
+    program = write(tmp_path, "spin.ttc", LOOP.replace("spin(q: text)", "spin(question: text)")
+                    .replace("from q", "from question"))
+    data = write(tmp_path, "in.jsonl", '{"id": "q1", "question": "What is 17 + 25?", "answer": "42"}\n')
+    t0 = time.monotonic()
+    proc = subprocess.run([*TTC, "bench", program, "--input", data, "--backend", "sim", "--sim-task", TASK,
+                           "--timeout", "1.5"], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 1
+    assert one_error_line(proc.stderr) == "ttc: error: the bench timed out after 1.5 s (raise --timeout)"
+    assert took < 1.5 + 8  # start-up of a fresh interpreter included
+
+
 def test_ctrl_c_at_random_moments_ends_within_a_second_with_one_line(tmp_path: Path) -> None:
     program = write(tmp_path, "spin.ttc", LOOP)
     rng = random.Random(12)

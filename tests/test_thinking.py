@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ttcdsl import plan as P
 from ttcdsl.compiler import compile_source
 from ttcdsl.errors import CheckErrors, NodeFailed
 from ttcdsl.runtime.backend import GenRequest
@@ -22,7 +23,8 @@ from ttcdsl.runtime.backends.scripted import Script, ScriptedBackend
 from ttcdsl.runtime.backends.sim import SimBackend, load_task
 from ttcdsl.runtime.budget import Budget
 from ttcdsl.runtime.executor import RunOptions, run_plan
-from ttcdsl.runtime.values import Branches, RunResult, TraceRecord, result_to_json
+from ttcdsl.runtime.steps import SCORERS
+from ttcdsl.runtime.values import Branch, Branches, RunResult, TraceRecord, result_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 TAGS = ("<think>", "</think>")
@@ -176,6 +178,40 @@ def test_an_injected_continuation_hits_the_prefix_cache_on_the_sim() -> None:
         assert rec.injected_tokens > 0
         assert rec.cached_tokens >= rec.input_tokens - rec.injected_tokens - 1
     assert first and r.usage.injected_tokens == sum(rec.injected_tokens for rec in probes)
+
+
+NEVER_SENT = """
+strategy s(q: text) {
+    a = sample 2 from q with chunk = 8
+    return expand a by 3 after "Wait," with max_tokens = 8 budget 2 | score with logprob
+}"""
+
+
+def test_score_with_logprob_leaves_injected_tokens_out_and_a_branch_of_only_them_unscored() -> None:
+    task = load_task(REPO / "data" / "tasks" / "demo.json")
+    r, _ = run(NEVER_SENT, SimBackend(task), {"q": task.problems[0].question + "\n"})
+    children = branches(r)
+    never_sent = [c for c in children if c.steps[-1] == "Wait,"]  # the budget of 2 reached two forks
+    assert len(never_sent) == 4 and all(c.finish_reason == "budget" for c in never_sent)
+    for child in never_sent:
+        # The injected tokens carry no logprob: the child scores as its parent's generated tokens.
+        assert child.n_tokens == 8 and child.score == pytest.approx(child.logprob / 8)
+    assert all(c.score is not None for c in children)
+    # A branch whose tokens are all injected (a child of a branch that generated nothing, never
+    # sent) has no logprob at all: it is unscored, not an error.
+    score = next(n for n in compile_source(NEVER_SENT, "t.ttc").plan.strategy().nodes if isinstance(n, P.Score))
+
+    async def scores() -> list[float | None]:
+        async with SimBackend(task) as backend:
+            injected = await backend.tokenize("Wait,")
+            root = Branch(id="n1.0", root="n1.0", parent=None, prompt="Q", prompt_ids=(1,))
+            alone = root.child("n2.0")
+            alone.ids.extend(injected)
+            alone.steps.append("Wait,")
+            alone.finished, alone.finish_reason = True, "budget"
+            return await SCORERS["logprob"](None, None, score, [alone, never_sent[0]])  # type: ignore[arg-type]
+
+    assert anyio.run(scores) == [None, never_sent[0].score]
 
 
 def test_a_chunk_leaves_the_branch_open_and_a_budget_cut_still_closes_it() -> None:

@@ -123,9 +123,9 @@ def _main(words: list[str], *, hard: bool) -> int:
     from ttcdsl.commands._guard import Interrupted, Overdue, guard
     from ttcdsl.errors import CheckErrors, NodeFailed, SourceError, TTCError, UsageError
 
-    # `ttc run --timeout` limits the whole command; `ttc bench --timeout` limits each of its
-    # runs (the runtime enforces that one), so it sets no deadline for the command.
-    timeout = args.timeout if args.command == "run" else None
+    # `ttc run --timeout` and `ttc bench --timeout` limit the whole command: the commands keep
+    # that deadline themselves, and the guard is the backstop for work that never yields.
+    timeout = args.timeout if args.command in ("run", "bench") else None
     try:
         if args.command in _SERVERS:
             status = args.func(args)
@@ -149,7 +149,8 @@ def _main(words: list[str], *, hard: bool) -> int:
         print(exc.render() if located else f"ttc: error: {exc}", file=sys.stderr)
         return 1
     except Overdue as exc:
-        print(f"ttc: error: the run timed out after {exc.timeout:g} s (raise --timeout)",
+        what = "bench" if args.command == "bench" else "run"
+        print(f"ttc: error: the {what} timed out after {exc.timeout:g} s (raise --timeout)",
               file=sys.stderr)
         return 1
     except Interrupted as exc:

@@ -13,8 +13,10 @@ error shapes SGLang and its router produce, which are not uniform:
 
 Also shared by both backends: which HTTP statuses are worth retrying (`TRANSIENT_STATUSES`),
 URL normalisation (`normalise_url`), request ids that never prefix one another (`new_rid`), a
-small LRU map for tokenizer answers (`LRU`), the wording of lost connections and stalls
-(`connection_error`, `stall_error`), and the repair of a text cut inside a stop token
+small LRU map for tokenizer answers (`LRU`), the requests of start-up checks
+(`start_up_request`), the wording of lost connections, stalls and answers that are neither
+JSON nor an event stream (`connection_error`, `stall_error`, `unexpected_content`, with
+`ANSWER_TYPES` and `foreign_body`), and the repair of a text cut inside a stop token
 (`whole_stop_text`).
 
 Nothing here knows a generate protocol; that is `ttcdsl.runtime.backends.sglang` and
@@ -31,26 +33,35 @@ from typing import Any, Generic, Protocol, TypeVar
 import aiohttp
 import msgspec
 
-from ttcdsl.errors import BackendError, TransientBackendError, UsageError
+from ttcdsl.errors import BackendError, BackendUnavailable, TransientBackendError, UsageError
 from ttcdsl.runtime.backend import GenResult
 
 __all__ = [
+    "ANSWER_TYPES",
     "LRU",
     "TRANSIENT_STATUSES",
     "ByteChunks",
     "connection_error",
     "error_message",
+    "foreign_body",
     "iter_sse_data",
     "new_rid",
     "normalise_url",
     "one_line",
     "stall_error",
+    "start_up_request",
+    "unexpected_content",
     "whole_stop_text",
 ]
 
 # HTTP statuses worth retrying: rate limited, bad gateway, unavailable (starting, overloaded),
 # gateway timeout.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+
+# The content types a server answers a successful request with.  SGLang's /generate keeps to
+# them; sglang-router labels some JSON answers text/plain, so elsewhere `foreign_body` also looks
+# at the body before a proxy's HTML page is refused with `unexpected_content`.
+ANSWER_TYPES = frozenset({"application/json", "text/event-stream"})
 
 # Longest message we put into an exception: enough for any real error, short enough for one line.
 _MAX_MESSAGE = 400
@@ -198,12 +209,40 @@ def reason_of(exc: BaseException, limit: int = 200) -> str:
     return one_line(str(exc) or type(exc).__name__, limit)
 
 
-def unexpected_content(server: str, url: str, what: str, content_type: str, body: bytes) -> BackendError:
-    """An answer that is neither JSON nor an event stream (a proxy's HTML page, say)."""
-    return BackendError(
+def unexpected_content(server: str, url: str, what: str, content_type: str, body: bytes,
+                       error: type[BackendError] = BackendError) -> BackendError:
+    """An answer that is neither JSON nor an event stream (a proxy's HTML page, say), as
+    ``error`` (`BackendUnavailable` at start-up)."""
+    return error(
         f"{server} at {url} answered {what} with {content_type or 'no content type'}, not JSON "
         f"or an event stream (is a proxy in the way?): {error_message(body[:2000])}"
     )
+
+
+def foreign_body(content_type: str, body: bytes) -> bool:
+    """Whether a successful answer is no server's: neither of `ANSWER_TYPES` nor JSON at all."""
+    if content_type in ANSWER_TYPES:
+        return False
+    try:
+        msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return True
+    return False
+
+
+async def start_up_request(session: aiohttp.ClientSession, method: str, url: str, path: str, *,
+                           server: str, hint: str, body: Any = None) -> tuple[int, bytes, str]:
+    """One request of a backend's start-up checks: (status, body, content type).  A server that
+    cannot be reached is `BackendUnavailable` naming ``server`` (e.g. "a SGLang server"), the
+    URL, what was tried and why, then ``hint`` (how to start one)."""
+    try:
+        data = None if body is None else msgspec.json.encode(body)
+        async with session.request(method, url + path, data=data) as resp:
+            return resp.status, await resp.read(), resp.content_type
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise BackendUnavailable(
+            f"cannot reach {server} at {url} (tried {method} {path}: {reason_of(exc, 160)}); {hint}"
+        ) from None
 
 
 def stall_error(server: str, url: str, what: str, timeout: aiohttp.ClientTimeout) -> TransientBackendError:

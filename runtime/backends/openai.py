@@ -36,8 +36,11 @@ llama-cpp-python's server (raw prompts and exact continuations: never the chat A
   task closes the connection (vLLM and SGLang abort a request whose client left) and, on a
   SGLang server, posts ``/abort_request`` for its rid, shielded and with a short timeout.
   llama-cpp-python's server finishes a plain request it has started whatever the client does.
+* thinking tags (`think_tags`): those of the reasoning parser a SGLang server or sglang-router
+  names in ``/get_server_info``; vLLM and llama-cpp-python's server tell none (``--think-tags``).
 * errors: HTTP 429/502/503/504, connection resets and stalls raise `TransientBackendError` (the
-  caller retries); every other failure raises `BackendError` with the server's own message.
+  caller retries); a successful answer that is neither JSON nor an event stream (a proxy's
+  page) and every other failure raise `BackendError` with the server's own message.
   More tokens than ``max_new_tokens`` is a `ProtocolViolation`.
 * rewards (`reward`): SGLang's ``/classify`` or ``/v1/embeddings``, vLLM's ``/pooling`` or
   ``/classify`` (a process reward model: the newest step's score is the last row's last
@@ -75,11 +78,13 @@ from ttcdsl.runtime.backends._http import (
     TRANSIENT_STATUSES,
     connection_error,
     error_message,
+    foreign_body,
     iter_sse_data,
     new_rid,
     normalise_url,
     one_line,
     stall_error,
+    unexpected_content,
     whole_stop_text,
 )
 from ttcdsl.runtime.backends._openai_wire import (
@@ -193,6 +198,13 @@ class OpenAIBackend:
     def profile(self) -> Profile:
         """What start-up learnt about the server (see `Profile`)."""
         return self._active()
+
+    async def think_tags(self) -> tuple[str, str] | None:
+        """The tags of the reasoning parser a SGLang server or router reports; None on servers
+        that report none (vLLM, llama-cpp-python): then ``--think-tags`` gives them."""
+        server = self._active()
+        assert self._session is not None
+        return await probe.think_tags(self._session, server)
 
     def _active(self) -> Profile:
         if self._server is None or self._session is None:
@@ -422,7 +434,11 @@ class OpenAIBackend:
                         break
                     usage = self._fold(server, _decode(server.url, data), folds) or usage
             else:
-                usage = self._fold(server, _decode(server.url, await resp.read()), folds)
+                raw = await resp.read()
+                if foreign_body(resp.content_type, raw):
+                    pending = False
+                    raise unexpected_content(_SERVER, server.url, what, resp.content_type, raw)
+                usage = self._fold(server, _decode(server.url, raw), folds)
             pending = False
             return folds, usage
         except TimeoutError:  # first: aiohttp's timeouts are ClientErrors too
@@ -545,7 +561,7 @@ class OpenAIBackend:
         try:
             async with session.post(server.url + path, data=msgspec.json.encode(body)) as resp:
                 raw = await resp.read()
-                status = resp.status
+                status, content_type = resp.status, resp.content_type
         except TimeoutError:
             raise stall_error(_SERVER, server.url, what, self._timeout) from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -557,6 +573,8 @@ class OpenAIBackend:
             if reward and not isinstance(error, TransientBackendError):
                 raise BackendError(f"{error}; {_REWARD_HINT}")
             raise error
+        if foreign_body(content_type, raw):
+            raise unexpected_content(_SERVER, server.url, what, content_type, raw)
         try:
             return msgspec.json.decode(raw, type=kind)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -13,7 +13,7 @@ the backend had generated for it by then.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -75,16 +75,27 @@ class RecordingBackend:
         return await self.inner.reward(texts)
 
     async def generate(self, request: GenRequest) -> GenResult:
-        self._enter(1)
-        try:
-            result = await self.inner.generate(request)
-        except Exception as exc:
-            self.failed([request], exc)
-            raise
-        finally:
-            self.in_flight -= 1
+        result: GenResult = await self._passing([request], lambda: self.inner.generate(request))
         self.record(request, result)
         return result
+
+    async def _passing(self, requests: Sequence[GenRequest], call: Callable[[], Awaitable[Any]],
+                       streamed: bool = False) -> Any:
+        """What ``call`` (the wrapped backend answering ``requests``) returns, the requests
+        counted in flight meanwhile; a failure goes to `failed`, and a ``streamed`` request
+        cancelled part-way to `cancelled`, before it propagates."""
+        self._enter(len(requests))
+        try:
+            return await call()
+        except anyio.get_cancelled_exc_class():
+            if streamed:
+                self.cancelled(requests[0], self.progress.get(requests[0].rid, 0))
+            raise
+        except Exception as exc:
+            self.failed(requests, exc)
+            raise
+        finally:
+            self.in_flight -= len(requests)
 
     def record(self, request: GenRequest, result: GenResult) -> None:
         """Count one answered request (subclasses add what they keep)."""
@@ -111,14 +122,7 @@ class _Batches:
         return bool(self.inner.batches)
 
     async def generate_batch(self: Any, requests: Sequence[GenRequest]) -> list[GenResult]:
-        self._enter(len(requests))
-        try:
-            results = await self.inner.generate_batch(requests)
-        except Exception as exc:
-            self.failed(requests, exc)
-            raise
-        finally:
-            self.in_flight -= len(requests)
+        results = await self._passing(requests, lambda: self.inner.generate_batch(requests))
         for request, result in zip(requests, results):
             self.record(request, result)
         return list(results)
@@ -132,17 +136,7 @@ class _Streams:
             self.progress[request.rid] = tokens
             progress(tokens)
 
-        self._enter(1)
-        try:
-            result = await self.inner.generate_stream(request, seen)
-        except anyio.get_cancelled_exc_class():
-            self.cancelled(request, self.progress.get(request.rid, 0))
-            raise
-        except Exception as exc:
-            self.failed([request], exc)
-            raise
-        finally:
-            self.in_flight -= 1
+        result = await self._passing([request], lambda: self.inner.generate_stream(request, seen), True)
         self.record(request, result)
         return result
 

@@ -26,14 +26,16 @@
 
 It never sends ``n`` (every fork has its own seed): the runtime forks, and warms a shared prefix
 first with `warm`.
-It does not retry: retries belong to the caller.  What real servers send is pinned by the
-recordings in tests/fixtures/sglang/ and checked against the engine by tests/sglang_tier/.
+It does not retry: retries belong to the caller.  What the wire carries, and how an answer is
+folded into a `GenResult`, is `ttcdsl.runtime.backends._sglang_wire`; this module sends the
+requests.  What real servers send is pinned by the recordings in tests/fixtures/sglang/ and
+checked against the engine by tests/sglang_tier/.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import anyio
@@ -48,27 +50,45 @@ from ttcdsl.errors import (
 )
 from ttcdsl.runtime.backend import (
     BackendInfo,
-    FinishKind,
     GenRequest,
     GenResult,
     WarmResult,
     first_failure,
 )
 from ttcdsl.runtime.backends._http import (
+    ANSWER_TYPES,
     LRU,
-    TRANSIENT_STATUSES,
     connection_error,
     error_message,
     iter_sse_data,
     new_rid,
     normalise_url,
-    one_line,
-    reason_of,
     stall_error,
+    start_up_request,
     unexpected_content,
     whole_stop_text,
 )
-from ttcdsl.runtime.backends._think import tags_of_parser
+from ttcdsl.runtime.backends._sglang_wire import (
+    LOGPROB_DEFAULTS,
+    Chunk,
+    Embedding,
+    EmbeddingList,
+    LogprobEntry,
+    Server,
+    ServerInfo,
+    Stream,
+    Text,
+    Tokens,
+    batch_decoder,
+    chunk_decoder,
+    decode_answer,
+    first_score,
+    http_error,
+    info_decoder,
+    payload_of,
+    reader_of,
+)
+from ttcdsl.runtime.backends._think import parser_of_info, tags_of_parser
 
 __all__ = ["SGLangBackend"]
 
@@ -82,270 +102,6 @@ _REWARD_HINT = (
 )
 _JSON = {"Content-Type": "application/json"}
 _CACHE_SIZE = 4096
-
-
-# --- wire types (unknown fields are ignored, so newer servers decode fine) ------------------------
-
-# One logprob entry: [logprob, token id, token text or null].
-_LogprobEntry = tuple[float | None, int, str | None]
-
-
-class _Finish(msgspec.Struct):
-    type: str
-    matched: str | int | None = None
-    length: int | None = None
-    message: str | None = None
-    status_code: int | None = None
-
-
-class _Meta(msgspec.Struct):
-    finish_reason: _Finish | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int | None = None
-    cached_tokens: int | None = None
-    input_token_logprobs: list[_LogprobEntry] | None = None
-    output_token_logprobs: list[_LogprobEntry] | None = None
-    output_top_logprobs: list[list[_LogprobEntry] | None] | None = None
-
-
-class _Chunk(msgspec.Struct):
-    text: str = ""
-    output_ids: list[int] | None = None
-    meta_info: _Meta | None = None
-    error: Any = None
-    # The batch element a streamed chunk belongs to (absent for a single request).
-    index: int | None = None
-
-
-class _ModelInfo(msgspec.Struct):
-    model_path: str | None = None
-    served_model_name: str | None = None
-    is_generation: bool = True
-    # `--reasoning-parser` (also in /get_server_info, which older servers' model info lacks).
-    reasoning_parser: str | None = None
-
-
-class _Tokens(msgspec.Struct):
-    tokens: list[int]
-
-
-class _Text(msgspec.Struct):
-    text: str
-
-
-class _Embedding(msgspec.Struct):
-    embedding: list[float]
-
-
-class _EmbeddingItem(msgspec.Struct):
-    embedding: list[float]
-    index: int = 0
-
-
-class _EmbeddingList(msgspec.Struct):
-    data: list[_EmbeddingItem]
-
-
-_chunk_decoder = msgspec.json.Decoder(_Chunk)
-_batch_decoder = msgspec.json.Decoder(list[_Chunk])
-# What SGLang assumes for a batch element that does not ask for logprobs.
-_LOGPROB_DEFAULTS: dict[str, Any] = {
-    "return_logprob": False, "logprob_start_len": -1, "top_logprobs_num": 0,
-}
-_info_decoder = msgspec.json.Decoder(_ModelInfo)
-
-
-class _ServerInfo(msgspec.Struct):
-    version: str | int | float | None = None
-
-
-class _Server(msgspec.Struct, frozen=True):
-    """What start-up learnt about one URL."""
-
-    url: str
-    model: str
-    is_generation: bool
-    router: bool
-    reasoning_parser: str | None = None
-    version: str | None = None  # /server_info's "version", when it answers
-
-
-# --- the stream accumulator -----------------------------------------------------------------------
-
-
-class _Stream:
-    """Folds the chunks of one /generate stream into a `GenResult`.
-
-    SGLang streams either cumulative chunks (each one repeats all text, ids and logprobs so far)
-    or deltas.  The flavour is read from the chunks themselves: ``meta_info.completion_tokens``
-    counts every token so far, so a cumulative chunk carries exactly that many ids, a delta
-    carries the difference.  The first chunk is the same either way.
-    """
-
-    def __init__(self, url: str, limit: int, logprobs: bool, top_logprobs: int) -> None:
-        self.url = url
-        self.limit = limit
-        self.want_logprobs = logprobs
-        self.want_top = top_logprobs > 0
-        self.mode: Literal["cumulative", "delta"] | None = None
-        self.text = ""
-        self.ids: list[int] = []
-        self.logprobs: list[_LogprobEntry] = []
-        self.top: list[list[_LogprobEntry] | None] = []
-        self.meta: _Meta | None = None
-        # Told the completion tokens so far after every chunk, if set.
-        self.progress: Callable[[int], None] | None = None
-
-    def feed(self, chunk: _Chunk) -> None:
-        if chunk.error is not None:
-            raise _stream_error(self.url, chunk.error)
-        meta = chunk.meta_info
-        if meta is None:
-            raise ProtocolViolation(
-                f"SGLang server at {self.url} sent a /generate chunk without meta_info"
-            )
-        ids = chunk.output_ids
-        if ids is None:
-            raise ProtocolViolation(
-                f"SGLang server at {self.url} sent no output_ids (SGLang 0.4 or newer is needed)"
-            )
-        finishing_abort = meta.finish_reason is not None and meta.finish_reason.type == "abort"
-        try:
-            mode = self._mode_of(ids, meta.completion_tokens)
-        except ProtocolViolation:
-            if not finishing_abort:
-                raise
-            # With incremental output SGLang ends an aborted request with the whole text but
-            # only the last id; what was streamed before is the partial output.
-            self.meta = meta
-            return
-        out_lp = meta.output_token_logprobs or []
-        out_top = meta.output_top_logprobs or []
-        if mode == "cumulative":
-            # Each decoded chunk is fresh: keep its lists rather than copying them.
-            self.text, self.ids = chunk.text, ids
-            self.logprobs, self.top = list(out_lp), list(out_top)
-        else:
-            self.text += chunk.text
-            self.ids.extend(ids)
-            self.logprobs.extend(out_lp)
-            self.top.extend(out_top)
-        self.meta = meta
-        produced = max(len(self.ids), meta.completion_tokens or 0)
-        if produced > self.limit:
-            raise ProtocolViolation(
-                f"SGLang server at {self.url} returned {produced} completion tokens "
-                f"but max_new_tokens was {self.limit}"
-            )
-        if self.progress is not None:
-            self.progress(produced)
-
-    def _mode_of(self, ids: list[int], total: int | None) -> Literal["cumulative", "delta"]:
-        if not self.ids:
-            # Nothing accumulated yet: replacing and appending give the same state.
-            return self.mode or "cumulative"
-        if total is None:
-            # An older server that does not count: SGLang's default is cumulative.
-            return self.mode or "cumulative"
-        # Compared by counts and by the last id seen (not the whole list: that would be
-        # quadratic in the output length, chunk after chunk).
-        seen_len = len(self.ids)
-        cumulative = len(ids) == total and len(ids) >= seen_len and ids[seen_len - 1] == self.ids[-1]
-        delta = seen_len + len(ids) == total
-        seen: Literal["cumulative", "delta"] | None
-        seen = "cumulative" if cumulative else "delta" if delta else None
-        if seen is None or (self.mode is not None and seen != self.mode):
-            raise ProtocolViolation(
-                f"SGLang server at {self.url} sent an inconsistent /generate stream "
-                f"(a chunk of {len(ids)} ids after {len(self.ids)}, with completion_tokens={total})"
-            )
-        self.mode = seen
-        return seen
-
-    def result(self) -> GenResult:
-        meta = self.meta
-        if meta is None or meta.finish_reason is None:
-            raise TransientBackendError(
-                f"SGLang server at {self.url} ended the /generate stream before the request "
-                "finished"
-            )
-        finish, matched = _finish_of(self.url, meta.finish_reason)
-        result = GenResult(
-            text=self.text,
-            output_ids=self.ids,
-            finish=finish,
-            completion_tokens=max(len(self.ids), meta.completion_tokens or 0),
-            prompt_tokens=meta.prompt_tokens,
-            cached_tokens=meta.cached_tokens or 0,
-            matched=matched,
-        )
-        if self.want_logprobs:
-            result.logprobs = self._token_logprobs()
-        if self.want_top:
-            result.top_logprobs = [_top_map(entry) for entry in self.top]
-        return result
-
-    def _token_logprobs(self) -> list[float]:
-        if len(self.logprobs) != len(self.ids):
-            raise ProtocolViolation(
-                f"SGLang server at {self.url} returned {len(self.logprobs)} output logprobs "
-                f"for {len(self.ids)} output tokens"
-            )
-        return [float("nan") if lp is None else lp for lp, _, _ in self.logprobs]
-
-
-def _top_map(entry: list[_LogprobEntry] | None) -> dict[str, float]:
-    alternatives: dict[str, float] = {}
-    for lp, token, text in entry or ():
-        key = text if text is not None else str(token)
-        if lp is not None and key not in alternatives:
-            alternatives[key] = lp
-    return alternatives
-
-
-def _finish_of(url: str, reason: _Finish) -> tuple[FinishKind, str | int | None]:
-    kind = reason.type
-    if kind == "stop":
-        if isinstance(reason.matched, str):
-            return "stop", reason.matched
-        return "eos", reason.matched
-    if kind == "length":
-        return "length", None
-    if kind == "abort":
-        status = reason.status_code
-        message = reason.message or "aborted"
-        if status is not None and status in TRANSIENT_STATUSES:
-            raise TransientBackendError(
-                f"SGLang server at {url} aborted the request (HTTP {status}): {one_line(message)}"
-            )
-        if status is not None and status >= 400:
-            raise BackendError(
-                f"SGLang server at {url} aborted the request (HTTP {status}): {one_line(message)}"
-            )
-        return "abort", None
-    raise ProtocolViolation(f"SGLang server at {url} sent an unknown finish_reason type {kind!r}")
-
-
-def _stream_error(url: str, error: Any) -> BackendError:
-    """The exception for a ``data: {"error": ...}`` event inside a 200 stream."""
-    message = error_message(error)
-    code = error.get("code") if isinstance(error, dict) else None
-    retryable = isinstance(error, dict) and error.get("retryable") is True
-    if retryable or code in TRANSIENT_STATUSES:
-        return TransientBackendError(f"SGLang server at {url} failed the request: {message}")
-    return BackendError(f"SGLang server at {url} rejected POST /generate: {message}")
-
-
-def _http_error(url: str, what: str, status: int, body: bytes, router: bool = False) -> BackendError:
-    message = error_message(body)
-    # A router answers 500 when it could not reach the worker it picked (e.g. the worker just
-    # died); another attempt lets it route around the dead worker, so that is worth retrying.
-    upstream = router and status == 500 and b"upstream" in body.lower()
-    if status in TRANSIENT_STATUSES or upstream:
-        return TransientBackendError(
-            f"SGLang server at {url} answered {what} with HTTP {status}: {message}"
-        )
-    return BackendError(f"SGLang server at {url} rejected {what} (HTTP {status}): {message}")
 
 
 # --- the backend ----------------------------------------------------------------------------------
@@ -386,8 +142,8 @@ class SGLangBackend:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=timeout)
         self._abort_timeout = abort_timeout
         self._session: aiohttp.ClientSession | None = None
-        self._server: _Server | None = None
-        self._reward_server: _Server | None = None
+        self._server: Server | None = None
+        self._reward_server: Server | None = None
         self._tokens: LRU[str, tuple[int, ...]] = LRU(_CACHE_SIZE)
         self._texts: LRU[tuple[int, ...], str] = LRU(_CACHE_SIZE)
         # Set once an endpoint turned out to be missing, so the fallback is used directly.
@@ -438,7 +194,7 @@ class SGLangBackend:
         """Whether requests go through sglang-router (known after start-up)."""
         return self._active().router
 
-    async def _describe(self, url: str, router: bool | None, role: str) -> _Server:
+    async def _describe(self, url: str, router: bool | None, role: str) -> Server:
         """Start-up checks of one URL: alive, an SGLang server, which model, router or not."""
         status, _ = await self._probe(url, "/health", role)
         if status != 200:
@@ -467,7 +223,7 @@ class SGLangBackend:
                 f"{_HOW_TO_START}"
             )
         try:
-            info = _info_decoder.decode(body)
+            info = info_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise BackendUnavailable(
                 f"the {role}server at {url} sent a model info SGLang would not send ({exc}); "
@@ -478,7 +234,7 @@ class SGLangBackend:
             router = status == 200 and body.lstrip().startswith(b"{") and b'"workers"' in body
         model = info.served_model_name or info.model_path or "unknown"
         version = await self._version(url, role) if self._ask_version and not role else None
-        return _Server(url=url, model=model, is_generation=info.is_generation, router=router,
+        return Server(url=url, model=model, is_generation=info.is_generation, router=router,
                        reasoning_parser=info.reasoning_parser, version=version)
 
     async def _version(self, url: str, role: str) -> str | None:
@@ -487,30 +243,24 @@ class SGLangBackend:
             status, body = await self._probe(url, path, role)
             if status == 200:
                 try:
-                    version = msgspec.json.decode(body, type=_ServerInfo).version
+                    version = msgspec.json.decode(body, type=ServerInfo).version
                 except msgspec.DecodeError:
                     return None
                 return str(version) if version is not None else None
         return None
 
     async def _probe(self, url: str, path: str, role: str) -> tuple[int, bytes]:
-        session = self._active_session()
-        try:
-            async with session.get(url + path) as resp:
-                return resp.status, await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            reason = reason_of(exc, 160)
-            raise BackendUnavailable(
-                f"cannot reach a {role}SGLang server at {url} (tried GET {path}: {reason}); "
-                f"{_HOW_TO_START}"
-            ) from None
+        status, body, _ = await start_up_request(
+            self._active_session(), "GET", url, path, server=f"a {role}SGLang server", hint=_HOW_TO_START
+        )
+        return status, body
 
     def _active_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise BackendError("SGLangBackend is used outside `async with`; enter it first")
         return self._session
 
-    def _active(self) -> _Server:
+    def _active(self) -> Server:
         if self._server is None:
             raise BackendError("SGLangBackend is used outside `async with`; enter it first")
         return self._server
@@ -533,9 +283,9 @@ class SGLangBackend:
     async def _generate(self, request: GenRequest, stream: bool,
                         progress: Callable[[int], None] | None) -> GenResult:
         server = self._active()
-        rid, payload = _payload(request)
+        rid, payload = payload_of(request)
         payload["stream"] = stream
-        reader = _reader(server.url, request)
+        reader = reader_of(server.url, request)
         reader.progress = progress
         (result,) = await self._run(server, payload, [rid], [reader])
         return await self._whole_text(result)
@@ -560,7 +310,7 @@ class SGLangBackend:
             except BaseExceptionGroup as group:
                 raise first_failure(group) from None
             return [r for r in results if r is not None]
-        parts = [_payload(r) for r in requests]
+        parts = [payload_of(r) for r in requests]
         rids = [rid for rid, _ in parts]
         payload: dict[str, Any] = {
             "input_ids": [p["input_ids"] for _, p in parts],
@@ -570,11 +320,11 @@ class SGLangBackend:
         }
         for key in ("return_logprob", "logprob_start_len", "top_logprobs_num"):
             if any(key in p for _, p in parts):
-                payload[key] = [p.get(key, _LOGPROB_DEFAULTS[key]) for _, p in parts]
+                payload[key] = [p.get(key, LOGPROB_DEFAULTS[key]) for _, p in parts]
         # A single flag for the whole batch (SGLang 0.5.23 rejects a list here).
         if any(p.get("return_text_in_logprobs") for _, p in parts):
             payload["return_text_in_logprobs"] = True
-        readers = [_reader(server.url, r) for r in requests]
+        readers = [reader_of(server.url, r) for r in requests]
         return [await self._whole_text(r) for r in await self._run(server, payload, rids, readers)]
 
     async def _whole_text(self, result: GenResult) -> GenResult:
@@ -584,7 +334,7 @@ class SGLangBackend:
         return await whole_stop_text(result, self._detokenize_route)
 
     async def _run(
-        self, server: _Server, payload: dict[str, Any], rids: list[str], readers: list[_Stream]
+        self, server: Server, payload: dict[str, Any], rids: list[str], readers: list[Stream]
     ) -> list[GenResult]:
         """POST /generate and read the answer, whatever its shape: one JSON object, a JSON list
         (a batch), or a stream of chunks (with an ``index`` per batch element)."""
@@ -600,17 +350,17 @@ class SGLangBackend:
             )
             if resp.status != 200:
                 pending = False
-                raise _http_error(server.url, what, resp.status, await resp.read(), server.router)
-            if resp.content_type not in ("application/json", "text/event-stream"):
+                raise http_error(server.url, what, resp.status, await resp.read(), server.router)
+            if resp.content_type not in ANSWER_TYPES:
                 pending = False
                 raise unexpected_content("SGLang server", server.url, what, resp.content_type,
                                          await resp.content.read(4096))
             if resp.content_type == "application/json":
                 body = await resp.read()
                 if len(readers) == 1:
-                    readers[0].feed(_decode(server.url, body, _chunk_decoder))
+                    readers[0].feed(decode_answer(server.url, body, chunk_decoder))
                 else:
-                    chunks = _decode(server.url, body, _batch_decoder)
+                    chunks = decode_answer(server.url, body, batch_decoder)
                     if len(chunks) != len(readers):
                         raise ProtocolViolation(
                             f"SGLang server at {server.url} answered a batch of {len(readers)} "
@@ -622,7 +372,7 @@ class SGLangBackend:
                 async for data in iter_sse_data(resp.content):
                     if data.strip() == b"[DONE]":
                         break
-                    chunk = _decode(server.url, data, _chunk_decoder)
+                    chunk = decode_answer(server.url, data, chunk_decoder)
                     index = chunk.index or 0
                     if not 0 <= index < len(readers):
                         raise ProtocolViolation(
@@ -646,7 +396,7 @@ class SGLangBackend:
             if pending:
                 await self._abort(server, rids)
 
-    async def _abort(self, server: _Server, rids: list[str]) -> None:
+    async def _abort(self, server: Server, rids: list[str]) -> None:
         """Best-effort ``/abort_request`` for every rid of an interrupted request, shielded from
         the cancellation that caused it.  Closing the connection already aborts on SGLang 0.5,
         so a failure here is not an error; routers have no such route."""
@@ -677,7 +427,7 @@ class SGLangBackend:
             "rid": rid,
             "stream": False,
         }
-        (result,) = await self._run(server, payload, [rid], [_Stream(server.url, 0, False, 0)])
+        (result,) = await self._run(server, payload, [rid], [Stream(server.url, 0, False, 0)])
         return WarmResult(prompt_tokens=result.prompt_tokens, cached_tokens=result.cached_tokens)
 
     async def think_tags(self) -> tuple[str, str] | None:
@@ -688,10 +438,7 @@ class SGLangBackend:
         for path in () if parser else ("/get_server_info", "/server_info"):
             status, body = await self._probe(server.url, path, "")
             if status == 200:
-                try:
-                    parser = _info_decoder.decode(body).reasoning_parser
-                except msgspec.DecodeError:
-                    parser = None
+                parser = parser_of_info(body)
                 break
         return tags_of_parser(parser)
 
@@ -706,7 +453,7 @@ class SGLangBackend:
         if not self._no_tokenize_route:
             path = "/v1/tokenize" if server.router else "/tokenize"
             body = {"prompt": text, "add_special_tokens": True}
-            answer = await self._post_json(server, path, body, _Tokens, missing_ok=True)
+            answer = await self._post_json(server, path, body, Tokens, missing_ok=True)
             if answer is None:
                 self._no_tokenize_route = True
             else:
@@ -742,14 +489,14 @@ class SGLangBackend:
         path = "/v1/detokenize" if server.router else "/detokenize"
         # Special tokens kept: the text of exactly these ids (chat markers included).
         body = {"tokens": list(key), "skip_special_tokens": False}
-        answer = await self._post_json(server, path, body, _Text, missing_ok=True)
+        answer = await self._post_json(server, path, body, Text, missing_ok=True)
         if answer is None:
             self._no_detokenize_route = True
             return None
         self._texts.put(key, answer.text)
         return answer.text
 
-    async def _prompt_logprobs(self, server: _Server, prompt: dict[str, Any]) -> list[_LogprobEntry]:
+    async def _prompt_logprobs(self, server: Server, prompt: dict[str, Any]) -> list[LogprobEntry]:
         """The fallback when a server or router has no tokenizer route: a prefill-only generate
         that reports every prompt position as ``[logprob, id, text]``."""
         payload = {
@@ -759,7 +506,7 @@ class SGLangBackend:
             "logprob_start_len": 0,
             "rid": new_rid("tok"),
         }
-        chunk = await self._post_json(server, "/generate", payload, _Chunk)
+        chunk = await self._post_json(server, "/generate", payload, Chunk)
         assert chunk is not None
         if chunk.meta_info is None or chunk.meta_info.input_token_logprobs is None:
             raise BackendError(
@@ -780,16 +527,16 @@ class SGLangBackend:
             # the same raw head output /classify returns.
             body: dict[str, Any] = {"model": server.model, "input": list(texts)}
             answer = await self._post_json(
-                server, "/v1/embeddings", body, _EmbeddingList, missing_ok=True, reward=True
+                server, "/v1/embeddings", body, EmbeddingList, missing_ok=True, reward=True
             )
             items = None if answer is None else sorted(answer.data, key=lambda item: item.index)
-            scores = None if items is None else [_first(item.embedding) for item in items]
+            scores = None if items is None else [first_score(item.embedding) for item in items]
         else:
             listed = await self._post_json(
-                server, "/classify", {"text": list(texts)}, list[_Embedding], missing_ok=True,
+                server, "/classify", {"text": list(texts)}, list[Embedding], missing_ok=True,
                 reward=True,
             )
-            scores = None if listed is None else [_first(item.embedding) for item in listed]
+            scores = None if listed is None else [first_score(item.embedding) for item in listed]
         if scores is None:
             raise BackendError(
                 f"the server at {server.url} has no reward model (no classify route); "
@@ -806,7 +553,7 @@ class SGLangBackend:
 
     async def _post_json(
         self,
-        server: _Server,
+        server: Server,
         path: str,
         body: dict[str, Any],
         kind: Any,
@@ -831,7 +578,7 @@ class SGLangBackend:
         if missing_ok and (status in (404, 405) or b"tokenizer_not_found" in raw):
             return None
         if status != 200:
-            error = _http_error(server.url, what, status, raw)
+            error = http_error(server.url, what, status, raw)
             if reward and not isinstance(error, TransientBackendError):
                 raise BackendError(f"{error}; {_REWARD_HINT}")
             raise error
@@ -841,51 +588,6 @@ class SGLangBackend:
             raise ProtocolViolation(
                 f"SGLang server at {server.url} answered {what} with an unexpected body: {exc}"
             ) from None
-
-
-def _first(values: list[float] | None) -> float | None:
-    return values[0] if values else None
-
-
-def _decode(url: str, data: bytes, decoder: msgspec.json.Decoder[Any]) -> Any:
-    try:
-        return decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ProtocolViolation(
-            f"SGLang server at {url} sent a /generate answer that is not SGLang's: {exc}"
-        ) from None
-
-
-def _payload(request: GenRequest) -> tuple[str, dict[str, Any]]:
-    """The rid and /generate body of one request (without ``stream``)."""
-    sampling = request.sampling
-    params: dict[str, Any] = {
-        "max_new_tokens": sampling.max_new_tokens,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "top_k": sampling.top_k,
-        "min_p": sampling.min_p,
-        # Keep a matched stop string in the text, so text and output_ids stay in step.
-        "no_stop_trim": True,
-    }
-    if sampling.stop:
-        params["stop"] = list(sampling.stop)
-    if sampling.seed is not None:
-        params["sampling_seed"] = sampling.seed
-    rid = new_rid(request.rid)
-    payload: dict[str, Any] = {"input_ids": list(request.input_ids), "sampling_params": params, "rid": rid}
-    if request.logprobs or request.top_logprobs:
-        payload["return_logprob"] = True
-        # -1: logprobs of the output only; a start inside the prompt would cap prefix reuse.
-        payload["logprob_start_len"] = -1
-    if request.top_logprobs:
-        payload["top_logprobs_num"] = request.top_logprobs
-        payload["return_text_in_logprobs"] = True
-    return rid, payload
-
-
-def _reader(url: str, request: GenRequest) -> _Stream:
-    return _Stream(url, request.sampling.max_new_tokens, request.logprobs, request.top_logprobs)
 
 
 def _connection_error(url: str, what: str, exc: BaseException) -> BackendError:

@@ -6,11 +6,15 @@
     add_backend_options(parser)  --backend --url --reward-url --sim-task --model --router
                                  --api-key-env --replay --record
     add_items_option(parser)     --items: dataset items in flight                (run, bench)
+    add_item_timeout_option(...) --item-timeout: each dataset item's limit       (run, bench)
     add_address_options(parser)  --host --port of a server to start              (serve, sim serve)
 
 Each flag has one help text and one validation, done by argparse while parsing (so a bad value
 is a one-line usage error, status 2, before any work).  `run_options` and `backend_options` turn
 the parsed namespace into the runtime's option structs; nothing past them sees a namespace.
+
+`whole_deadline` is ``--timeout`` as both commands mean it: one limit over the whole command,
+the backend's start-up and shutdown included; ``--item-timeout`` is each item's.
 
 `harness_flags` rewords the harnesses' `HarnessError`s with these flags, so dataset mode and
 `ttc bench` say ``--input data.jsonl: no such file`` where the harness says "the input file".
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ttcdsl.errors import UsageError
+import anyio
+
+from ttcdsl.errors import RunError, UsageError
 from ttcdsl.harness import HarnessError
 from ttcdsl.runtime.backends.factory import BACKENDS, BackendOptions
 from ttcdsl.runtime.executor import DEFAULT_CONCURRENCY, RunOptions
@@ -32,6 +38,7 @@ __all__ = [
     "FLAGS",
     "add_address_options",
     "add_backend_options",
+    "add_item_timeout_option",
     "add_items_option",
     "add_run_options",
     "backend_options",
@@ -40,6 +47,7 @@ __all__ = [
     "positive_int",
     "positive_seconds",
     "run_options",
+    "whole_deadline",
 ]
 
 # --- value types (argparse `type=`): the one validation of each kind of value -----------------
@@ -116,7 +124,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY,
                    help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})")
     p.add_argument("--budget", type=positive_int, help="an extra cap on the whole run's completion tokens")
-    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS", help="fail the run after this long")
+    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                   help="stop the whole command after this long, the backend's start-up included "
+                   "(with a dataset, --item-timeout limits each item)")
     p.add_argument("--allow-verifier", action="store_true", help="allow verifier(\"module:function\") scorers to run Python")
     p.add_argument("--think-tags", type=think_tags, metavar="OPEN,CLOSE",
                    help="the model's thinking tags for `think_*` keys (default: what the backend reports)")
@@ -125,6 +135,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def add_items_option(parser: argparse._ActionsContainer) -> None:
     parser.add_argument("--items", type=positive_int, default=8, help="dataset items in flight at once (default 8)")
+
+
+def add_item_timeout_option(parser: argparse._ActionsContainer, help: str) -> None:
+    parser.add_argument("--item-timeout", type=positive_seconds, metavar="SECONDS", help=help)
 
 
 def add_address_options(parser: argparse.ArgumentParser, *, port: int = 30000) -> None:
@@ -151,6 +165,22 @@ def run_options(args: argparse.Namespace, trace: Any = None) -> RunOptions:
         allow_verifier=args.allow_verifier, sequential=getattr(args, "sequential", False), trace=trace,
         think_tags=getattr(args, "think_tags", None),
     )
+
+
+@contextlib.contextmanager
+def whole_deadline(timeout: float | None, what: str = "run",
+                   kept: Callable[[], str] | None = None) -> Iterator[None]:
+    """``--timeout`` over everything inside (start-up, the run, the dataset or the sweep,
+    shutdown): past it, a `RunError` saying the ``what`` timed out, then ``kept()`` (what was
+    saved before it), if given."""
+    try:
+        with anyio.fail_after(timeout):
+            yield
+    except TimeoutError:
+        if timeout is None:
+            raise
+        note = kept() if kept is not None else ""
+        raise RunError(f"the {what} timed out after {timeout:g} s (raise --timeout){note}") from None
 
 
 # --- the harnesses' messages in flag terms -----------------------------------------------------

@@ -11,6 +11,10 @@ abstentions, mean and p90 tokens).  ``--plot OUT.png`` draws accuracy against th
 scale) with interval bands, one line per program; ``--json OUT.json`` writes every number.  The
 engine is `ttcdsl.harness.curves`; this module only parses flags and renders.
 
+Deadlines, as in `ttc run`'s dataset mode: ``--timeout`` limits the whole bench (the backend's
+start-up, every point and repeat, shutdown), ``--item-timeout`` each item's run; either one
+passing stops the bench with one line (the passes already finished stay in ``--json``).
+
 Every user mistake (unknown parameter, a value of the wrong type, a dataset without answers,
 matplotlib missing for ``--plot``) is reported before any request is sent.
 """
@@ -32,12 +36,14 @@ from rich.table import Table
 
 from ttcdsl.args import parse_assignments
 from ttcdsl.commands._options import (
+    add_item_timeout_option,
     add_items_option,
     add_run_options,
     backend_options,
     harness_flags,
     positive_int,
     run_options,
+    whole_deadline,
 )
 from ttcdsl.commands._progress import ProgressBar
 from ttcdsl.compiler import compile_file
@@ -87,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write every number as JSON ('-' for stdout); a file is rewritten after every pass")
     p.add_argument("--resume", action="store_true",
                    help="keep the passes already in --json OUT.json (same items and seed) and run the rest")
+    add_item_timeout_option(p, "stop the bench when one item's run takes longer (--timeout limits the "
+                               "whole bench)")
     add_run_options(p)
     p.set_defaults(func=bench)
 
@@ -165,7 +173,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.limit is not None:
         items = items[: args.limit]
     check_dataset(points, items, given, sweep, args.input)
-    opts = run_options(args)
+    # --timeout is the whole bench's (`whole_deadline`); each item's run gets --item-timeout.
+    opts = dataclasses.replace(run_options(args), timeout_s=args.item_timeout, timeout_flag="--item-timeout")
     if opts.seed is None:
         opts = dataclasses.replace(opts, seed=0)
     done = _earlier_passes(args, items)
@@ -188,16 +197,27 @@ def _bench(args: argparse.Namespace) -> int:
         def on_item(point: Point, repeat: int) -> None:
             bar.advance()
 
+        saved = [0]  # passes in --json OUT.json, for a whole-bench timeout's message
+
+        def on_pass(results: list[PointResult]) -> None:
+            _save(args.json, dataclasses.replace(report, results=results))
+            saved[0] = sum(len(r.repeats) for r in results)
+
+        def kept_note() -> str:
+            if not args.json or args.json == "-":
+                return ""
+            return f"; the {saved[0]} finished pass(es) are in {args.json} (--resume continues)"
+
         async def main() -> list[PointResult]:
-            async with backend:
-                report.provenance = {"programs": [
-                    provenance(p.file, p.plan, given, backend.info, report.seed) for p in programs]}
-                return await run_bench(
-                    points, backend, items, sweep=sweep, given=given, options=opts, repeats=args.repeats,
-                    items_in_flight=args.items, on_point=on_point, on_item=on_item,
-                    on_pass=lambda results: _save(args.json, dataclasses.replace(report, results=results)),
-                    done=done,
-                )
+            with whole_deadline(args.timeout, "bench", kept_note):
+                async with backend:
+                    report.provenance = {"programs": [
+                        provenance(p.file, p.plan, given, backend.info, report.seed) for p in programs]}
+                    return await run_bench(
+                        points, backend, items, sweep=sweep, given=given, options=opts, repeats=args.repeats,
+                        items_in_flight=args.items, on_point=on_point, on_item=on_item, on_pass=on_pass,
+                        done=done,
+                    )
 
         t0 = time.monotonic()
         report.results = anyio.run(main)

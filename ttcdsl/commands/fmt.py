@@ -3,7 +3,8 @@
 Without flags each file that is not already formatted is rewritten in place (atomically: a
 temporary file beside it, then a rename).  `--check` writes nothing and exits 1 if some file
 would change, naming it; `--diff` writes nothing and prints a unified diff.  `-` formats
-standard input to standard output.  A file with a syntax error is never touched: its error is
+standard input to standard output.  A source larger than the compiler takes
+(`MAX_SOURCE_BYTES`), from a file or from an endless standard input, is one error line.  A file with a syntax error is never touched: its error is
 printed and the exit status is 1.  Formatting keeps comments (see `ttcdsl.fmt`).
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ttcdsl.errors import TTCSyntaxError
 from ttcdsl.fmt import format_source
+from ttcdsl.program import MAX_SOURCE_BYTES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
     failed = changed = unchanged = 0
     for file in args.files:
         try:
-            raw = sys.stdin.read() if file == "-" else _read(file)
+            raw = _read_stdin() if file == "-" else _read(file)
+        except _TooLarge as exc:
+            print(f"ttc: error: {file}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         except OSError as exc:
             print(f"ttc: error: {file}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
             failed += 1
@@ -76,11 +82,32 @@ def run(args: argparse.Namespace) -> int:
     return 1 if args.check and changed else 0
 
 
+class _TooLarge(Exception):
+    """A source past `MAX_SOURCE_BYTES` (the limit the compiler puts on program files)."""
+
+
+def _read_stdin() -> str:
+    """Standard input as text, read as universal newlines like a file; at most
+    `MAX_SOURCE_BYTES` are read, so an endless stream (``yes | ttc fmt -``) ends in an error."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is not None:
+        data = stream.read(MAX_SOURCE_BYTES + 1)
+    else:  # a text stream without bytes under it (a test's StringIO)
+        data = sys.stdin.read(MAX_SOURCE_BYTES + 1).encode()
+    if len(data) > MAX_SOURCE_BYTES:
+        raise _TooLarge(f"standard input holds more than {MAX_SOURCE_BYTES} bytes, too large for a "
+                        ".ttc file")
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _read(file: str) -> str:
     if "\0" in file:
         raise OSError(errno.EINVAL, "not a valid file name (it contains a NUL byte)")
-    if not stat.S_ISREG(os.stat(file).st_mode):  # a device would never end, a folder cannot be read
+    info = os.stat(file)
+    if not stat.S_ISREG(info.st_mode):  # a device would never end, a folder cannot be read
         raise OSError(errno.EINVAL, "not a regular file; expected a .ttc file")
+    if info.st_size > MAX_SOURCE_BYTES:
+        raise _TooLarge(f"too large for a .ttc file ({info.st_size} bytes)")
     # newline="" keeps "\r\n" as written, so a file with Windows line ends counts as changed.
     with open(file, encoding="utf-8", newline="") as f:
         return f.read()

@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,13 +27,14 @@ from rich.table import Table
 
 from ttcdsl.args import bind_args, parse_assignments
 from ttcdsl.commands._options import (
+    add_item_timeout_option,
     add_items_option,
     add_run_options,
     backend_options,
     harness_flags,
     positive_int,
-    positive_seconds,
     run_options,
+    whole_deadline,
 )
 from ttcdsl.commands._progress import ProgressBar
 from ttcdsl.compiler import compile_file
@@ -58,9 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--output", metavar="OUT.jsonl", help="one result line per input line")
     d.add_argument("--resume", action="store_true", help="skip ids already in --output")
     d.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N input lines")
-    d.add_argument("--item-timeout", type=positive_seconds, metavar="SECONDS",
-                   help="fail an item that takes longer (it is not written; --resume retries it); "
-                   "--timeout limits the whole dataset run")
+    add_item_timeout_option(d, "fail an item that takes longer (it is not written; --resume retries it); "
+                               "--timeout limits the whole dataset run")
     add_items_option(d)
     p.set_defaults(func=run)
 
@@ -121,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         async def main() -> RunResult:
             starting = f"starting the {backend_options(args).resolved()} backend..."
             # The deadline covers start-up and shutdown too, not only the run itself.
-            with err.status(starting, spinner="dots") as status, _deadline(args.timeout):
+            with err.status(starting, spinner="dots") as status, whole_deadline(args.timeout):
                 async with backend:
                     facts.update(provenance(args.file, plan, given, backend.info, opts.seed))
                     if trace is not None:
@@ -221,22 +220,10 @@ def _budget_used(tokens: int, result: RunResult) -> str:
     return text + ")"
 
 
-@contextlib.contextmanager
-def _deadline(timeout: float | None) -> Iterator[None]:
-    """`--timeout` over everything inside (start-up, the run or the dataset, shutdown)."""
-    try:
-        with anyio.fail_after(timeout):
-            yield
-    except TimeoutError:
-        if timeout is None:
-            raise
-        raise RunError(f"the run timed out after {timeout:g} s (raise --timeout)") from None
-
-
 def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict[str, str],
              err: Console, trace: _TraceFile | None) -> int:
     backend = make_backend(backend_options(args))
-    # --timeout is the whole run's (`_deadline`); each item gets --item-timeout.
+    # --timeout is the whole run's (`whole_deadline`); each item gets --item-timeout.
     opts = dataclasses.replace(run_options(args, trace), timeout_s=args.item_timeout,
                                timeout_flag="--item-timeout")
     if opts.seed is None:
@@ -255,7 +242,7 @@ def _dataset(args: argparse.Namespace, plan: Any, items: list[Item], given: dict
             bar.update(completed=summary.skipped + summary.done + summary.failed, note=acc)
 
         async def main() -> DatasetSummary:
-            with _deadline(args.timeout):
+            with whole_deadline(args.timeout):
                 async with backend:
                     return await run_dataset(
                         plan, backend, items, args.output, given=given, options=opts, resume=args.resume,
