@@ -282,3 +282,21 @@ def test_ctrl_c_while_the_parser_is_built_leaves_a_cache_the_next_run_survives(t
     again = subprocess.run(check, capture_output=True, text=True, env=env, timeout=60)
     assert again.returncode == 0 and "Traceback" not in again.stderr
     assert again.stderr.strip().endswith("ok: 1 file checked")
+
+
+def test_sigterm_while_the_command_is_still_importing_is_one_line() -> None:
+    # The signal lands before the command's guard is up (here: at once, then a slow "import").
+    script = textwrap.dedent("""
+        import os, signal, sys, time
+        from ttcdsl import cli
+
+        def slow(words, hard):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+
+        cli._main = slow
+        sys.argv = ["ttc", "run", "x.ttc"]
+        sys.exit(cli.main())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stderr) == (143, "ttc: terminated\n")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 __all__ = ["SUMMARIES", "build_parser", "main"]
@@ -83,12 +85,27 @@ def _command_in(argv: Sequence[str]) -> str | None:
     return None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM before the command's own guard was up."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = _command_in(words)
     debug = "--debug" in (words[: words.index(command)] if command else words)
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # Until the command's guard takes over, SIGTERM ends the process like Ctrl-C does (one
+        # line), not silently by the default action while the command is still importing.
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return _main(words, hard=argv is None)
+    except _Terminated:
+        print("ttc: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:  # Ctrl-C before the guard was up (while importing, say)
         print("ttc: interrupted", file=sys.stderr)
         return 130
@@ -156,6 +173,8 @@ def _main(words: list[str], *, hard: bool) -> int:
     except Interrupted as exc:
         print(f"ttc: {exc.word}", file=sys.stderr)
         return exc.status
+    except _Terminated:
+        raise
     except KeyboardInterrupt:
         print("ttc: interrupted", file=sys.stderr)
         return 130
