@@ -31,6 +31,7 @@ import random
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal
@@ -40,7 +41,7 @@ import anyio.lowlevel
 import msgspec
 import msgspec.structs
 
-from . import model
+from . import bulk, model
 from .errors import ConfigError, SimRequestError
 from .radix import RadixCache
 from .task import SimTask
@@ -251,6 +252,7 @@ class SimEngine:
         self._running = 0
         self._stalls: set[anyio.CancelScope] = set()
         self._closed = False
+        self._inputs = _Inputs(self.task)
 
     # ------------------------------------------------------------------ small services
 
@@ -454,16 +456,21 @@ class SimEngine:
         cap = room if req.max_new_tokens is None else min(req.max_new_tokens, room)
         greedy = req.temperature < 1e-6
         seed = None if greedy else (req.seed if req.seed is not None else self.fresh_seed())
-        text = tokenizer.decode(req.input_ids, skip_special_tokens=True)
-        if self.task.find(text) is None:
+        text, recognised, analysis = self._inputs.get(req.input_ids)
+        if not recognised:
             self._stats.unrecognised += 1
-        steps = _write(self.task, req, out, cap, seed, text)
+        runs = model.runs(
+            self.task, text, seed, req.input_ids[-1], one_line="\n" in req.stop, analysis=analysis
+        )
         decode_s = self.config.latency.decode_s
         if on_progress is None:
-            # Nobody watches the tokens arrive: write them all, then wait for all of them at once
-            # (one timer per request, not one per token).  An abort during the wait keeps the
-            # tokens that would have been written by then.
-            final = next(f for f in steps if f is not None)
+            # Nobody watches the tokens arrive: write them all, a run at a time, then wait for
+            # all of them at once (one timer per request, not one per token).  An abort during
+            # the wait keeps the tokens that would have been written by then.
+            if req.stop_regex:
+                final = next(f for f in _write(runs, req, out, cap) if f is not None)
+            else:
+                final = bulk.write(runs, req, out, cap)
             if decode_s > 0:
                 begun = anyio.current_time()
                 try:
@@ -476,7 +483,7 @@ class SimEngine:
         # Streaming: one token per tick of a clock shared by every request (so the requests of
         # one tick wake together), the chunk after each token but the last.
         tick = math.floor(anyio.current_time() / decode_s) if decode_s > 0 else 0
-        for finish in steps:
+        for finish in _write(runs, req, out, cap):
             if decode_s > 0:
                 tick += 1
                 await anyio.sleep_until(tick * decode_s)
@@ -490,12 +497,13 @@ class SimEngine:
 
 
 def _write(
-    task: SimTask, req: EngineRequest, out: EngineOutput, cap: int, seed: int | None, text: str
+    runs: Iterator[model.Run], req: EngineRequest, out: EngineOutput, cap: int
 ) -> Iterator[dict[str, Any] | None]:
-    """Append the model's tokens to ``out`` one at a time; after each, yield the finish reason it
-    causes (None while the request goes on).  SGLang's order: stop strings (list order), stop
-    regexes, then the end-of-sequence / stop token ids (unless ``ignore_eos``), then the length
-    cap; before ``min_new_tokens`` those token ids are masked (skipped, nothing yielded)."""
+    """Append the tokens of ``runs`` to ``out`` one at a time; after each, yield the finish
+    reason it causes (None while the request goes on).  SGLang's order: stop strings (list
+    order), stop regexes, then the end-of-sequence / stop token ids (unless ``ignore_eos``),
+    then the length cap; before ``min_new_tokens`` those token ids are masked (skipped, nothing
+    yielded).  (`bulk.write` does the same a run at a time, for requests nobody streams.)"""
     ids = req.input_ids
     stops = tuple(s for s in req.stop if s)
     regexes = req.stop_regex
@@ -507,7 +515,7 @@ def _write(
     min_new, logprobs, top = req.min_new_tokens, req.return_logprob, req.top_logprobs_num
     is_special, token_bytes = tokenizer.is_special, tokenizer.token_bytes
     prev = ids[-1]
-    for tok in model.continuation(task, text, seed, prev, one_line="\n" in stops):
+    for tok in (tok for run in runs for tok in run.toks()):
         token_id = tok.id
         stop_token = token_id == EOS_ID or token_id in stop_ids
         if stop_token and len(output) < min_new:
@@ -538,6 +546,30 @@ def _write(
         yield finish
         if finish is not None:
             return
+
+
+class _Inputs:
+    """What the engine makes of an input, for the last inputs seen (the forks of a request
+    share theirs): the text (special tokens skipped), whether it holds a question of the task,
+    and its `model.Analysis` (frozen, so sharing it is safe).  Keyed by the exact ids."""
+
+    def __init__(self, task: SimTask, size: int = 256) -> None:
+        self.task = task
+        self.size = size
+        self._seen: OrderedDict[tuple[int, ...], tuple[str, bool, model.Analysis]] = OrderedDict()
+
+    def get(self, input_ids: Sequence[int]) -> tuple[str, bool, model.Analysis]:
+        key = tuple(input_ids)
+        hit = self._seen.get(key)
+        if hit is not None:
+            self._seen.move_to_end(key)
+            return hit
+        text = tokenizer.decode(input_ids, skip_special_tokens=True)
+        hit = (text, self.task.find(text) is not None, model.analyse(self.task, text))
+        self._seen[key] = hit
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return hit
 
 
 def _truncate(out: EngineOutput, keep: int) -> None:
