@@ -35,6 +35,7 @@ __all__ = ["write"]
 _PLAIN = tuple(
     b"" if tokenizer.is_special(i) else tokenizer.token_bytes(i) for i in range(tokenizer.vocab_size)
 )
+_SPECIAL_IDS = tuple(i for i in range(tokenizer.vocab_size) if tokenizer.is_special(i))
 
 
 def write(
@@ -53,13 +54,15 @@ def write(
         room = cap - len(output)
         if len(ids) >= room:
             ids = ids[:room]
-        lens = list(map(len, map(_PLAIN.__getitem__, ids)))
-        ends = list(accumulate(lens, initial=len(plain)))  # plain length after each token
+        base = len(plain)
         plain += b"".join(map(_PLAIN.__getitem__, ids))
         at, finish = len(ids), None  # the finishing token's index in ids, and why
+        ends: list[int] | None = None  # the running text's length after each token
         for s, needle in needles:
-            found = plain.find(needle, max(0, ends[0] - len(needle) + 1))
+            found = plain.find(needle, max(0, base - len(needle) + 1))
             if found >= 0:
+                if ends is None:
+                    ends = list(accumulate(map(len, map(_PLAIN.__getitem__, ids)), initial=base))
                 j = bisect_left(ends, found + len(needle)) - 1
                 if j < at:
                     at, finish = j, {"type": "stop", "matched": s}
@@ -70,10 +73,11 @@ def write(
                     at, finish = j, {"type": "stop", "matched": token_id}
         if finish is None and len(ids) == room:
             at, finish = room - 1, {"type": "length", "length": length}
-        keep = len(ids) if finish is None else at + 1
-        del plain[ends[keep] :]
-        _append(req, out, run, ids[:keep], index)
-        out.specials += lens[:keep].count(0)
+        if at + 1 < len(ids):
+            ids = ids[: at + 1]
+            del plain[base + sum(map(len, map(_PLAIN.__getitem__, ids))) :]
+        _append(req, out, run, ids, index)
+        out.specials += sum(map(ids.count, _SPECIAL_IDS))
         out.plain_upto = len(output)
         if finish is not None:
             return finish

@@ -96,7 +96,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from . import reasoning
 from .rand import normal as _normal
@@ -124,6 +124,7 @@ __all__ = [
 ]
 
 GREEDY_SEED = 0
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------- the answer process
@@ -240,6 +241,8 @@ class Analysis:
     judge_yes: float | None = None
     # Where the question ends in the input (0 when no problem was recognised).
     qend: int = 0
+    # The input ends like a few-shot prompt that wants the answer on the same line.
+    few_shot: bool = False
 
 
 def analyse(task: SimTask, text: str) -> Analysis:
@@ -253,7 +256,9 @@ def analyse(task: SimTask, text: str) -> Analysis:
         return Analysis(problem, found is not None, Trajectory(), judge_yes=p_yes)
     if problem.thinking is not None:
         return Analysis(problem, True, Trajectory(), qend=qend)
-    return Analysis(problem, found is not None, _parse_trajectory(problem, text[qend:]), qend=qend)
+    traj = _parse_trajectory(problem, text[qend:])
+    few_shot = _fresh(traj) and _FEW_SHOT_RE.search(text) is not None
+    return Analysis(problem, found is not None, traj, qend=qend, few_shot=few_shot)
 
 
 def _judge_line(text: str, qstart: int, qend: int) -> int | None:
@@ -492,7 +497,7 @@ def _answer_runs(
         yield from _chunks(pieces, prev_id)
     elif text.endswith(reasoning.PROBE):
         yield Run(_probe_ids(analysis, seed, greedy), prev_id)
-    elif _fresh(analysis.trajectory) and (one_line or _FEW_SHOT_RE.search(text)):
+    elif analysis.few_shot or (one_line and _fresh(analysis.trajectory)):
         yield Run(_line_ids(analysis.problem, text, seed, greedy), prev_id)
     elif not analysis.trajectory.finished:
         traj = analysis.trajectory
@@ -574,7 +579,7 @@ def _build_step(
     else:
         own = _choose(options, uniform(seed, "decide", k))
         length = _randint(*problem.step_tokens, seed, "T", k)
-    chosen, (full, ids) = own, _render(k, own, length, seed)
+    chosen, (full, ids) = own, _render(k, own, length, seed, text=bool(partial))
     if not full.startswith(partial):
         cons = _decide(problem, k, steps, state, partial) or [own]
         chosen = (
@@ -589,10 +594,17 @@ def _build_step(
 
 
 def _render(
-    k: int, option: tuple[int, str, float], length: int, seed: int, existing: str = ""
+    k: int,
+    option: tuple[int, str, float],
+    length: int,
+    seed: int,
+    existing: str = "",
+    *,
+    text: bool = True,
 ) -> tuple[str, list[int]]:
     """The full text of step ``k`` with ``length`` tokens and its token ids; ``existing`` (a
-    str) is filler text already written after the decision, which is kept and extended."""
+    str) is filler text already written after the decision, which is kept and extended.
+    Without ``text`` (and ``existing``) only the ids are built: the text is ""."""
     steps, value, _ = option
     final = k == steps
     decision = _decision_text(k, steps, value)
@@ -611,27 +623,42 @@ def _render(
         full = decision + words + "".join(" " + w for w in _filler(seed, k, more)) + "." + closing
         return full, tokenizer.encode(full)
     starter = STARTERS[int(uniform(seed, "starter", k) * len(STARTERS))]
-    base = _token_count(decision + " " + starter + "." + closing)
-    filler = _filler(seed, k, max(0, length - base))
-    full = decision + " " + starter + "".join(" " + w for w in filler) + "." + closing
-    # The step's wording splits into pieces at the decision's final "." and at every filler
-    # word, so its ids are those of its parts (the recurring ones cached).
-    ids = [*_encoded(decision), _WORD_IDS[starter], *map(_WORD_IDS.__getitem__, filler)]
-    ids += _encoded("." + closing)
-    return full, ids
+    # The step's wording splits into pieces at the decision's final "." and at every word
+    # after it, so its ids are those of its parts (the recurring ones cached).
+    head, tail = _encoded(decision), _encoded("." + closing)
+    more = max(0, length - (len(head) + 1 + len(tail)))
+    phrases = _phrases(seed, k, more)
+    ids = [*head, _WORD_IDS[starter], *_cut(phrases, _PHRASE_IDS, more), *tail]
+    if not text:
+        return "", ids
+    return " ".join((decision, starter, *_cut(phrases, _PHRASE_WORDS, more))) + "." + closing, ids
 
 
 def _filler(seed: int, k: int, count: int) -> list[str]:
     """``count`` filler words: seeded phrases strung together, cut at exactly ``count``."""
-    if count <= 0:
-        return []
-    words: list[str] = []
-    draw = uniforms(seed, "phrase", k)
-    i = 0
-    while len(words) < count:
-        words += _PHRASE_WORDS[int(draw(i) * len(_PHRASE_WORDS))]
-        i += 1
-    return words[:count]
+    return _cut(_phrases(seed, k, count), _PHRASE_WORDS, count)
+
+
+def _phrases(seed: int, k: int, count: int) -> list[int]:
+    """The filler phrases (indices) that `_filler` strings together for ``count`` words."""
+    picks: list[int] = []
+    draw = uniforms(seed, "phrase", k) if count > 0 else None
+    words = 0
+    while words < count:
+        assert draw is not None
+        pick = int(draw(len(picks)) * len(_PHRASE_WORDS))
+        picks.append(pick)
+        words += len(_PHRASE_WORDS[pick])
+    return picks
+
+
+def _cut(picks: list[int], table: Sequence[Sequence[_T]], count: int) -> list[_T]:
+    """The first ``count`` items of the phrases ``picks`` of ``table`` (words or ids)."""
+    out: list[_T] = []
+    for pick in picks:
+        out += table[pick]
+    del out[count:]
+    return out
 
 
 def _step_run(
@@ -725,15 +752,16 @@ def _tail_runs(seed: int) -> Iterator[Run]:
     sentence = 0
     while True:
         starter = STARTERS[int(uniform(seed, "tail-starter", sentence) * len(STARTERS))]
-        words = _filler(seed, -1 - sentence, 8)
+        words = _cut(_phrases(seed, -1 - sentence, 8), _PHRASE_IDS, 8)
         # " Starter w1 ... w8." is one piece per word and the ".".
-        ids = [_WORD_IDS[starter], *map(_WORD_IDS.__getitem__, words), _DOT, EOS_ID]
+        ids = [_WORD_IDS[starter], *words, _DOT, EOS_ID]
         yield Run(ids, EOS_ID)
         sentence += 1
 
 
 _WORD_IDS = {w: tokenizer.piece_id(" " + w) for w in (*FILLER_WORDS, *STARTERS)}
-_PHRASE_WORDS = tuple(phrase.split() for phrase in FILLER_PHRASES)
+_PHRASE_WORDS = tuple(tuple(phrase.split()) for phrase in FILLER_PHRASES)
+_PHRASE_IDS = tuple(tuple(_WORD_IDS[w] for w in words) for words in _PHRASE_WORDS)
 _NEWLINE = tokenizer.piece_id("\n")
 _DOT = tokenizer.piece_id(".")
 
