@@ -5,6 +5,7 @@ and the engine's counters."""
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttcdsl.runtime.sim import SimConfig, SimEngine, load_task
+from ttcdsl.runtime.sim import SimConfig, SimEngine, load_task, model
 from ttcdsl.runtime.sim.engine import EngineOutput, EngineRequest
+from ttcdsl.runtime.sim.rand import uniform, uniforms
 from ttcdsl.runtime.sim.tokenizer import EOS_ID, tokenizer
 
 TASKS = [load_task(p) for p in sorted((Path(__file__).parents[1] / "data" / "tasks").glob("*.json"))]
@@ -190,3 +192,31 @@ def test_a_stop_string_across_two_runs_is_found_where_it_ends() -> None:
     assert out.finish == {"type": "stop", "matched": stop}
     assert out.output_ids == whole.output_ids[: eos + 3]
     assert out.specials == 1
+
+
+@given(st.integers(0, 2**63), st.text(max_size=8), st.integers(-300, 300), st.integers(0, 400))
+def test_a_series_of_draws_is_the_same_draws(seed: int, label: str, k: int, i: int) -> None:
+    assert uniforms(seed, label, k)(i) == uniform(seed, label, k, i)
+    assert uniforms(seed)(i) == uniform(seed, i)
+
+
+VALUES = sorted({a for task in TASKS for p in task.problems for a in p.answers})
+
+
+@given(st.integers(1, 12), st.integers(1, 12), st.one_of(st.sampled_from(VALUES), st.text(min_size=1)),
+       st.integers(0, 80), st.integers(0, 2**40))
+def test_step_ids_built_from_parts_are_the_tokenization_of_the_step(
+    k: int, steps: int, value: str, length: int, seed: int
+) -> None:
+    """The writer builds a step's ids from cached parts; they are exactly ``encode`` of its text
+    (the text splits into pieces where the parts meet)."""
+    text, ids = model._render(k, (steps, value, 1.0), length, seed)
+    assert ids == tokenizer.encode(text)
+    assert model._render(k, (steps, value, 1.0), length, seed, text=False) == ("", ids)
+
+
+@given(st.integers(0, 2**40))
+def test_sentences_after_the_end_are_the_tokenization_of_their_text(seed: int) -> None:
+    for run in islice(model._tail_runs(seed), 3):
+        assert run.ids[-1] == EOS_ID and run.prev == EOS_ID
+        assert tokenizer.encode(tokenizer.decode(run.ids[:-1])) == run.ids[:-1]

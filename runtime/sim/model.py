@@ -642,13 +642,14 @@ def _filler(seed: int, k: int, count: int) -> list[str]:
 def _phrases(seed: int, k: int, count: int) -> list[int]:
     """The filler phrases (indices) that `_filler` strings together for ``count`` words."""
     picks: list[int] = []
-    draw = uniforms(seed, "phrase", k) if count > 0 else None
+    if count <= 0:
+        return picks
+    draw, n, lens = uniforms(seed, "phrase", k), len(_PHRASE_WORDS), _PHRASE_LENS
     words = 0
     while words < count:
-        assert draw is not None
-        pick = int(draw(len(picks)) * len(_PHRASE_WORDS))
+        pick = int(draw(len(picks)) * n)
         picks.append(pick)
-        words += len(_PHRASE_WORDS[pick])
+        words += lens[pick]
     return picks
 
 
@@ -762,6 +763,7 @@ def _tail_runs(seed: int) -> Iterator[Run]:
 _WORD_IDS = {w: tokenizer.piece_id(" " + w) for w in (*FILLER_WORDS, *STARTERS)}
 _PHRASE_WORDS = tuple(tuple(phrase.split()) for phrase in FILLER_PHRASES)
 _PHRASE_IDS = tuple(tuple(_WORD_IDS[w] for w in words) for words in _PHRASE_WORDS)
+_PHRASE_LENS = tuple(map(len, _PHRASE_WORDS))
 _NEWLINE = tokenizer.piece_id("\n")
 _DOT = tokenizer.piece_id(".")
 

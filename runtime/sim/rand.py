@@ -16,7 +16,8 @@ __all__ = ["normal", "randint", "text_seed", "uniform", "uniforms"]
 
 _U64 = struct.Struct(">Q").unpack
 _SCALE = 1.0 / (1 << 53)
-_ENDS = tuple(f"{i})".encode() for i in range(256))  # how the repr of a series' labels ends
+_N_ENDS = 256
+_ENDS = tuple(f"{i})".encode() for i in range(_N_ENDS))  # how the repr of a series' labels ends
 
 
 def uniform(seed: int, *labels: object) -> float:
@@ -32,7 +33,7 @@ def uniforms(seed: int, *labels: object) -> Callable[[int], float]:
 
     def draw(i: int) -> float:
         h = head.copy()
-        h.update(_ENDS[i] if 0 <= i < len(_ENDS) else f"{i!r})".encode())
+        h.update(_ENDS[i] if 0 <= i < _N_ENDS else f"{i!r})".encode())
         return (_U64(h.digest())[0] >> 11) * _SCALE
 
     return draw
