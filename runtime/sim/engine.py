@@ -14,9 +14,10 @@ concurrently).  Requests go through the same life cycle as in SGLang's scheduler
    end-of-sequence / stop token ids (unless ``ignore_eos``), then ``max_new_tokens`` are checked,
    in SGLang's order; before ``min_new_tokens`` the end-of-sequence and stop tokens are masked
    (the sim writes on instead).  Timing costs the server little CPU: a request nobody streams
-   writes its tokens at once and then waits ``decode_s`` times their number in one sleep (an
-   abort in the meantime keeps the tokens due by then); a streamed request gets one token per
-   tick of a ``decode_s`` clock all requests share, so the streams of one tick wake together;
+   writes its tokens at once (a run of tokens at a time, `bulk.write`, with the same result as
+   token by token) and then waits ``decode_s`` times their number in one sleep (an abort in
+   the meantime keeps the tokens due by then); a streamed request gets one token per tick of
+   a ``decode_s`` clock all requests share, so the streams of one tick wake together;
 5. finish: prompt + output are inserted into the tree (also after an abort).
 
 `SimEngine.abort` aborts in-flight requests whose rid starts with a prefix (or all); they
@@ -33,7 +34,6 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack
 from typing import Any, Literal
 
 import anyio
@@ -384,19 +384,13 @@ class SimEngine:
                 flight.scope = scope
                 if flight.aborted:
                     scope.cancel()
-                async with AsyncExitStack() as stack:
-                    if self.config.latency.max_batch > 0:
-                        if self._slots is None:
-                            self._slots = anyio.Semaphore(self.config.latency.max_batch)
-                        await stack.enter_async_context(self._slots)
-                    self._running += 1
-                    stack.callback(self._release)
-                    self._stats.max_running = max(self._stats.max_running, self._running)
-                    await self._prefill(req, out, flight)
-                    if req.max_new_tokens != 0:
-                        await self._decode(req, out, on_progress)
-                    else:
-                        out.finish = {"type": "length", "length": 0}
+                if self.config.latency.max_batch > 0:
+                    if self._slots is None:
+                        self._slots = anyio.Semaphore(self.config.latency.max_batch)
+                    async with self._slots:
+                        await self._run(req, out, flight, on_progress)
+                else:
+                    await self._run(req, out, flight, on_progress)
         finally:
             if flight.aborted or out.finish is None:
                 self._stats.aborted += 1
@@ -410,8 +404,20 @@ class SimEngine:
             out.e2e_latency = time.monotonic() - started
         return out
 
-    def _release(self) -> None:
-        self._running -= 1
+    async def _run(
+        self, req: EngineRequest, out: EngineOutput, flight: _Flight, on_progress: Progress | None
+    ) -> None:
+        """Prefill and decode ``req``, counted as running meanwhile."""
+        self._running += 1
+        self._stats.max_running = max(self._stats.max_running, self._running)
+        try:
+            await self._prefill(req, out, flight)
+            if req.max_new_tokens != 0:
+                await self._decode(req, out, on_progress)
+            else:
+                out.finish = {"type": "length", "length": 0}
+        finally:
+            self._running -= 1
 
     async def _prefill(self, req: EngineRequest, out: EngineOutput, flight: _Flight) -> None:
         ids = req.input_ids
