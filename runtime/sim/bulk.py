@@ -56,7 +56,8 @@ def write(
             ids = ids[:room]
         base = len(plain)
         plain += b"".join(map(_PLAIN.__getitem__, ids))
-        at, finish = len(ids), None  # the finishing token's index in ids, and why
+        at = len(ids)  # the finishing token's index in ids
+        finish: dict[str, Any] | None = None
         ends: list[int] | None = None  # the running text's length after each token
         for s, needle in needles:
             found = plain.find(needle, max(0, base - len(needle) + 1))

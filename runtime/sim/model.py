@@ -333,7 +333,7 @@ def _options(
     hit = memo.get(key)
     if hit is None:
         hit = memo[key] = _enumerate_options(problem, k, steps, state)
-    return hit  # type: ignore[no-any-return]
+    return hit  # type: ignore[return-value]
 
 
 def _enumerate_options(
