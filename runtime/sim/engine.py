@@ -462,7 +462,7 @@ class SimEngine:
         cap = room if req.max_new_tokens is None else min(req.max_new_tokens, room)
         greedy = req.temperature < 1e-6
         seed = None if greedy else (req.seed if req.seed is not None else self.fresh_seed())
-        text, recognised, analysis = self._inputs.get(req.input_ids)
+        text, recognised, analysis = self._inputs.get(self.task, req.input_ids)
         if not recognised:
             self._stats.unrecognised += 1
         runs = model.runs(
@@ -564,7 +564,9 @@ class _Inputs:
         self.size = size
         self._seen: OrderedDict[tuple[int, ...], tuple[str, bool, model.Analysis]] = OrderedDict()
 
-    def get(self, input_ids: Sequence[int]) -> tuple[str, bool, model.Analysis]:
+    def get(self, task: SimTask, input_ids: Sequence[int]) -> tuple[str, bool, model.Analysis]:
+        if task is not self.task:  # the engine was given another task: start over
+            self.task, self._seen = task, OrderedDict()
         key = tuple(input_ids)
         hit = self._seen.get(key)
         if hit is not None:
