@@ -96,9 +96,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from . import reasoning
+from .logprobs import Run, Tok, input_logprob, safe_log, top_logprobs
 from .rand import normal as _normal
 from .rand import randint as _randint
 from .rand import text_seed as _text_seed
@@ -203,16 +204,6 @@ def _decision_text(k: int, steps: int, value: str) -> str:
 
 def _closing(final: bool, value: str) -> str:
     return f"\nThe answer is {value}." if final else "\n\n"
-
-
-class Tok(NamedTuple):
-    """One generated token.  ``alts`` are the top alternatives (id, logprob) including this
-    token, for tokens where the sim made a real choice; None means "derive them".  (A named
-    tuple: one is made per generated token, and tuples are the cheapest immutable record.)"""
-
-    id: int
-    logprob: float
-    alts: tuple[tuple[int, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -426,29 +417,6 @@ def _greedy_choice(
 
 
 # ---------------------------------------------------------------- generation
-
-
-class Run(NamedTuple):
-    """A stretch of tokens the sim writes in one go: ``ids``; ``prev``, the token before the
-    first (a plain logprob depends on the token before it); ``alts``, by index in ``ids``, the
-    top alternatives (best first) of the tokens where the sim made a real choice.  Logprobs are
-    derived on demand (`Run.logprobs`), so a request that asks for none costs none."""
-
-    ids: list[int]
-    prev: int
-    alts: dict[int, tuple[tuple[int, float], ...]] | None = None
-
-    def logprobs(self) -> list[float]:
-        ids = self.ids
-        lps = list(map(input_logprob, [self.prev, *ids[:-1]], ids))
-        for i, alts in (self.alts or {}).items():
-            lps[i] = dict(alts).get(ids[i], lps[i])
-        return lps
-
-    def toks(self) -> Iterator[Tok]:
-        alts = self.alts or {}
-        for i, (token_id, lp) in enumerate(zip(self.ids, self.logprobs())):
-            yield Tok(token_id, lp, alts.get(i))
 
 
 def continuation(
@@ -713,7 +681,7 @@ def _decisions(
         first = _first_id(" " + value)
         alts[first] = alts.get(first, 0.0) + p
     head = _token_count(f"Step {k} of {steps}{_INTRO.rstrip()}")
-    decisions[head] = tuple((i, _safe_log(p)) for i, p in alts.items() if p > 0.0)
+    decisions[head] = tuple((i, safe_log(p)) for i, p in alts.items() if p > 0.0)
     ranked = {i: tuple(sorted(a, key=lambda a: -a[1])) for i, a in decisions.items()}
     memo[key] = ranked
     return ranked
@@ -736,13 +704,9 @@ def _first_id(text: str) -> int:
     return tokenizer.encode(text)[0]
 
 
-def _safe_log(p: float) -> float:
-    return min(math.log(p), -1e-4) if p > 0 else -30.0
-
-
 def _judge_run(p_yes: float, seed: int, greedy: bool, prev_id: int) -> Run:
     yes, no = tokenizer.piece_id(" Yes"), tokenizer.piece_id(" No")
-    pair = ((yes, _safe_log(p_yes)), (no, _safe_log(1.0 - p_yes)))
+    pair = ((yes, safe_log(p_yes)), (no, safe_log(1.0 - p_yes)))
     alts = tuple(sorted(pair, key=lambda a: -a[1]))
     say_yes = p_yes >= 0.5 if greedy else uniform(seed, "judge") < p_yes
     return Run([yes if say_yes else no], prev_id, {0: alts})
@@ -766,68 +730,6 @@ _PHRASE_IDS = tuple(tuple(_WORD_IDS[w] for w in words) for words in _PHRASE_WORD
 _PHRASE_LENS = tuple(map(len, _PHRASE_WORDS))
 _NEWLINE = tokenizer.piece_id("\n")
 _DOT = tokenizer.piece_id(".")
-
-
-# ---------------------------------------------------------------- logprobs
-
-
-_FIXED_WORDING = frozenset(
-    [tokenizer.piece_id(p) for p in ("Step", " of", ":", " we", " now", " have", ".", "The")]
-    + [tokenizer.piece_id(p) for p in (" answer", " is", "\n", "\n\n")]
-    + [tokenizer.piece_id(" " + s) for s in STARTERS]
-    + [EOS_ID]
-)
-_ALT_POOL = tuple(sorted({tokenizer.piece_id(" " + w) for w in FILLER_WORDS}))
-
-
-@lru_cache(maxsize=1 << 16)
-def input_logprob(prev_id: int, token_id: int) -> float:
-    """The logprob of ``token_id`` after ``prev_id`` for tokens that involve no choice: near 0
-    for the sim's fixed wording, in [-3, -0.2] otherwise."""
-    u = uniform(0, "lp", prev_id, token_id)
-    if token_id in _FIXED_WORDING:
-        return -(0.001 + 0.049 * u)
-    return -(0.2 + 2.8 * u)
-
-
-@lru_cache(maxsize=1 << 14)
-def _derived_top(
-    prev_id: int, token_id: int, logprob: float, k: int
-) -> tuple[tuple[int, float], ...]:
-    rest = max(0.0, 1.0 - math.exp(logprob))
-    out = [(token_id, logprob)]
-    used = {token_id}
-    j = 0
-    while len(out) < k:
-        alt = _ALT_POOL[int(uniform(0, "alt", prev_id, token_id, j) * len(_ALT_POOL))]
-        j += 1
-        if alt in used and j < 64:
-            continue
-        if alt in used:
-            alt = next(a for a in range(3 + 256, 3 + 256 + 4096) if a not in used)
-        used.add(alt)
-        out.append((alt, _safe_log(rest * 0.5 ** len(out))))
-    return tuple(sorted(out, key=lambda a: -a[1]))
-
-
-def top_logprobs(prev_id: int, tok: Tok, k: int) -> list[tuple[int, float]]:
-    """The ``k`` most likely tokens at this position (id, logprob), best first."""
-    if k <= 0:
-        return []
-    if tok.alts is not None and len(tok.alts) >= k:
-        return list(tok.alts[:k])
-    if tok.alts is not None:
-        rest = max(0.0, 1.0 - sum(math.exp(lp) for _, lp in tok.alts))
-        out = list(tok.alts)
-        used = {a for a, _ in out}
-        for alt in _ALT_POOL:
-            if len(out) >= k:
-                break
-            if alt not in used:
-                used.add(alt)
-                out.append((alt, _safe_log(rest * 0.5 ** len(out))))
-        return sorted(out, key=lambda a: -a[1])
-    return list(_derived_top(prev_id, tok.id, tok.logprob, k))
 
 
 # ---------------------------------------------------------------- scores
