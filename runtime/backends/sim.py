@@ -52,6 +52,14 @@ def load_task(path: str | Path) -> SimTask:
         return _load_task(path)
 
 
+def _text(engine: SimEngine, out: EngineOutput) -> str:
+    """The output ids as text, special tokens skipped: the engine's running bytes of the
+    output's plain tokens when they cover every id (see `EngineOutput`), else a decode."""
+    if out.plain_upto == len(out.output_ids):
+        return out.plain_bytes.decode("utf-8", errors="replace")
+    return engine.detokenize(out.output_ids, skip_special_tokens=True)
+
+
 class SimBackend:
     """The in-process simulator backend (see the module doc)."""
 
@@ -162,7 +170,7 @@ class SimBackend:
         if request.top_logprobs > 0:
             top = [{tok.token_text(i): lp for i, lp in row} for row in out.output_top]
         return GenResult(
-            text=self.engine.detokenize(out.output_ids, skip_special_tokens=True),
+            text=_text(self.engine, out),
             output_ids=out.output_ids,
             finish=kind,
             completion_tokens=out.completion_tokens,

@@ -14,9 +14,10 @@ concurrently).  Requests go through the same life cycle as in SGLang's scheduler
    end-of-sequence / stop token ids (unless ``ignore_eos``), then ``max_new_tokens`` are checked,
    in SGLang's order; before ``min_new_tokens`` the end-of-sequence and stop tokens are masked
    (the sim writes on instead).  Timing costs the server little CPU: a request nobody streams
-   writes its tokens at once and then waits ``decode_s`` times their number in one sleep (an
-   abort in the meantime keeps the tokens due by then); a streamed request gets one token per
-   tick of a ``decode_s`` clock all requests share, so the streams of one tick wake together;
+   writes its tokens at once (a run of tokens at a time, `bulk.write`, with the same result as
+   token by token) and then waits ``decode_s`` times their number in one sleep (an abort in
+   the meantime keeps the tokens due by then); a streamed request gets one token per tick of
+   a ``decode_s`` clock all requests share, so the streams of one tick wake together;
 5. finish: prompt + output are inserted into the tree (also after an abort).
 
 `SimEngine.abort` aborts in-flight requests whose rid starts with a prefix (or all); they
@@ -31,8 +32,8 @@ import random
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack
 from typing import Any, Literal
 
 import anyio
@@ -40,7 +41,7 @@ import anyio.lowlevel
 import msgspec
 import msgspec.structs
 
-from . import model
+from . import bulk, model
 from .errors import ConfigError, SimRequestError
 from .radix import RadixCache
 from .task import SimTask
@@ -251,6 +252,7 @@ class SimEngine:
         self._running = 0
         self._stalls: set[anyio.CancelScope] = set()
         self._closed = False
+        self._inputs = _Inputs(self.task)
 
     # ------------------------------------------------------------------ small services
 
@@ -382,19 +384,13 @@ class SimEngine:
                 flight.scope = scope
                 if flight.aborted:
                     scope.cancel()
-                async with AsyncExitStack() as stack:
-                    if self.config.latency.max_batch > 0:
-                        if self._slots is None:
-                            self._slots = anyio.Semaphore(self.config.latency.max_batch)
-                        await stack.enter_async_context(self._slots)
-                    self._running += 1
-                    stack.callback(self._release)
-                    self._stats.max_running = max(self._stats.max_running, self._running)
-                    await self._prefill(req, out, flight)
-                    if req.max_new_tokens != 0:
-                        await self._decode(req, out, on_progress)
-                    else:
-                        out.finish = {"type": "length", "length": 0}
+                if self.config.latency.max_batch > 0:
+                    if self._slots is None:
+                        self._slots = anyio.Semaphore(self.config.latency.max_batch)
+                    async with self._slots:
+                        await self._run(req, out, flight, on_progress)
+                else:
+                    await self._run(req, out, flight, on_progress)
         finally:
             if flight.aborted or out.finish is None:
                 self._stats.aborted += 1
@@ -408,8 +404,20 @@ class SimEngine:
             out.e2e_latency = time.monotonic() - started
         return out
 
-    def _release(self) -> None:
-        self._running -= 1
+    async def _run(
+        self, req: EngineRequest, out: EngineOutput, flight: _Flight, on_progress: Progress | None
+    ) -> None:
+        """Prefill and decode ``req``, counted as running meanwhile."""
+        self._running += 1
+        self._stats.max_running = max(self._stats.max_running, self._running)
+        try:
+            await self._prefill(req, out, flight)
+            if req.max_new_tokens != 0:
+                await self._decode(req, out, on_progress)
+            else:
+                out.finish = {"type": "length", "length": 0}
+        finally:
+            self._running -= 1
 
     async def _prefill(self, req: EngineRequest, out: EngineOutput, flight: _Flight) -> None:
         ids = req.input_ids
@@ -454,16 +462,21 @@ class SimEngine:
         cap = room if req.max_new_tokens is None else min(req.max_new_tokens, room)
         greedy = req.temperature < 1e-6
         seed = None if greedy else (req.seed if req.seed is not None else self.fresh_seed())
-        text = tokenizer.decode(req.input_ids, skip_special_tokens=True)
-        if self.task.find(text) is None:
+        text, recognised, analysis = self._inputs.get(self.task, req.input_ids)
+        if not recognised:
             self._stats.unrecognised += 1
-        steps = _write(self.task, req, out, cap, seed, text)
+        runs = model.runs(
+            self.task, text, seed, req.input_ids[-1], one_line="\n" in req.stop, analysis=analysis
+        )
         decode_s = self.config.latency.decode_s
         if on_progress is None:
-            # Nobody watches the tokens arrive: write them all, then wait for all of them at once
-            # (one timer per request, not one per token).  An abort during the wait keeps the
-            # tokens that would have been written by then.
-            final = next(f for f in steps if f is not None)
+            # Nobody watches the tokens arrive: write them all, a run at a time, then wait for
+            # all of them at once (one timer per request, not one per token).  An abort during
+            # the wait keeps the tokens that would have been written by then.
+            if req.stop_regex:
+                final = next(f for f in _write(runs, req, out, cap) if f is not None)
+            else:
+                final = bulk.write(runs, req, out, cap)
             if decode_s > 0:
                 begun = anyio.current_time()
                 try:
@@ -476,7 +489,7 @@ class SimEngine:
         # Streaming: one token per tick of a clock shared by every request (so the requests of
         # one tick wake together), the chunk after each token but the last.
         tick = math.floor(anyio.current_time() / decode_s) if decode_s > 0 else 0
-        for finish in steps:
+        for finish in _write(runs, req, out, cap):
             if decode_s > 0:
                 tick += 1
                 await anyio.sleep_until(tick * decode_s)
@@ -490,12 +503,13 @@ class SimEngine:
 
 
 def _write(
-    task: SimTask, req: EngineRequest, out: EngineOutput, cap: int, seed: int | None, text: str
+    runs: Iterator[model.Run], req: EngineRequest, out: EngineOutput, cap: int
 ) -> Iterator[dict[str, Any] | None]:
-    """Append the model's tokens to ``out`` one at a time; after each, yield the finish reason it
-    causes (None while the request goes on).  SGLang's order: stop strings (list order), stop
-    regexes, then the end-of-sequence / stop token ids (unless ``ignore_eos``), then the length
-    cap; before ``min_new_tokens`` those token ids are masked (skipped, nothing yielded)."""
+    """Append the tokens of ``runs`` to ``out`` one at a time; after each, yield the finish
+    reason it causes (None while the request goes on).  SGLang's order: stop strings (list
+    order), stop regexes, then the end-of-sequence / stop token ids (unless ``ignore_eos``),
+    then the length cap; before ``min_new_tokens`` those token ids are masked (skipped, nothing
+    yielded).  (`bulk.write` does the same a run at a time, for requests nobody streams.)"""
     ids = req.input_ids
     stops = tuple(s for s in req.stop if s)
     regexes = req.stop_regex
@@ -507,7 +521,7 @@ def _write(
     min_new, logprobs, top = req.min_new_tokens, req.return_logprob, req.top_logprobs_num
     is_special, token_bytes = tokenizer.is_special, tokenizer.token_bytes
     prev = ids[-1]
-    for tok in model.continuation(task, text, seed, prev, one_line="\n" in stops):
+    for tok in (tok for run in runs for tok in run.toks()):
         token_id = tok.id
         stop_token = token_id == EOS_ID or token_id in stop_ids
         if stop_token and len(output) < min_new:
@@ -538,6 +552,32 @@ def _write(
         yield finish
         if finish is not None:
             return
+
+
+class _Inputs:
+    """What the engine makes of an input, for the last inputs seen (the forks of a request
+    share theirs): the text (special tokens skipped), whether it holds a question of the task,
+    and its `model.Analysis` (frozen, so sharing it is safe).  Keyed by the exact ids."""
+
+    def __init__(self, task: SimTask, size: int = 256) -> None:
+        self.task = task
+        self.size = size
+        self._seen: OrderedDict[tuple[int, ...], tuple[str, bool, model.Analysis]] = OrderedDict()
+
+    def get(self, task: SimTask, input_ids: Sequence[int]) -> tuple[str, bool, model.Analysis]:
+        if task is not self.task:  # the engine was given another task: start over
+            self.task, self._seen = task, OrderedDict()
+        key = tuple(input_ids)
+        hit = self._seen.get(key)
+        if hit is not None:
+            self._seen.move_to_end(key)
+            return hit
+        text = tokenizer.decode(input_ids, skip_special_tokens=True)
+        hit = (text, self.task.find(text) is not None, model.analyse(self.task, text))
+        self._seen[key] = hit
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return hit
 
 
 def _truncate(out: EngineOutput, keep: int) -> None:

@@ -95,18 +95,21 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
+from itertools import islice
+from typing import TypeVar
 
 from . import reasoning
+from .logprobs import Run, Tok, input_logprob, safe_log, top_logprobs
 from .rand import normal as _normal
 from .rand import randint as _randint
 from .rand import text_seed as _text_seed
-from .rand import uniform
+from .rand import uniform, uniforms
 from .task import GENERIC, Problem, SimTask
 from .tokenizer import EOS_ID, FILLER_PHRASES, FILLER_WORDS, STARTERS, tokenizer
 
 __all__ = [
     "Analysis",
+    "Run",
     "Tok",
     "Trajectory",
     "analyse",
@@ -116,11 +119,13 @@ __all__ = [
     "input_logprob",
     "judge_probability",
     "prm_score",
+    "runs",
     "step_options",
     "top_logprobs",
 ]
 
 GREEDY_SEED = 0
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------- the answer process
@@ -201,16 +206,6 @@ def _closing(final: bool, value: str) -> str:
     return f"\nThe answer is {value}." if final else "\n\n"
 
 
-class Tok(NamedTuple):
-    """One generated token.  ``alts`` are the top alternatives (id, logprob) including this
-    token, for tokens where the sim made a real choice; None means "derive them".  (A named
-    tuple: one is made per generated token, and tuples are the cheapest immutable record.)"""
-
-    id: int
-    logprob: float
-    alts: tuple[tuple[int, float], ...] | None = None
-
-
 @dataclass(frozen=True)
 class Trajectory:
     """A sample read back from text: ``values[i]`` is the running answer after step ``i + 1``,
@@ -237,6 +232,8 @@ class Analysis:
     judge_yes: float | None = None
     # Where the question ends in the input (0 when no problem was recognised).
     qend: int = 0
+    # The input ends like a few-shot prompt that wants the answer on the same line.
+    few_shot: bool = False
 
 
 def analyse(task: SimTask, text: str) -> Analysis:
@@ -250,7 +247,9 @@ def analyse(task: SimTask, text: str) -> Analysis:
         return Analysis(problem, found is not None, Trajectory(), judge_yes=p_yes)
     if problem.thinking is not None:
         return Analysis(problem, True, Trajectory(), qend=qend)
-    return Analysis(problem, found is not None, _parse_trajectory(problem, text[qend:]), qend=qend)
+    traj = _parse_trajectory(problem, text[qend:])
+    few_shot = _fresh(traj) and _FEW_SHOT_RE.search(text) is not None
+    return Analysis(problem, found is not None, traj, qend=qend, few_shot=few_shot)
 
 
 def _judge_line(text: str, qstart: int, qend: int) -> int | None:
@@ -317,14 +316,47 @@ def _last_step_one(tail: str) -> int:
 
 def _options(
     problem: Problem, k: int, steps: int | None, state: str | None
-) -> list[tuple[int, str, float]]:
+) -> tuple[tuple[int, str, float], ...]:
+    """The (steps, running answer, probability) options of step ``k`` (``steps`` None: not
+    decided yet, so every number of steps is an option)."""
+    memo = _memo(problem)
+    key = ("options", k, steps, state)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = _enumerate_options(problem, k, steps, state)
+    return hit  # type: ignore[return-value]
+
+
+def _enumerate_options(
+    problem: Problem, k: int, steps: int | None, state: str | None
+) -> tuple[tuple[int, str, float], ...]:
     if steps is not None:
-        return [(steps, v, p) for v, p in step_options(problem, k, steps, state)]
+        return tuple((steps, v, p) for v, p in step_options(problem, k, steps, state))
     low, high = problem.steps
     out: list[tuple[int, str, float]] = []
     for n in range(low, high + 1):
         out += [(n, v, p / (high - low + 1)) for v, p in step_options(problem, k, n, state)]
-    return out
+    return tuple(out)
+
+
+_MEMOS: dict[int, tuple[Problem, dict[tuple[object, ...], object]]] = {}
+
+
+def _memo(problem: Problem) -> dict[tuple[object, ...], object]:
+    """A cache of facts derived from ``problem`` alone (a task's problems are frozen).  It is
+    kept next to the problem itself, so the problem's id cannot be reused while it is cached;
+    both levels are bounded (a foreign running answer read from an input is a key too)."""
+    hit = _MEMOS.get(id(problem))
+    if hit is not None and hit[0] is problem:
+        memo = hit[1]
+        if len(memo) > 4096:
+            memo.clear()
+        return memo
+    if len(_MEMOS) >= 256:
+        _MEMOS.clear()
+    memo = {}
+    _MEMOS[id(problem)] = (problem, memo)
+    return memo
 
 
 def _consistent(k: int, option: tuple[int, str, float], partial: str) -> bool:
@@ -395,50 +427,68 @@ def continuation(
     end-of-sequence token.  ``seed=None`` means temperature 0; ``prev_id`` is the last input
     token (plain logprobs depend on the previous token).  ``one_line`` (the request stops on
     ``"\n"``) makes a fresh step-by-step sample a single answer line (module doc)."""
-    analysis = analyse(task, text)
-    greedy = seed is None
+    for run in runs(task, text, seed, prev_id, one_line=one_line):
+        yield from run.toks()
+
+
+def runs(
+    task: SimTask,
+    text: str,
+    seed: int | None,
+    prev_id: int = -1,
+    *,
+    one_line: bool = False,
+    analysis: Analysis | None = None,
+) -> Iterator[Run]:
+    """`continuation` as non-empty `Run`s (a step, a sentence, a chunk of an answer): the same
+    tokens, built a run at a time.  ``analysis`` is ``analyse(task, text)`` if the caller has
+    it already."""
+    if analysis is None:
+        analysis = analyse(task, text)
     rseed = GREEDY_SEED if seed is None else seed
     last = prev_id
-    for tok in _answer_tokens(analysis, text, rseed, greedy, prev_id, one_line):
-        last = tok.id
-        yield tok
-    yield Tok(EOS_ID, input_logprob(last, EOS_ID))
-    yield from _tail_tokens(rseed)
+    for run in _answer_runs(analysis, text, rseed, seed is None, prev_id, one_line):
+        if run.ids:
+            last = run.ids[-1]
+            yield run
+    yield Run([EOS_ID], last)
+    yield from _tail_runs(rseed)
 
 
-def _answer_tokens(
+def _answer_runs(
     analysis: Analysis, text: str, seed: int, greedy: bool, prev_id: int, one_line: bool
-) -> Iterator[Tok]:
+) -> Iterator[Run]:
     if analysis.judge_yes is not None:
-        yield from _judge_tokens(analysis.judge_yes, seed, greedy)
+        yield _judge_run(analysis.judge_yes, seed, greedy, prev_id)
     elif analysis.problem.thinking is not None:
         pieces = reasoning.continuation(analysis.problem, text[analysis.qend :], seed)
-        yield from _piece_tokens(pieces, prev_id)
+        yield from _chunks(pieces, prev_id)
     elif text.endswith(reasoning.PROBE):
-        yield from _piece_tokens(_probe_pieces(analysis, seed, greedy), prev_id)
-    elif _fresh(analysis.trajectory) and (one_line or _FEW_SHOT_RE.search(text)):
-        yield from _piece_tokens(_line_pieces(analysis.problem, text, seed, greedy), prev_id)
+        yield Run(_probe_ids(analysis, seed, greedy), prev_id)
+    elif analysis.few_shot or (one_line and _fresh(analysis.trajectory)):
+        yield Run(_line_ids(analysis.problem, text, seed, greedy), prev_id)
     elif not analysis.trajectory.finished:
         traj = analysis.trajectory
         if not traj.values and not traj.partial and text and not text[-1].isspace():
             # A fresh sample starts on its own line, so it can be found again when continued.
-            newline = tokenizer.piece_id("\n")
-            yield Tok(newline, input_logprob(prev_id, newline))
-            prev_id = newline
-        yield from _sample_tokens(analysis.problem, traj, seed, greedy, prev_id)
+            yield Run([_NEWLINE], prev_id)
+            prev_id = _NEWLINE
+        yield from _sample_runs(analysis.problem, traj, seed, greedy, prev_id)
 
 
-def _piece_tokens(ids: Iterator[int], prev_id: int) -> Iterator[Tok]:
-    for token_id in ids:
-        yield Tok(token_id, input_logprob(prev_id, token_id))
-        prev_id = token_id
+def _chunks(ids: Iterator[int], prev_id: int, size: int = 256) -> Iterator[Run]:
+    """``ids`` as runs of at most ``size`` tokens (a long thinking is built as it is read)."""
+    it = iter(ids)
+    while chunk := list(islice(it, size)):
+        yield Run(chunk, prev_id)
+        prev_id = chunk[-1]
 
 
 def _fresh(traj: Trajectory) -> bool:
     return not traj.values and not traj.partial and not traj.finished
 
 
-def _line_pieces(problem: Problem, text: str, seed: int, greedy: bool) -> Iterator[int]:
+def _line_ids(problem: Problem, text: str, seed: int, greedy: bool) -> list[int]:
     """A single-line answer: `` X`` after a few-shot ``=`` or ``A:``, else ``The answer is
     X.``; then a newline.  ``X`` is drawn from ``answers`` exactly (the modal one greedily)."""
     options = [(1, a, p) for a, p in problem.answers.items()]
@@ -448,29 +498,29 @@ def _line_pieces(problem: Problem, text: str, seed: int, greedy: bool) -> Iterat
         line = " " + value
     else:
         line = ("" if not text or text[-1].isspace() else " ") + f"The answer is {value}."
-    yield from tokenizer.encode(line + "\n")
+    return tokenizer.encode(line + "\n")
 
 
-def _probe_pieces(analysis: Analysis, seed: int, greedy: bool) -> Iterator[int]:
+def _probe_ids(analysis: Analysis, seed: int, greedy: bool) -> list[int]:
     """A probe (text ending in ``\boxed{``) of a step-by-step sample: its running answer, or
     for a sample with no decided step yet a draw from ``answers``, then ``}``."""
     problem, value = analysis.problem, analysis.trajectory.state
     if value is None:
         options = [(1, a, p) for a, p in problem.answers.items()]
         value = _modal(problem) if greedy else _choose(options, uniform(seed, "probe"))[1]
-    yield from tokenizer.encode(value + "}")
+    return tokenizer.encode(value + "}")
 
 
-def _sample_tokens(
+def _sample_runs(
     problem: Problem, traj: Trajectory, seed: int, greedy: bool, prev_id: int
-) -> Iterator[Tok]:
+) -> Iterator[Run]:
     k = len(traj.values) + 1
     steps, state, partial = traj.steps, traj.state, traj.partial
     while True:
-        chosen, _, tokens = _build_step(problem, k, steps, state, partial, seed, greedy, prev_id)
-        yield from tokens
-        if tokens:
-            prev_id = tokens[-1].id
+        chosen, run = _build_step(problem, k, steps, state, partial, seed, greedy, prev_id)
+        if run.ids:
+            yield run
+            prev_id = run.ids[-1]
         steps, state, partial = chosen[0], chosen[1], ""
         if k >= steps:
             return
@@ -486,9 +536,9 @@ def _build_step(
     seed: int,
     greedy: bool,
     prev_id: int,
-) -> tuple[tuple[int, str, float], str, list[Tok]]:
-    """Step ``k``: the option chosen, its full text, and the tokens still to write after
-    ``partial`` (the part of the step already in the input)."""
+) -> tuple[tuple[int, str, float], Run]:
+    """Step ``k``: the option chosen and the tokens still to write after ``partial`` (the part
+    of the step already in the input)."""
     options = _options(problem, k, steps, state)
     if greedy:
         own = _greedy_choice(problem, options, state)
@@ -497,9 +547,8 @@ def _build_step(
     else:
         own = _choose(options, uniform(seed, "decide", k))
         length = _randint(*problem.step_tokens, seed, "T", k)
-    own_text = _render(k, own, length, seed)
-    chosen, full = own, own_text
-    if not own_text.startswith(partial):
+    chosen, (full, ids) = own, _render(k, own, length, seed, text=bool(partial))
+    if not full.startswith(partial):
         cons = _decide(problem, k, steps, state, partial) or [own]
         chosen = (
             _greedy_choice(problem, cons, state)
@@ -508,15 +557,22 @@ def _build_step(
         )
         decision = _decision_text(k, chosen[0], chosen[1])
         existing = partial[len(decision) :] if len(partial) > len(decision) else ""
-        full = _render(k, chosen, length, seed, existing)
-    return chosen, full, _step_tokens(problem, k, steps, state, chosen, full, partial, prev_id)
+        full, ids = _render(k, chosen, length, seed, existing)
+    return chosen, _step_run(problem, k, steps, state, chosen, full, ids, partial, prev_id)
 
 
 def _render(
-    k: int, option: tuple[int, str, float], length: int, seed: int, existing: str = ""
-) -> str:
-    """The full text of step ``k`` with ``length`` tokens; ``existing`` (a str) is filler text
-    already written after the decision, which is kept and extended."""
+    k: int,
+    option: tuple[int, str, float],
+    length: int,
+    seed: int,
+    existing: str = "",
+    *,
+    text: bool = True,
+) -> tuple[str, list[int]]:
+    """The full text of step ``k`` with ``length`` tokens and its token ids; ``existing`` (a
+    str) is filler text already written after the decision, which is kept and extended.
+    Without ``text`` (and ``existing``) only the ids are built: the text is ""."""
     steps, value, _ = option
     final = k == steps
     decision = _decision_text(k, steps, value)
@@ -526,76 +582,109 @@ def _render(
         assert m is not None
         words = existing[: m.end()]
         if m.end() < len(existing):  # the filler is already closed by "."
-            return decision + words + "." + closing
+            full = decision + words + "." + closing
+            return full, tokenizer.encode(full)
         have = _token_count(decision + words + "." + closing)
         more = max(0, length - have)
         if words.endswith(" "):
             words = words[:-1]
-        return decision + words + "".join(" " + w for w in _filler(seed, k, more)) + "." + closing
-    starter = " " + STARTERS[int(uniform(seed, "starter", k) * len(STARTERS))]
-    base = _token_count(decision + starter + "." + closing)
-    more = max(0, length - base)
-    return decision + starter + "".join(" " + w for w in _filler(seed, k, more)) + "." + closing
+        full = decision + words + "".join(" " + w for w in _filler(seed, k, more)) + "." + closing
+        return full, tokenizer.encode(full)
+    starter = STARTERS[int(uniform(seed, "starter", k) * len(STARTERS))]
+    # The step's wording splits into pieces at the decision's final "." and at every word
+    # after it, so its ids are those of its parts (the recurring ones cached).
+    head, tail = _encoded(decision), _encoded("." + closing)
+    more = max(0, length - (len(head) + 1 + len(tail)))
+    phrases = _phrases(seed, k, more)
+    ids = [*head, _WORD_IDS[starter], *_cut(phrases, _PHRASE_IDS, more), *tail]
+    if not text:
+        return "", ids
+    return " ".join((decision, starter, *_cut(phrases, _PHRASE_WORDS, more))) + "." + closing, ids
 
 
 def _filler(seed: int, k: int, count: int) -> list[str]:
     """``count`` filler words: seeded phrases strung together, cut at exactly ``count``."""
-    words: list[str] = []
-    i = 0
-    while len(words) < count:
-        phrase = FILLER_PHRASES[int(uniform(seed, "phrase", k, i) * len(FILLER_PHRASES))]
-        words += phrase.split()
-        i += 1
-    return words[:count]
+    return _cut(_phrases(seed, k, count), _PHRASE_WORDS, count)
 
 
-def _step_tokens(
+def _phrases(seed: int, k: int, count: int) -> list[int]:
+    """The filler phrases (indices) that `_filler` strings together for ``count`` words."""
+    picks: list[int] = []
+    if count <= 0:
+        return picks
+    draw, n, lens = uniforms(seed, "phrase", k), len(_PHRASE_WORDS), _PHRASE_LENS
+    words = 0
+    while words < count:
+        pick = int(draw(len(picks)) * n)
+        picks.append(pick)
+        words += lens[pick]
+    return picks
+
+
+def _cut(picks: list[int], table: Sequence[Sequence[_T]], count: int) -> list[_T]:
+    """The first ``count`` items of the phrases ``picks`` of ``table`` (words or ids)."""
+    out: list[_T] = []
+    for pick in picks:
+        out += table[pick]
+    del out[count:]
+    return out
+
+
+def _step_run(
     problem: Problem,
     k: int,
     steps: int | None,
     state: str | None,
     chosen: tuple[int, str, float],
     full: str,
+    ids: list[int],
     partial: str,
     prev_id: int,
-) -> list[Tok]:
-    ids = tokenizer.encode(full)
-    # The token before the step: the input's last token, unless the input ends inside it.
-    before = prev_id if not partial else -1
-    head = _token_count(f"Step {k} of {chosen[0]}{_INTRO.rstrip()}")
-    decisions: dict[int, tuple[tuple[int, float], ...]] = {}
-    if steps is None:  # the " K" token of step 1 decides the number of steps
-        low, high = problem.steps
-        lp = -math.log(high - low + 1) if high > low else -1e-4
-        decisions[3] = tuple((_first_id(f" {n}"), lp) for n in range(low, high + 1))
-    value_options = step_options(problem, k, chosen[0], state)
-    alts: dict[int, float] = {}
-    for value, p in value_options:
-        first = _first_id(" " + value)
-        alts[first] = alts.get(first, 0.0) + p
-    decisions[head] = tuple((i, _safe_log(p)) for i, p in alts.items() if p > 0.0)
-    toks: list[Tok] = []
-    for i, token_id in enumerate(ids):
-        alts_i = decisions.get(i)
-        prev = ids[i - 1] if i else before
-        if alts_i is not None:
-            lp = dict(alts_i).get(token_id, input_logprob(prev, token_id))
-            toks.append(Tok(token_id, lp, tuple(sorted(alts_i, key=lambda a: -a[1]))))
-        else:
-            toks.append(Tok(token_id, input_logprob(prev, token_id)))
+) -> Run:
+    """The tokens of step ``k`` (text ``full``, ids ``ids``) that follow ``partial``."""
+    ranked = _decisions(problem, k, steps is None, chosen[0], state)
+    if max(ranked) >= len(ids):  # (a step's ids always reach its decisions)
+        ranked = {i: a for i, a in ranked.items() if i < len(ids)}
     want = len(partial.encode())
+    if not want:
+        return Run(ids, prev_id, ranked)
     done = 0
     for i, token_id in enumerate(ids):
         if done == want:
-            return toks[i:]
+            return Run(ids[i:], ids[i - 1], {j - i: a for j, a in ranked.items() if j >= i})
         done += len(tokenizer.token_bytes(token_id))
     if done == want:
-        return []
+        return Run([], prev_id)
     rest = full.encode()[want:].decode("utf-8", errors="replace")
-    rest_ids = tokenizer.encode(rest)
-    return [
-        Tok(t, input_logprob(rest_ids[i - 1] if i else prev_id, t)) for i, t in enumerate(rest_ids)
-    ]
+    return Run(tokenizer.encode(rest), prev_id)
+
+
+def _decisions(
+    problem: Problem, k: int, fresh: bool, steps: int, state: str | None
+) -> dict[int, tuple[tuple[int, float], ...]]:
+    """The alternatives (best first) of the tokens of step ``k`` of ``steps`` where the sim
+    makes a choice, by index in the step: the running answer's first token, and for the first
+    step of a sample whose number of steps is not decided yet (``fresh``) the " K" token.
+    Cached per problem: read it, never change it."""
+    memo = _memo(problem)
+    key = ("decisions", k, fresh, steps, state)
+    hit = memo.get(key)
+    if hit is not None:
+        return hit  # type: ignore[return-value]
+    decisions: dict[int, tuple[tuple[int, float], ...]] = {}
+    if fresh:  # the " K" token of step 1 decides the number of steps
+        low, high = problem.steps
+        lp = -math.log(high - low + 1) if high > low else -1e-4
+        decisions[3] = tuple((_first_id(f" {n}"), lp) for n in range(low, high + 1))
+    alts: dict[int, float] = {}
+    for value, p in step_options(problem, k, steps, state):
+        first = _first_id(" " + value)
+        alts[first] = alts.get(first, 0.0) + p
+    head = _token_count(f"Step {k} of {steps}{_INTRO.rstrip()}")
+    decisions[head] = tuple((i, safe_log(p)) for i, p in alts.items() if p > 0.0)
+    ranked = {i: tuple(sorted(a, key=lambda a: -a[1])) for i, a in decisions.items()}
+    memo[key] = ranked
+    return ranked
 
 
 @lru_cache(maxsize=4096)
@@ -605,95 +694,42 @@ def _token_count(text: str) -> int:
 
 
 @lru_cache(maxsize=4096)
+def _encoded(text: str) -> tuple[int, ...]:
+    """The ids of a recurring piece of the sim's wording."""
+    return tuple(tokenizer.encode(text))
+
+
+@lru_cache(maxsize=4096)
 def _first_id(text: str) -> int:
     return tokenizer.encode(text)[0]
 
 
-def _safe_log(p: float) -> float:
-    return min(math.log(p), -1e-4) if p > 0 else -30.0
-
-
-def _judge_tokens(p_yes: float, seed: int, greedy: bool) -> Iterator[Tok]:
+def _judge_run(p_yes: float, seed: int, greedy: bool, prev_id: int) -> Run:
     yes, no = tokenizer.piece_id(" Yes"), tokenizer.piece_id(" No")
-    pair = ((yes, _safe_log(p_yes)), (no, _safe_log(1.0 - p_yes)))
+    pair = ((yes, safe_log(p_yes)), (no, safe_log(1.0 - p_yes)))
     alts = tuple(sorted(pair, key=lambda a: -a[1]))
     say_yes = p_yes >= 0.5 if greedy else uniform(seed, "judge") < p_yes
-    chosen = yes if say_yes else no
-    yield Tok(chosen, dict(alts)[chosen], alts)
+    return Run([yes if say_yes else no], prev_id, {0: alts})
 
 
-def _tail_tokens(seed: int) -> Iterator[Tok]:
+def _tail_runs(seed: int) -> Iterator[Run]:
+    """After the end of the sequence (``ignore_eos``): filler sentences, each ending it again."""
     sentence = 0
     while True:
         starter = STARTERS[int(uniform(seed, "tail-starter", sentence) * len(STARTERS))]
-        text = " " + starter + "".join(" " + w for w in _filler(seed, -1 - sentence, 8)) + "."
-        ids = tokenizer.encode(text)
-        for i, token_id in enumerate(ids):
-            yield Tok(token_id, input_logprob(ids[i - 1] if i else EOS_ID, token_id))
-        yield Tok(EOS_ID, input_logprob(ids[-1], EOS_ID))
+        words = _cut(_phrases(seed, -1 - sentence, 8), _PHRASE_IDS, 8)
+        # " Starter w1 ... w8." is one piece per word and the ".".
+        ids = [_WORD_IDS[starter], *words, _DOT, EOS_ID]
+        yield Run(ids, EOS_ID)
         sentence += 1
 
 
-# ---------------------------------------------------------------- logprobs
-
-
-_FIXED_WORDING = frozenset(
-    [tokenizer.piece_id(p) for p in ("Step", " of", ":", " we", " now", " have", ".", "The")]
-    + [tokenizer.piece_id(p) for p in (" answer", " is", "\n", "\n\n")]
-    + [tokenizer.piece_id(" " + s) for s in STARTERS]
-    + [EOS_ID]
-)
-_ALT_POOL = tuple(sorted({tokenizer.piece_id(" " + w) for w in FILLER_WORDS}))
-
-
-@lru_cache(maxsize=1 << 16)
-def input_logprob(prev_id: int, token_id: int) -> float:
-    """The logprob of ``token_id`` after ``prev_id`` for tokens that involve no choice: near 0
-    for the sim's fixed wording, in [-3, -0.2] otherwise."""
-    u = uniform(0, "lp", prev_id, token_id)
-    if token_id in _FIXED_WORDING:
-        return -(0.001 + 0.049 * u)
-    return -(0.2 + 2.8 * u)
-
-
-@lru_cache(maxsize=1 << 14)
-def _derived_top(
-    prev_id: int, token_id: int, logprob: float, k: int
-) -> tuple[tuple[int, float], ...]:
-    rest = max(0.0, 1.0 - math.exp(logprob))
-    out = [(token_id, logprob)]
-    used = {token_id}
-    j = 0
-    while len(out) < k:
-        alt = _ALT_POOL[int(uniform(0, "alt", prev_id, token_id, j) * len(_ALT_POOL))]
-        j += 1
-        if alt in used and j < 64:
-            continue
-        if alt in used:
-            alt = next(a for a in range(3 + 256, 3 + 256 + 4096) if a not in used)
-        used.add(alt)
-        out.append((alt, _safe_log(rest * 0.5 ** len(out))))
-    return tuple(sorted(out, key=lambda a: -a[1]))
-
-
-def top_logprobs(prev_id: int, tok: Tok, k: int) -> list[tuple[int, float]]:
-    """The ``k`` most likely tokens at this position (id, logprob), best first."""
-    if k <= 0:
-        return []
-    if tok.alts is not None and len(tok.alts) >= k:
-        return list(tok.alts[:k])
-    if tok.alts is not None:
-        rest = max(0.0, 1.0 - sum(math.exp(lp) for _, lp in tok.alts))
-        out = list(tok.alts)
-        used = {a for a, _ in out}
-        for alt in _ALT_POOL:
-            if len(out) >= k:
-                break
-            if alt not in used:
-                used.add(alt)
-                out.append((alt, _safe_log(rest * 0.5 ** len(out))))
-        return sorted(out, key=lambda a: -a[1])
-    return list(_derived_top(prev_id, tok.id, tok.logprob, k))
+_WORD_IDS = {w: tokenizer.piece_id(" " + w) for w in (*FILLER_WORDS, *STARTERS)}
+_PHRASE_WORDS = tuple(tuple(phrase.split()) for phrase in FILLER_PHRASES)
+_PHRASE_IDS = tuple(tuple(_WORD_IDS[w] for w in words) for words in _PHRASE_WORDS)
+_PHRASE_LENS = tuple(map(len, _PHRASE_WORDS))
+_NEWLINE = tokenizer.piece_id("\n")
+_DOT = tokenizer.piece_id(".")
 
 
 # ---------------------------------------------------------------- scores

@@ -8,14 +8,35 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
+from collections.abc import Callable
+from hashlib import blake2b
 
-__all__ = ["normal", "randint", "text_seed", "uniform"]
+__all__ = ["normal", "randint", "text_seed", "uniform", "uniforms"]
+
+_U64 = struct.Struct(">Q").unpack
+_SCALE = 1.0 / (1 << 53)
+_N_ENDS = 256
+_ENDS = tuple(f"{i})".encode() for i in range(_N_ENDS))  # how the repr of a series' labels ends
 
 
 def uniform(seed: int, *labels: object) -> float:
     """A uniform draw in [0, 1) that depends only on ``seed`` and ``labels``."""
-    digest = hashlib.blake2b(repr((seed, *labels)).encode(), digest_size=8).digest()
-    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
+    digest = blake2b(repr((seed, *labels)).encode(), digest_size=8).digest()
+    return (_U64(digest)[0] >> 11) * _SCALE
+
+
+def uniforms(seed: int, *labels: object) -> Callable[[int], float]:
+    """``i -> uniform(seed, *labels, i)`` for integers ``i``, the same draws, cheaper in a
+    series: the hash of the common start of the labels is computed once."""
+    head = blake2b(("(" + ", ".join(map(repr, (seed, *labels))) + ", ").encode(), digest_size=8)
+
+    def draw(i: int) -> float:
+        h = head.copy()
+        h.update(_ENDS[i] if 0 <= i < _N_ENDS else f"{i!r})".encode())
+        return (_U64(h.digest())[0] >> 11) * _SCALE
+
+    return draw
 
 
 def text_seed(text: str, label: str) -> int:

@@ -162,7 +162,8 @@ class SimTask(msgspec.Struct, frozen=True):
         index just past that occurrence.  An occurrence only counts where it does not run into
         letters or digits on either side, so ``23 + 58`` is not found inside ``123 + 58``."""
         best: tuple[int, int, Problem] | None = None
-        for problem in self.problems:
+        # A C-level scan first: a question not in the text at all needs no closer look.
+        for problem in [p for p in self.problems if p.question in text]:
             start = _last_bounded(text, problem.question)
             if start < 0:
                 continue
