@@ -117,6 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"self-consistency, {args.forks} forks ({mode}), real SGLang on CPU: wall ttcdsl/frontend median "
           f"{statistics.median(wall):.2f}x (range {min(wall):.2f}-{max(wall):.2f}); client CPU "
           f"median {statistics.median(cpu):.2f}x (range {min(cpu):.2f}-{max(cpu):.2f})")
+    if args.greedy:
+        # Greedy chains are the same for both clients, so a pair whose answers differ did not
+        # run the same work (one client's requests failed or were cut short): leave it out.
+        same = [t["wall_s"] / f["wall_s"] for t, f in pairs if t["answers"] == f["answers"]]
+        if same:
+            print(f"pairs with the same answers ({len(same)} of {len(pairs)}): wall median "
+                  f"{statistics.median(same):.2f}x (range {min(same):.2f}-{max(same):.2f})")
+        else:
+            print(f"no pair of the {len(pairs)} gave the same answers")
     return 0
 
 
