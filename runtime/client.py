@@ -275,7 +275,7 @@ class ModelClient:
             async with anyio.create_task_group() as tg:
                 if batch > 1:
                     tg.start_soon(batched)
-                await _Pool(tg, range(first, len(requests)), self._workers(), one).work()
+                await _Pool(tg, first, len(requests), self._workers(), one).work()
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
         return [r for r in results if r is not None]
@@ -303,7 +303,7 @@ class ModelClient:
                     if enough(i, result):
                         tg.cancel_scope.cancel()
 
-                await _Pool(tg, range(len(requests)), self._workers(), one).work()
+                await _Pool(tg, 0, len(requests), self._workers(), one).work()
         except BaseExceptionGroup as group:
             raise first_failure(group) from None
         finally:
@@ -520,16 +520,15 @@ class ModelClient:
 
 
 class _Pool:
-    """Runs ``job(i)`` for every ``i`` of ``items`` in order, at most ``limit`` at a time.  The
-    task calling `work` is the first worker; another worker task is started only once every
-    worker started so far has begun, so forks a backend answers without suspending are served
-    by one task, and forks that wait on the server get up to ``limit`` tasks, one more per turn
-    of the event loop.  A waiting fork is an index in ``items``, never an idle task."""
+    """Runs ``job(i)`` for every ``i`` from ``first`` up to ``end`` in order, at most ``limit``
+    at a time.  The task calling `work` is the first worker; another worker task is started only
+    once every worker started so far has begun, so forks a backend answers without suspending
+    are served by one task, and forks that wait on the server get up to ``limit`` tasks, one more
+    per turn of the event loop.  A waiting fork is an index not reached yet, never an idle task."""
 
-    def __init__(self, tg: anyio.abc.TaskGroup, items: range, limit: int,
+    def __init__(self, tg: anyio.abc.TaskGroup, first: int, end: int, limit: int,
                  job: Callable[[int], Awaitable[None]]) -> None:
-        self.tg, self.items, self.limit, self.job = tg, iter(items), limit, job
-        self.left = len(items)
+        self.tg, self.next, self.end, self.limit, self.job = tg, first, end, limit, job
         self.alive = 0
         self.starting = False
 
@@ -537,11 +536,11 @@ class _Pool:
         self.starting = False
         self.alive += 1
         try:
-            for i in self.items:
-                if self.tg.cancel_scope.cancel_called:
-                    return  # an anytime step has what it needs: nothing more is sent
-                self.left -= 1
-                if self.left and not self.starting and self.alive < self.limit:
+            # Once an anytime step has what it needs (its scope is cancelled) nothing more is sent.
+            while self.next < self.end and not self.tg.cancel_scope.cancel_called:
+                i = self.next
+                self.next += 1
+                if self.next < self.end and not self.starting and self.alive < self.limit:
                     self.starting = True
                     self.tg.start_soon(self.work)
                 await self.job(i)
